@@ -1,0 +1,110 @@
+"""The paper's recipes as presets: `paper/cifar100/<teacher>-<student>/<kd|ttm|wttm|wttm_noce>` and
+`paper/imagenet/<teacher>-<student>/<kd|wttm>`.
+
+Sources (see ../shared/paper/NOTES.md): γ, β from the paper's Tables 8, 9 and 10; the CIFAR-100 recipe is the
+CRD/RepDistiller one (240 epochs, batch 64, SGD 0.9, wd 5e-4, lr 0.05 or 0.01 for MobileNetV2/ShuffleNet students,
+×0.1 at 150/180/210); KD is T = 4 with CE weight 0.1 and KD weight 0.9. `wttm_noce` exists for the seven
+same-architecture pairs, the only ones Table 8 gives a γ for; its β is the pair's WTTM β (with CE removed, β only
+scales the loss). ImageNet follows torchdistill: 100 epochs, batch 256, lr 0.1, ×0.1 at 30/60/90, wd 1e-4, and KD
+with T = 1 and weights 0.5/0.5.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+# teacher, student, TTM (γ, β), WTTM (γ, β), WTTM w/o CE γ or None
+CIFAR100_PAIRS: list[tuple[str, str, tuple[float, float], tuple[float, float], float | None]] = [
+    ("wrn_40_2", "wrn_16_2", (0.1, 101), (0.1, 4), 0.2),
+    ("wrn_40_2", "wrn_40_1", (0.1, 76), (0.1, 3), 0.5),
+    ("resnet56", "resnet20", (0.3, 7), (0.3, 1.5), 0.6),
+    ("resnet110", "resnet20", (0.2, 8), (0.2, 2), 0.4),
+    ("resnet110", "resnet32", (0.1, 33), (0.1, 1.5), 0.4),
+    ("resnet32x4", "resnet8x4", (0.1, 100), (0.1, 3), 0.5),
+    ("vgg13", "vgg8", (0.1, 45), (0.1, 2.25), 0.2),
+    ("vgg13", "MobileNetV2", (0.2, 16), (0.2, 3), None),
+    ("ResNet50", "MobileNetV2", (0.2, 20), (0.2, 5), None),
+    ("ResNet50", "vgg8", (0.1, 70), (0.1, 2), None),
+    ("resnet32x4", "ShuffleV1", (0.2, 12), (0.2, 1.4), None),
+    ("resnet32x4", "ShuffleV2", (0.4, 40), (0.4, 16), None),
+    ("wrn_40_2", "ShuffleV1", (0.3, 8), (0.3, 3), None),
+]
+SMALL_LR_STUDENTS = {"MobileNetV2", "ShuffleV1", "ShuffleV2"}
+
+# teacher, student, WTTM (γ, β)
+IMAGENET_PAIRS = [
+    ("torchvision/resnet34", "torchvision/resnet18", (0.8, 1.6)),
+    ("torchvision/resnet50", "mobilenet_v1", (0.7, 3.5)),
+]
+
+
+def _cifar_recipe(student: str) -> dict[str, Any]:
+    return {
+        "epochs": 240, "batch_size": 64, "optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4,
+        "lr": 0.01 if student in SMALL_LR_STUDENTS else 0.05,
+        "schedule": {"kind": "step", "milestones": [150, 180, 210], "factor": 0.1},
+    }
+
+
+def _imagenet_recipe() -> dict[str, Any]:
+    return {
+        "epochs": 100, "batch_size": 256, "optimizer": "sgd", "momentum": 0.9, "weight_decay": 1e-4, "lr": 0.1,
+        "schedule": {"kind": "step", "milestones": [30, 60, 90], "factor": 0.1},
+    }
+
+
+def _build() -> dict[str, dict[str, Any]]:
+    presets: dict[str, dict[str, Any]] = {}
+    for teacher, student, (tg, tb), (wg, wb), noce_gamma in CIFAR100_PAIRS:
+        base = {"teacher": {"arch": teacher}, "student": {"arch": student}, "dataset": {"name": "cifar100"},
+                "train": _cifar_recipe(student)}
+        losses = {
+            "kd": {"kind": "kd", "temperature": 4.0, "kd_weight": 0.9, "ce_weight": 0.1},
+            "ttm": {"kind": "ttm", "gamma": tg, "beta": tb, "ce_weight": 1.0},
+            "wttm": {"kind": "wttm", "gamma": wg, "beta": wb, "ce_weight": 1.0},
+        }
+        if noce_gamma is not None:
+            losses["wttm_noce"] = {"kind": "wttm", "gamma": noce_gamma, "beta": wb, "ce_weight": 0.0}
+        for method, loss in losses.items():
+            presets[f"paper/cifar100/{teacher}-{student}/{method}"] = {**base, "loss": loss}
+    for teacher, student, (wg, wb) in IMAGENET_PAIRS:
+        base = {"teacher": {"arch": teacher}, "student": {"arch": student},
+                "dataset": {"name": "imagefolder", "num_classes": 1000, "image_size": 224},
+                "train": _imagenet_recipe()}
+        short = f"{teacher.split('/')[-1]}-{student.split('/')[-1]}"
+        presets[f"paper/imagenet/{short}/kd"] = {
+            **base, "loss": {"kind": "kd", "temperature": 1.0, "kd_weight": 0.5, "ce_weight": 0.5}}
+        presets[f"paper/imagenet/{short}/wttm"] = {
+            **base, "loss": {"kind": "wttm", "gamma": wg, "beta": wb, "ce_weight": 1.0}}
+    return presets
+
+
+PRESETS: dict[str, dict[str, Any]] = _build()
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge `over` onto `base`; a loss or schedule of another kind replaces the preset's whole."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        prev = out.get(key)
+        same_kind = not (isinstance(value, dict) and isinstance(prev, dict)
+                         and "kind" in value and value.get("kind") != prev.get("kind"))
+        if isinstance(value, dict) and isinstance(prev, dict) and same_kind:
+            out[key] = _merge(prev, value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def expand_preset(data: dict[str, Any]) -> dict[str, Any]:
+    name = data["preset"]
+    if name not in PRESETS:
+        close = [p for p in PRESETS if name.rsplit("/", 1)[0] in p][:4]
+        hint = f"; did you mean {', '.join(close)}" if close else "; `ttm presets` lists them"
+        raise ValueError(f"unknown preset {name!r}{hint}")
+    merged = _merge(PRESETS[name], data)
+    # a teacher given as torchscript/job replaces the preset's arch: they carry their own
+    t = data.get("teacher") or {}
+    if isinstance(t, dict) and (t.get("torchscript") or t.get("job")) and "arch" not in t:
+        merged["teacher"].pop("arch", None)
+    return merged
