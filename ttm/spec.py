@@ -302,21 +302,44 @@ def parse_spec(data: dict[str, Any]) -> JobSpec:
         raise SpecError(problems_of(err)) from None
 
 
-def load_spec(path: str | Path) -> JobSpec:
-    """Read a YAML or JSON spec file; relative paths in it stay relative to the file's directory."""
+def load_specs(path: str | Path) -> list[JobSpec]:
+    """Read a YAML or JSON spec file: one job, or several YAML documents (`---`) run in order, e.g. a teacher
+    trained with `ce` and then a student whose `teacher: {job: <teacher's name>}` refers to it.
+
+    Relative paths in a spec are relative to the file's directory. Errors name the document when there are several.
+    """
     import yaml
 
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
     except FileNotFoundError:
         raise SpecError([("", f"no such spec file: {path}")]) from None
     except yaml.YAMLError as err:
         raise SpecError([("", f"{path} is not valid YAML/JSON: {err}")]) from None
-    if not isinstance(data, dict):
-        raise SpecError([("", f"{path} must hold a mapping at the top level")])
-    spec = parse_spec(data)
-    return resolve_relative_paths(spec, path.parent)
+    if not docs:
+        raise SpecError([("", f"{path} is empty")])
+    specs = []
+    for i, data in enumerate(docs):
+        where = f"document {i + 1}: " if len(docs) > 1 else ""
+        if not isinstance(data, dict):
+            raise SpecError([("", f"{where}{path} must hold a mapping at the top level")])
+        try:
+            specs.append(resolve_relative_paths(parse_spec(data), path.parent))
+        except SpecError as err:
+            raise SpecError([(f, where + m) for f, m in err.problems]) from None
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise SpecError([("name", f"the jobs of {path} need distinct names, got {names}")])
+    return specs
+
+
+def load_spec(path: str | Path) -> JobSpec:
+    """Read a spec file holding exactly one job."""
+    specs = load_specs(path)
+    if len(specs) != 1:
+        raise SpecError([("", f"{path} holds {len(specs)} jobs; expected one")])
+    return specs[0]
 
 
 def resolve_relative_paths(spec: JobSpec, base: Path) -> JobSpec:

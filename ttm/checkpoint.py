@@ -1,0 +1,103 @@
+"""Checkpoints: the resume state (every epoch) and the student exports (best and last), all written atomically.
+
+Layout of a run directory:
+    state.pt                       resume state: model, optimizer, scheduler, RNG states, epoch, best accuracy
+    best.pt / best.safetensors     the student with the best test top-1 (a plain state_dict, and safetensors)
+    best.json                      its manifest: arch, classes, input shape, normalization, accuracy, epoch, spec
+    last.pt / last.safetensors / last.json     the student after the latest epoch
+    best.torchscript.pt            optional TorchScript export of the best student
+    metrics.jsonl                  one line per epoch
+    train.log                      the trainer's log
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+MANIFEST_VERSION = 1
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file in the same directory, fsync, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """CPU, contiguous, unwrapped (DDP/compile) tensors: what safetensors and other tools accept."""
+    model = getattr(model, "module", model)
+    model = getattr(model, "_orig_mod", model)
+    return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    # our own file, but loaded like any other: weights_only keeps it data
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def save_student(out_dir: Path, which: str, model: nn.Module, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Write `<which>.pt`, `<which>.safetensors` and `<which>.json`; returns the manifest with file hashes."""
+    from safetensors.torch import save_file
+
+    state = plain_state_dict(model)
+    pt, st = out_dir / f"{which}.pt", out_dir / f"{which}.safetensors"
+    atomic_write(pt, lambda tmp: torch.save(state, tmp))
+    meta = {"arch": str(manifest["arch"]), "num_classes": str(manifest["num_classes"])}
+    atomic_write(st, lambda tmp: save_file(state, str(tmp), metadata=meta))
+    manifest = {**manifest, "version": MANIFEST_VERSION, "which": which,
+                "files": {"pt": _file_info(pt), "safetensors": _file_info(st)}}
+    write_json(out_dir / f"{which}.json", manifest)
+    return manifest
+
+
+def export_torchscript(out_dir: Path, model: nn.Module, example: torch.Tensor, manifest_path: Path) -> Path:
+    """Trace the student on the CPU in fp32 and record the file in the manifest."""
+    model = getattr(model, "module", model)
+    model = getattr(model, "_orig_mod", model)
+    was_training = model.training
+    model = model.to("cpu", memory_format=torch.contiguous_format).eval()
+    path = out_dir / f"{manifest_path.stem}.torchscript.pt"
+    with torch.no_grad():
+        traced = torch.jit.trace(model, example.to("cpu", torch.float32))
+    atomic_write(path, lambda tmp: torch.jit.save(traced, str(tmp)))
+    model.train(was_training)
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"]["torchscript"] = _file_info(path)
+    write_json(manifest_path, manifest)
+    return path
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=True)))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _file_info(path: Path) -> dict[str, Any]:
+    return {"name": path.name, "sha256": sha256_file(path), "size": path.stat().st_size}

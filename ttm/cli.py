@@ -1,0 +1,177 @@
+"""`ttm`: one command for the trainer (train, models, presets) and, through entry points, the server's commands.
+
+ttm/ never imports service/ or worker/: their sub-commands (admin, serve, worker) and the client commands register
+themselves under the `ttm.cli` entry-point group, so `pip install ttm` on a laptop gives a working `ttm train`.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="TTM/WTTM knowledge distillation: train locally, or run and use the job server.")
+err = Console(stderr=True)
+
+EXIT_SPEC_ERROR = 2
+EXIT_TRAINING_FAILED = 1
+
+
+def print_spec_error(error) -> None:
+    err.print("[bold red]invalid spec[/]")
+    for field, reason in error.problems:
+        err.print(f"  [bold]{field or '<spec>'}[/]: {reason}")
+
+
+@app.command()
+def train(
+    spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="job spec, YAML or JSON; several YAML "
+                                              "documents run in order (e.g. a teacher, then its student)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="runs directory: each job writes OUT/<name>")] = Path("runs"),
+    resume: Annotated[bool, typer.Option("--resume/--no-resume",
+                                         help="continue from OUT/<name>/state.pt if present")] = True,
+    stop_after: Annotated[Optional[int], typer.Option(help="stop after this epoch (resume later)")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="override train.epochs (milestones past it are dropped)")] = None,
+    data_root: Annotated[Optional[Path], typer.Option(help="where datasets live (torchvision layout)")] = None,
+) -> None:
+    """Train the student(s) of SPEC on this machine; one line per epoch, checkpoints every epoch.
+
+    A teacher given as `{job: NAME}` is the best student of OUT/NAME, trained earlier or earlier in the same file.
+    """
+    from ttm.spec import SpecError, load_specs
+
+    try:
+        specs = [_with_epochs(s, epochs) for s in load_specs(spec_path)] if epochs else load_specs(spec_path)
+    except SpecError as e:
+        print_spec_error(e)
+        raise typer.Exit(EXIT_SPEC_ERROR)
+    for spec in specs:
+        run_dir = out / spec.name
+        if not resume:
+            for name in ("state.pt", "metrics.jsonl"):
+                (run_dir / name).unlink(missing_ok=True)
+        if spec.teacher is not None and spec.teacher.job:
+            spec = _teacher_from_run(spec, out / spec.teacher.job)
+        _run_with_progress(spec, run_dir, stop_after, str(data_root) if data_root else None)
+
+
+def _with_epochs(spec, epochs: int):
+    from ttm.spec import parse_spec
+
+    data = spec.model_dump(mode="json", exclude_none=True)
+    data.pop("preset", None)  # already applied
+    data["train"]["epochs"] = epochs
+    sched = data["train"]["schedule"]
+    if sched.get("milestones"):
+        sched["milestones"] = [m for m in sched["milestones"] if m <= epochs]
+    if sched.get("warmup_epochs", 0) >= epochs:
+        sched["warmup_epochs"] = 0
+    return parse_spec(data)
+
+
+def _teacher_from_run(spec, run_dir: Path):
+    """Locally, `teacher: {job: NAME}` means the best student of the run directory NAME."""
+    import json
+
+    manifest = run_dir / "best.json"
+    if not manifest.exists():
+        err.print(f"[bold red]invalid spec[/]\n  [bold]teacher.job[/]: no finished run at {run_dir} "
+                  f"(train it first, or list it earlier in the same file)")
+        raise typer.Exit(EXIT_SPEC_ERROR)
+    arch = json.loads(manifest.read_text())["arch"]
+    teacher = spec.teacher.model_copy(update={"job": None, "arch": arch, "weights": str(run_dir / "best.safetensors"),
+                                              "format": "safetensors"})
+    return spec.model_copy(update={"teacher": teacher})
+
+
+def _run_with_progress(spec, out: Path, stop_after: int | None, data_root: str | None) -> None:
+    from rich.logging import RichHandler
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ttm.teacher import WeightsError
+    from ttm.train import TrainingError, train as run_training
+
+    logger = logging.getLogger("ttm.train")
+    handler = RichHandler(console=err, show_path=False, show_time=False, markup=False)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("epoch {task.completed}/{task.total}"),
+               TextColumn("top-1 {task.fields[top1]}"), TimeRemainingColumn()]
+    try:
+        with Progress(*columns, console=err, transient=True) as progress:
+            task = progress.add_task(spec.name, total=spec.train.epochs, top1="-")
+
+            def on_metrics(epoch: int, metrics: dict[str, float]) -> None:
+                if epoch > 0:
+                    progress.update(task, completed=epoch, top1=f"{metrics['test/top1']:.2f}")
+
+            result = run_training(spec, out, on_metrics=on_metrics, stop_after_epoch=stop_after, data_root=data_root)
+    except (TrainingError, WeightsError, FileNotFoundError, ValueError) as e:
+        err.print(f"[bold red]training failed:[/] {e}")
+        raise typer.Exit(EXIT_TRAINING_FAILED)
+    finally:
+        logger.removeHandler(handler)
+    print(f"best test top-1 {result.best_top1:.2f} (epoch {result.best_epoch}); student: {out / 'best.safetensors'}")
+
+
+@app.command()
+def models() -> None:
+    """List the architectures a spec may name."""
+    from ttm.registry import CIFAR_ARCHS, IMAGENET_ARCHS
+
+    for name in CIFAR_ARCHS + IMAGENET_ARCHS:
+        print(name)
+    print("torchvision/<name>   any torchvision classification model, e.g. torchvision/resnet18")
+
+
+@app.command()
+def presets(prefix: Annotated[str, typer.Argument(help="show only presets starting with this")] = "") -> None:
+    """List the paper's presets (γ, β from Tables 8–10; recipes from NOTES.md)."""
+    from ttm.presets import PRESETS
+
+    for name, p in PRESETS.items():
+        if name.startswith(prefix):
+            loss = p["loss"]
+            params = ", ".join(f"{k}={v}" for k, v in loss.items() if k != "kind")
+            print(f"{name:48s} {loss['kind']:5s} {params}  lr={p['train']['lr']} epochs={p['train']['epochs']}")
+
+
+@app.command("validate")
+def validate(spec_path: Annotated[Path, typer.Argument(metavar="SPEC")]) -> None:
+    """Check a spec without training; prints the full spec with the preset applied."""
+    from ttm.spec import SpecError, load_spec
+
+    try:
+        spec = load_spec(spec_path)
+    except SpecError as e:
+        print_spec_error(e)
+        raise typer.Exit(EXIT_SPEC_ERROR)
+    print(spec.model_dump_json(indent=2, exclude_none=True))
+
+
+def _mount_plugins() -> None:
+    """Sub-commands that live outside ttm/ (server, worker, client) register as `ttm.cli` entry points."""
+    for ep in entry_points(group="ttm.cli"):
+        try:
+            obj = ep.load()
+        except ImportError as e:  # a partial install: the trainer still works
+            logging.getLogger("ttm").debug("ttm %s unavailable: %s", ep.name, e)
+            continue
+        if isinstance(obj, typer.Typer):
+            app.add_typer(obj, name=ep.name)
+        else:
+            app.command(ep.name)(obj)
+
+
+def main() -> None:
+    _mount_plugins()
+    app(prog_name="ttm")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

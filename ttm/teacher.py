@@ -1,0 +1,151 @@
+"""Loading teacher weights safely (DESIGN decision 5: untrusted files stay data).
+
+Accepted: a plain state_dict, a `{"model": state_dict, ...}` checkpoint (CRD/RepDistiller, mdistiller releases),
+safetensors, and TorchScript archives (an explicit format that carries its architecture). Pickles always load
+with `weights_only=True`: one that needs code to load is refused and none of its code runs.
+"""
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+Format = Literal["state_dict", "safetensors", "torchscript"]
+_WRAPPER_KEYS = ("model", "state_dict", "model_state_dict", "net", "student")
+
+
+class WeightsError(ValueError):
+    """A weights file that cannot become a teacher; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    format: Format
+    tensors: int  # number of tensors (0 for TorchScript, whose contents are a program)
+
+
+def detect_format(path: str | Path) -> Format:
+    path = Path(path)
+    with path.open("rb") as f:
+        head = f.read(16)
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
+        return "safetensors"
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+        if any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names):
+            return "torchscript"
+    return "state_dict"
+
+
+def load_state_dict_file(path: str | Path, fmt: str = "auto") -> dict[str, torch.Tensor]:
+    """The tensors of a weights file as a flat state_dict on the CPU, never running code from the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    if fmt == "torchscript":
+        return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+    if fmt == "safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as err:  # safetensors raises its own error types for corrupt headers
+            raise WeightsError(f"{path.name} is not a valid safetensors file: {err}") from None
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle.UnpicklingError for code; RuntimeError/EOFError for corrupt files
+        if "weights_only" in str(err) or "Unsupported global" in str(err) or "GLOBAL" in str(err):
+            raise WeightsError(
+                f"{path.name} is a pickle that needs code to load, refused (weights_only=True): "
+                f"{str(err).splitlines()[0][:300]}. Save a state_dict (torch.save(model.state_dict(), f)) "
+                "or safetensors instead.") from None
+        raise WeightsError(f"{path.name} is not a PyTorch weights file: {str(err).splitlines()[0][:300]}") from None
+    return _unwrap(obj, path.name)
+
+
+def _unwrap(obj: object, name: str) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict):
+        for key in _WRAPPER_KEYS:
+            if isinstance(obj.get(key), dict) and obj[key] and all(isinstance(t, torch.Tensor) for t in obj[key].values()):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(t, torch.Tensor) for t in obj.values()):
+        raise WeightsError(f"{name} holds no state_dict: expected a mapping of names to tensors, or "
+                           f"{{'model': state_dict, ...}}")
+    # checkpoints saved from DataParallel / DDP / torch.compile carry a prefix on every key
+    for prefix in ("module.", "_orig_mod."):
+        if all(k.startswith(prefix) for k in obj):
+            obj = {k.removeprefix(prefix): v for k, v in obj.items()}
+    return obj
+
+
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], what: str = "weights") -> None:
+    """Strict load whose error names the first mismatching key and both shapes."""
+    own = model.state_dict()
+    for key, tensor in own.items():
+        if key in state and tuple(state[key].shape) != tuple(tensor.shape):
+            raise WeightsError(f"{what} do not fit the architecture: first mismatch at {key!r}: file has "
+                               f"{tuple(state[key].shape)}, model expects {tuple(tensor.shape)}")
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (first: {missing[0]!r})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (first: {unexpected[0]!r})")
+        raise WeightsError(f"{what} do not fit the architecture: keys " + ", ".join(parts))
+    model.load_state_dict(state, strict=True)
+
+
+def inspect_artifact(path: str | Path) -> ArtifactInfo:
+    """What an uploaded file is; raises WeightsError for anything that is not safe, loadable weights."""
+    fmt = detect_format(path)
+    if fmt == "torchscript":
+        try:
+            torch.jit.load(str(path), map_location="cpu")
+        except Exception as err:
+            raise WeightsError(f"not a loadable TorchScript archive: {str(err).splitlines()[0][:300]}") from None
+        return ArtifactInfo("torchscript", 0)
+    return ArtifactInfo(fmt, len(load_state_dict_file(path, fmt)))
+
+
+def load_teacher(*, arch: str | None, weights: str | None = None, torchscript: str | None = None,
+                 num_classes: int, in_channels: int, fmt: str = "auto") -> nn.Module:
+    """The teacher in eval mode on the CPU, its output checked to have `num_classes` logits."""
+    from ttm.models import build_model
+
+    if torchscript is not None:
+        model = torch.jit.load(str(torchscript), map_location="cpu")
+    else:
+        if arch is None or weights is None:
+            raise WeightsError("a teacher needs arch + weights, or torchscript")
+        model = build_model(arch, num_classes=num_classes, in_channels=in_channels)
+        load_into(model, load_state_dict_file(weights, fmt), what=f"teacher weights {Path(weights).name}")
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def check_teacher(*, arch: str | None, weights: str | None = None, torchscript: str | None = None,
+                  num_classes: int, in_channels: int, image_size: int = 32, fmt: str = "auto") -> int:
+    """Load the teacher and run one sample through it; returns its parameter count. For the API's validation."""
+    model = load_teacher(arch=arch, weights=weights, torchscript=torchscript, num_classes=num_classes,
+                         in_channels=in_channels, fmt=fmt)
+    with torch.no_grad():
+        try:
+            out = model(torch.zeros(2, in_channels, image_size, image_size))
+        except Exception as err:
+            raise WeightsError(f"the teacher fails on a {in_channels}×{image_size}×{image_size} input: "
+                               f"{str(err).splitlines()[0][:300]}") from None
+    if not isinstance(out, torch.Tensor) or out.shape != (2, num_classes):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise WeightsError(f"the teacher outputs {shape} for a batch of 2, expected (2, {num_classes}) logits")
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,355 @@
+"""The training loop: a spec and a metrics callback in, checkpoints and metrics out.
+
+Read it top to bottom: set up (device, data, teacher, student, optimizer, schedule, resume), then one loop over
+epochs whose step is plain PyTorch — student forward, teacher forward without gradients, the loss of the spec, backward,
+optimizer and schedule step. Metrics are accumulated on the device and read once per epoch (no host sync inside the
+step), which is what lets the GPU fast path run at full speed and CUDA graphs capture the step.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ttm.checkpoint import export_torchscript, load_state, save_state, save_student
+from ttm.spec import CosineSchedule, JobSpec, StepSchedule
+
+log = logging.getLogger("ttm.train")
+MetricsCallback = Callable[[int, dict[str, float]], None]
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on; the message says why in words a user can act on."""
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    epochs_done: int
+    best_top1: float
+    best_epoch: int
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    stopped_early: bool = False
+
+
+# ------------------------------------------------------------------------------------------ set-up helpers
+@dataclass
+class Dist:
+    """torchrun's environment: rank 0 evaluates and writes files; every rank trains on its slice of each batch."""
+
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def from_env(cls) -> "Dist":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world > 1 and not torch.distributed.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            torch.distributed.init_process_group(backend=backend)
+        return cls(rank=int(os.environ.get("RANK", "0")), world=world)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def pick_device(choice: str, dist: Dist) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("train.device is cuda, but no CUDA device is visible")
+    if choice == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    torch.cuda.set_device(local)
+    return torch.device("cuda", local)
+
+
+def lr_factor(spec: JobSpec, step: int, steps_per_epoch: int) -> float:
+    """The schedule as a function of the optimizer step: linear warm-up, then step decay, cosine or constant."""
+    sched, epochs = spec.train.schedule, spec.train.epochs
+    epoch_float = step / steps_per_epoch
+    warmup = getattr(sched, "warmup_epochs", 0)
+    if warmup and epoch_float < warmup:
+        return (step + 1) / (warmup * steps_per_epoch)
+    if isinstance(sched, StepSchedule):  # the paper's recipe: ×factor at each milestone epoch (1-based epochs)
+        passed = sum(1 for m in sched.milestones if epoch_float >= m)
+        return sched.factor ** passed
+    if isinstance(sched, CosineSchedule):
+        progress = (epoch_float - warmup) / max(epochs - warmup, 1e-9)
+        floor = sched.min_lr / spec.train.lr
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return 1.0
+
+
+def make_optimizer(spec: JobSpec, model: nn.Module) -> torch.optim.Optimizer:
+    t = spec.train
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, nesterov=t.nesterov,
+                               weight_decay=t.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+
+
+def stats_gamma(spec: JobSpec) -> float | None:
+    """γ for the logged KL(p_t^T ‖ q) and U: the loss's own, 1/T for temperature-based losses, none without a teacher."""
+    loss = spec.loss
+    if hasattr(loss, "gamma"):
+        return loss.gamma
+    if hasattr(loss, "temperature"):
+        return 1.0 / loss.temperature
+    return None
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches, teacher: nn.Module | None, gamma: float | None, autocast) -> dict[str, float]:
+    """Top-1/top-5 and the output statistics of the paper's figures over the whole test split."""
+    from ttm.losses import output_stats
+
+    was_training = model.training
+    model.eval()
+    sums: dict[str, torch.Tensor] = {}
+    n = 0
+    for x, y in batches:
+        with autocast():
+            z = model(x)
+            v = teacher(x) if teacher is not None else None
+        top5 = z.topk(min(5, z.shape[1]), dim=1).indices
+        parts = {"top1": (top5[:, 0] == y).sum(), "top5": (top5 == y[:, None]).any(1).sum(),
+                 "loss": F.cross_entropy(z.float(), y, reduction="sum")}
+        parts.update(output_stats(z, v, gamma if gamma is not None else 1.0))
+        if v is None or gamma is None:
+            parts = {k: p for k, p in parts.items() if k not in ("kl", "u")}
+        for k, p in parts.items():
+            sums[k] = sums.get(k, 0) + p.detach().float()
+        n += y.shape[0]
+    model.train(was_training)
+    out = {k: float(s) / n for k, s in sums.items()}  # one host sync per metric per evaluation
+    out["top1"] *= 100
+    out["top5"] *= 100
+    return out
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ------------------------------------------------------------------------------------------ the run
+def train(spec: JobSpec, out_dir: str | Path, *, on_metrics: MetricsCallback | None = None, resume: bool = True,
+          stop_after_epoch: int | None = None, data_root: str | None = None) -> TrainResult:
+    """Train `spec`'s student into `out_dir`; resumes from `out_dir/state.pt` when it exists and `resume` is set.
+
+    `stop_after_epoch` ends this process's run after that epoch (its checkpoint written), as a stopped job would.
+    """
+    from ttm.data import make_loaders
+    from ttm.losses import compute_loss
+    from ttm.models import build_model
+    from ttm.teacher import load_teacher
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dist = Dist.from_env()
+    handler = _attach_log_file(out_dir / "train.log") if dist.main else None
+    try:
+        t = spec.train
+        set_seed(t.seed)
+        device = pick_device(t.device, dist)
+        cuda = device.type == "cuda"
+        bf16 = t.precision == "bf16" or (t.precision == "auto" and cuda)
+        if cuda:
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+
+        def autocast():
+            return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+        if t.batch_size % dist.world:
+            raise TrainingError(f"train.batch_size={t.batch_size} must divide over {dist.world} processes")
+        train_batches, test_batches, info = make_loaders(
+            spec.dataset, batch_size=t.batch_size, device=device, seed=t.seed, fast_path=t.fast_path,
+            drop_last=t.drop_last, num_workers=t.num_workers, data_root=data_root)
+        classes = spec.student.num_classes or info.num_classes
+        if classes != info.num_classes:
+            raise TrainingError(f"student.num_classes={classes} but the dataset has {info.num_classes} classes")
+        memory_format = torch.channels_last if cuda else torch.contiguous_format
+
+        teacher = None
+        if spec.teacher is not None:
+            tspec = spec.teacher
+            if tspec.job:
+                raise TrainingError("teacher.job must be resolved to the job's checkpoint by the server before training")
+            teacher = load_teacher(arch=tspec.arch, weights=tspec.weights, torchscript=tspec.torchscript,
+                                   num_classes=info.num_classes, in_channels=info.channels, fmt=tspec.format)
+            teacher = teacher.to(device, memory_format=memory_format)
+
+        student = build_model(spec.student.arch, num_classes=classes, in_channels=info.channels)
+        student = student.to(device, memory_format=memory_format)
+        optimizer = make_optimizer(spec, student)
+        steps_per_epoch = len(train_batches)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(spec, step, steps_per_epoch))
+
+        start_epoch, best_top1, best_epoch = 1, -1.0, 0
+        state_path = out_dir / "state.pt"
+        if resume and state_path.exists():
+            state = load_state(state_path)
+            student.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            set_rng_state(state["rng"])
+            start_epoch, best_top1, best_epoch = state["epoch"] + 1, state["best_top1"], state["best_epoch"]
+            log.info("resumed from %s at epoch %d (best top-1 %.2f at epoch %d)",
+                     state_path, state["epoch"], best_top1, best_epoch)
+
+        ddp_student = student
+        if dist.world > 1:
+            ddp_student = nn.parallel.DistributedDataParallel(student, device_ids=[device.index] if cuda else None)
+        step_student = torch.compile(ddp_student) if t.compile else ddp_student
+        step_teacher = torch.compile(teacher) if (t.compile and teacher is not None) else teacher
+        gamma = stats_gamma(spec)
+
+        manifest_base = {
+            "arch": spec.student.arch, "num_classes": classes, "input_shape": [info.channels, info.image_size,
+                                                                               info.image_size],
+            "normalization": {"mean": list(info.mean), "std": list(info.std)}, "dataset": info.name,
+            "spec": spec.model_dump(mode="json"),
+        }
+        if dist.main:
+            log.info("job %s: %s → %s on %s (%s), %d train / %d test images, %d steps/epoch, fast path %s",
+                     spec.name, spec.teacher.arch if spec.teacher else "-", spec.student.arch, info.name, device,
+                     info.train_size, info.test_size, steps_per_epoch, "on" if info.fast else "off")
+            if teacher is not None and start_epoch == 1:
+                tm = evaluate(teacher, test_batches, None, None, autocast)
+                log.info("teacher test top-1 %.2f", tm["top1"])
+                _emit(out_dir, on_metrics, 0, {"teacher/top1": tm["top1"], "teacher/top5": tm["top5"],
+                                               "teacher/entropy": tm["entropy"]})
+
+        run_start = time.perf_counter()
+        last: dict[str, float] = {}
+        epoch = start_epoch - 1
+        for epoch in range(start_epoch, t.epochs + 1):
+            # ---- one epoch of training: nothing in this loop waits on the host
+            train_batches.set_epoch(epoch)
+            student.train()
+            sums: dict[str, torch.Tensor] = {}
+            seen = 0
+            epoch_start = time.perf_counter()
+            for x, y in train_batches:
+                if dist.world > 1:
+                    x, y = x[dist.rank::dist.world], y[dist.rank::dist.world]
+                x = x.contiguous(memory_format=memory_format)
+                with autocast():
+                    z = step_student(x)
+                    with torch.no_grad():
+                        v = step_teacher(x) if step_teacher is not None else None
+                parts = compute_loss(spec.loss, z, v, y, epoch=epoch)
+                optimizer.zero_grad(set_to_none=True)
+                parts["loss"].backward()
+                optimizer.step()
+                scheduler.step()
+                for k, p in parts.items():
+                    sums[k] = sums[k] + p.detach() if k in sums else p.detach().clone()
+                seen += y.shape[0] * dist.world
+            if cuda:
+                torch.cuda.synchronize()
+            epoch_time = time.perf_counter() - epoch_start
+
+            # ---- once per epoch: read the sums, evaluate, checkpoint, report
+            train_metrics = {f"train/{k}": float(s) / steps_per_epoch for k, s in sums.items()}
+            if not math.isfinite(train_metrics["train/loss"]):
+                raise TrainingError(f"the training loss became {train_metrics['train/loss']} in epoch {epoch} "
+                                    f"(lr {t.lr}): lower train.lr or check the loss weights")
+            stop_now = stop_after_epoch is not None and stop_after_epoch <= epoch < t.epochs
+            if not dist.main:
+                _barrier(dist)
+                if stop_now:
+                    return TrainResult(out_dir, epoch, best_top1, best_epoch, {}, stopped_early=True)
+                continue
+            test = evaluate(student, test_batches, teacher, gamma, autocast)
+            elapsed = time.perf_counter() - run_start
+            epochs_this_run = epoch - start_epoch + 1
+            metrics = {**train_metrics, **{f"test/{k}": v for k, v in test.items()},
+                       "lr": optimizer.param_groups[0]["lr"], "images_per_s": seen / epoch_time,
+                       "epoch_time_s": epoch_time, "elapsed_s": elapsed,
+                       "eta_s": elapsed / epochs_this_run * (t.epochs - epoch)}
+            improved = test["top1"] > best_top1
+            if improved:
+                best_top1, best_epoch = test["top1"], epoch
+            manifest = {**manifest_base, "epoch": epoch, "top1": test["top1"], "top5": test["top5"]}
+            save_student(out_dir, "last", student, manifest)
+            if improved:
+                save_student(out_dir, "best", student, manifest)
+            save_state(state_path, {"model": student.state_dict(), "optimizer": optimizer.state_dict(),
+                                    "scheduler": scheduler.state_dict(), "rng": rng_state(), "epoch": epoch,
+                                    "best_top1": best_top1, "best_epoch": best_epoch})
+            log.info("epoch %d/%d  loss %.4f  test top-1 %.2f  top-5 %.2f  H(q) %.3f  lr %.4g  %.0f img/s  eta %s",
+                     epoch, t.epochs, metrics["train/loss"], test["top1"], test["top5"], test["entropy"],
+                     metrics["lr"], metrics["images_per_s"], _hms(metrics["eta_s"]))
+            _emit(out_dir, on_metrics, epoch, metrics)
+            last = metrics
+            _barrier(dist)
+            if stop_now:
+                log.info("stopping after epoch %d as asked; resume continues from here", epoch)
+                return TrainResult(out_dir, epoch, best_top1, best_epoch, last, stopped_early=True)
+
+        if dist.main and spec.output.torchscript and (out_dir / "best.json").exists():
+            best = build_model(spec.student.arch, num_classes=classes, in_channels=info.channels)
+            best.load_state_dict(torch.load(out_dir / "best.pt", map_location="cpu", weights_only=True))
+            export_torchscript(out_dir, best, torch.zeros(1, info.channels, info.image_size, info.image_size),
+                               out_dir / "best.json")
+        if dist.main:
+            log.info("done: best test top-1 %.2f at epoch %d; checkpoints in %s", best_top1, best_epoch, out_dir)
+        return TrainResult(out_dir, epoch, best_top1, best_epoch, last)
+    finally:
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
+
+
+def _emit(out_dir: Path, on_metrics: MetricsCallback | None, epoch: int, metrics: dict[str, float]) -> None:
+    with open(out_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"epoch": epoch, "metrics": metrics}) + "\n")
+    if on_metrics is not None:
+        on_metrics(epoch, metrics)
+
+
+def _barrier(dist: Dist) -> None:
+    if dist.world > 1:
+        torch.distributed.barrier()
+
+
+def _attach_log_file(path: Path) -> logging.Handler:
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    if log.level == logging.NOTSET or log.level > logging.INFO:
+        log.setLevel(logging.INFO)
+    return handler
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
