@@ -135,8 +135,8 @@ def _load_digits():
 
 
 def _missing(name: str, searched: str) -> FileNotFoundError:
-    return FileNotFoundError(f"{name} not found: searched {searched} (torchvision's on-disk layout); "
-                             "`download: true` in the dataset spec would fetch it there")
+    return FileNotFoundError(f"{name} not found (or incomplete): searched {searched} "
+                             "(torchvision's on-disk layout); `download: true` in the dataset spec would fetch it")
 
 
 def _load_torchvision(spec: DatasetSpec, root: str | None):
@@ -262,7 +262,8 @@ def _decode_all(dataset, transform, num_workers: int) -> tuple[torch.Tensor, tor
     """Every image of `dataset` through a deterministic `transform`, stacked into one uint8 tensor."""
     from torch.utils.data import DataLoader
 
-    loader = DataLoader(_SeededItems(dataset, transform), batch_size=256, num_workers=num_workers)
+    loader = DataLoader(_SeededItems(dataset, transform), batch_size=256, num_workers=num_workers,
+                        generator=torch.Generator().manual_seed(0))
     xs, ys = zip(*loader)
     return torch.cat(xs), torch.cat(ys)
 
@@ -411,11 +412,12 @@ class _SeededItems:
             return img, label
         if seed is None:
             return self.transform(img), label
+        # v2 draws from the global CPU generator; seeding only that one is cheaper than torch.manual_seed
         if torch.utils.data.get_worker_info() is not None:  # a worker's RNG is its own
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)
             return self.transform(img), label
         with torch.random.fork_rng(devices=[]):  # in the trainer's process: leave its RNG as it was
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)
             return self.transform(img), label
 
 
@@ -487,31 +489,36 @@ class _LoaderTestBatches(TestBatches):
 
 # ---------------------------------------------------------------------------------------------- entry point
 def _memory_budget(device: torch.device) -> int:
-    """Bytes free where the uint8 tensors would live: free device memory on CUDA, available RAM on the CPU."""
+    """Bytes free where the uint8 tensors would live: free device memory on CUDA, MemAvailable on the CPU."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 2**62
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 2**62  # unknown: let the allocation itself fail
 
 
 def _use_fast_path(spec: DatasetSpec, fast_path: str, nbytes: int, device: torch.device) -> bool:
-    """auto: named datasets when they take under half the free device memory (always on the CPU), never image
-    folders; on: always, unless the data cannot fit at all; off: never."""
+    """auto: named datasets when they take under half the free device memory (always on the CPU, where they are
+    already loaded), never image folders; on: always, unless the data cannot fit at all; off: never."""
     if fast_path not in ("auto", "on", "off"):
         raise ValueError(f"fast_path must be auto, on or off, not {fast_path!r}")
     if fast_path == "off":
         return False
+    resident = device.type == "cpu" and spec.name != "imagefolder"  # nothing more to allocate
     if fast_path == "on":
-        budget = _memory_budget(device)
+        budget = 2**62 if resident else _memory_budget(device)
         if nbytes > budget:
             raise RuntimeError(f"fast_path on: {spec.name} needs {nbytes / 2**20:.0f} MiB as uint8 but only "
                                f"{budget / 2**20:.0f} MiB are free on {device}; use fast_path auto or off")
         return True
     if spec.name == "imagefolder":
         return False
-    return device.type != "cuda" or nbytes < 0.5 * _memory_budget(device)
+    return resident or nbytes < 0.5 * _memory_budget(device)
 
 
 def make_loaders(spec: DatasetSpec, *, batch_size: int, device: torch.device, seed: int,

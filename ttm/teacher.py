@@ -59,14 +59,42 @@ def load_state_dict_file(path: str | Path, fmt: str = "auto") -> dict[str, torch
             raise WeightsError(f"{path.name} is not a valid safetensors file: {err}") from None
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle.UnpicklingError for code; RuntimeError/EOFError for corrupt files
-        if "weights_only" in str(err) or "Unsupported global" in str(err) or "GLOBAL" in str(err):
-            raise WeightsError(
-                f"{path.name} is a pickle that needs code to load, refused (weights_only=True): "
-                f"{str(err).splitlines()[0][:300]}. Save a state_dict (torch.save(model.state_dict(), f)) "
-                "or safetensors instead.") from None
-        raise WeightsError(f"{path.name} is not a PyTorch weights file: {str(err).splitlines()[0][:300]}") from None
+    except Exception as err:  # pickle.UnpicklingError for code or odd opcodes; RuntimeError/EOFError for junk
+        needs = _pickled_globals(path)
+        if needs is None:
+            raise WeightsError(f"{path.name} is not a PyTorch weights file (neither a pickle, a torch.save zip, "
+                               "safetensors nor TorchScript)") from None
+        detail = str(err).split("WeightsUnpickler error:")[-1].strip().splitlines()[0][:200]
+        raise WeightsError(
+            f"{path.name} is a pickle that needs code to load, refused (weights_only=True); it references "
+            f"{', '.join(needs[:3]) or 'objects beyond tensors and containers'} ({detail}). Nothing in it ran. "
+            "Save a state_dict (torch.save(model.state_dict(), f)) or safetensors instead.") from None
     return _unwrap(obj, path.name)
+
+
+def _pickled_globals(path: Path) -> list[str] | None:
+    """The globals a pickle names (read with pickletools, never executed); None if the file is no pickle."""
+    import pickletools
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                member = next(n for n in z.namelist() if n.endswith("data.pkl"))
+                data = z.read(member)
+        else:
+            data = path.read_bytes()
+        found, strings = [], []
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
+                strings.append(arg)
+            elif op.name == "GLOBAL":
+                found.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+    except Exception:  # StopIteration, ValueError from genops, zip errors: not a pickle
+        return None
+    torch_own = ("torch.", "collections.OrderedDict", "_codecs.encode")
+    return [g for g in dict.fromkeys(found) if not g.startswith(torch_own)]
 
 
 def _unwrap(obj: object, name: str) -> dict[str, torch.Tensor]:

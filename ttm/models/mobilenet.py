@@ -12,7 +12,8 @@ from torch import nn
 from ttm.models.common import init_conv_bn_, init_linear_
 
 
-def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
+def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 groups: int = 1) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, groups=groups, bias=False),
         nn.BatchNorm2d(out_channels),
@@ -44,21 +45,20 @@ class InvertedResidual(nn.Module):
 class CifarMobileNetV2(nn.Module):
     """RepDistiller's `mobilenetv2_T_w(T, W)`; the paper's "MobileNetV2" is T=6, W=0.5 (its `mobile_half`)."""
 
-    # (expansion, channels at width 1, blocks, stride of the first block): the ImageNet table, with the second
-    # stage's stride at 1 and a stride-2 stem, so 32×32 ends at 2×2.
-    STAGES = ((1, 16, 1, 1), (None, 24, 2, 1), (None, 32, 3, 2), (None, 64, 4, 2),
-              (None, 96, 3, 1), (None, 160, 3, 2), (None, 320, 1, 1))
-
     def __init__(self, num_classes: int, in_channels: int = 3, expansion: int = 6, width_mult: float = 0.5):
         super().__init__()
+        # (expansion, channels at width 1, blocks, stride of the first block): the ImageNet table with the second
+        # stage's stride at 1 and a stride-2 stem, so 32×32 ends at 2×2.
+        stages = [(1, 16, 1, 1), (expansion, 24, 2, 1), (expansion, 32, 3, 2), (expansion, 64, 4, 2),
+                  (expansion, 96, 3, 1), (expansion, 160, 3, 2), (expansion, 320, 1, 1)]
         channels = int(32 * width_mult)
         self.conv1 = conv_bn_relu(in_channels, channels, 3, stride=2)
         self.blocks = nn.ModuleList()
-        for t, c, n, s in self.STAGES:
+        for t, c, n, s in stages:
             out_channels = int(c * width_mult)
             stage = []
             for i in range(n):
-                stage.append(InvertedResidual(channels, out_channels, s if i == 0 else 1, t or expansion))
+                stage.append(InvertedResidual(channels, out_channels, s if i == 0 else 1, t))
                 channels = out_channels
             self.blocks.append(nn.Sequential(*stage))
         # The reference widens the last conv only above width 1 (and then with int(), not make_divisible).

@@ -125,7 +125,7 @@ class BottleneckResNet(nn.Module):
 
 
 def cifar_resnet(depth: int, widths: tuple[int, int, int, int] = (16, 16, 32, 64)):
-    """A builder `(num_classes, in_channels) → model` for one depth and width (the ×4 models pass (32, 64, 128, 256))."""
+    """A builder `(num_classes, in_channels) → model`; the ×4 models pass widths (32, 64, 128, 256)."""
 
     def build(num_classes: int, in_channels: int = 3) -> CifarResNet:
         return CifarResNet(depth, widths, num_classes, in_channels)

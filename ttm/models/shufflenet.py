@@ -21,7 +21,8 @@ class ShuffleV1Unit(nn.Module):
     def __init__(self, in_planes: int, out_planes: int, stride: int, groups: int):
         super().__init__()
         mid_planes = out_planes // 4
-        # The first unit sees the 24-channel stem, which 3 groups would not split evenly: it runs ungrouped there.
+        # The unit right after the 24-channel stem runs its first 1×1 ungrouped: too few input channels to split
+        # (ShuffleNet paper, §3.3); with one group the shuffle is the identity.
         first_groups = 1 if in_planes == 24 else groups
         self.first_groups = first_groups
         self.stride = stride

@@ -26,7 +26,8 @@ def conv_block(in_channels: int, widths: list[int]) -> nn.Sequential:
     """(conv3×3 with bias, BN, ReLU) per width, minus the last ReLU: the caller applies it (the reference's layout)."""
     layers: list[nn.Module] = []
     for width in widths:
-        layers += [nn.Conv2d(in_channels, width, kernel_size=3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+        layers += [nn.Conv2d(in_channels, width, kernel_size=3, padding=1), nn.BatchNorm2d(width),
+                   nn.ReLU(inplace=True)]
         in_channels = width
     return nn.Sequential(*layers[:-1])
 

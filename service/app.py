@@ -1,0 +1,108 @@
+"""The FastAPI application: `create_app(settings, host=...)`, and `run_server` for `ttm serve`."""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from service.broker import make_celery
+from service.db import get_engine, make_sessionmaker
+from service.deps import Principal, TokenCache
+from service.errors import install_error_handlers
+from service.migrate import check_at_head
+from service.observability import LatencyMiddleware, make_registry
+from service.queries.users import local_admin
+from service.routes import artifacts, events, health, jobs
+from service.settings import Settings, get_settings
+from service.teachers import TeacherCheckCache, warm_up
+from ttm.spec import JobSpec
+
+log = logging.getLogger("ttm.service")
+AUTH_OFF_WARNING = "auth is OFF (loopback only): every request acts as the admin user 'local'"
+
+DESCRIPTION = """Distillation as a service: upload teacher weights, submit TTM/WTTM (and CE, KD, DKD, DIST) jobs,
+watch them over Server-Sent Events, download the student.
+
+Every /v1 route takes `Authorization: Bearer <token>` (`ttm admin user create NAME` prints one). Errors are
+`{"error": {"code", "message", "field"?, "errors"?}}`."""
+
+
+class AuthOffRefused(RuntimeError):
+    pass
+
+
+def is_loopback(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def create_app(settings: Settings | None = None, *, host: str | None = None) -> FastAPI:
+    """The app for these settings. Refuses (raises) when the database is not at the schema head, or when auth is
+    off and `host` (where the server will listen) is not a loopback address."""
+    settings = settings or get_settings()
+    if settings.auth == "off" and not is_loopback(host):
+        raise AuthOffRefused(f"TTM_AUTH=off is allowed only on a loopback address; the server would listen on "
+                             f"{host or 'an unknown address'}. Use tokens (`ttm admin user create NAME`) or "
+                             "listen on 127.0.0.1.")
+    check_at_head(settings)
+    make_session = make_sessionmaker(get_engine(settings))
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        threading.Thread(target=warm_up, name="ttm-warm-up", daemon=True).start()
+        if settings.auth == "off":
+            log.warning(AUTH_OFF_WARNING)
+        yield
+
+    app = FastAPI(title="ttm job server", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.sessionmaker = make_session
+    app.state.celery = make_celery(settings)
+    app.state.teacher_checks = TeacherCheckCache()
+    app.state.token_cache = TokenCache()
+    app.state.local_user = None
+    if settings.auth == "off":
+        with make_session() as session:
+            user = local_admin(session)
+            session.commit()
+            app.state.local_user = Principal(user.id, user.name, True)
+    app.state.registry, histogram = make_registry(make_session)
+
+    install_error_handlers(app)
+    for module in (artifacts, jobs, events, health):
+        app.include_router(module.router)
+    app.add_middleware(LatencyMiddleware, histogram=histogram)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The generated schema plus the JobSpec model, which POST /v1/jobs validates itself (ttm.spec.parse_spec)."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        spec = JobSpec.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(spec.pop("$defs", {}))
+        components["JobSpec"] = spec
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+def run_server(settings: Settings | None = None, host: str = "127.0.0.1", port: int = 8000,
+               log_level: str = "info") -> None:
+    import uvicorn
+
+    app = create_app(settings, host=host)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -1,0 +1,93 @@
+"""What routes receive through `Annotated[..., Depends(...)]`: the settings, a database session, the caller."""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.errors import ApiError
+from service.ids import hash_token
+from service.models import Token, User
+from service.settings import Settings
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller: who they are and whether they see everyone's jobs."""
+
+    id: int
+    name: str
+    is_admin: bool
+
+
+def get_app_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    session = request.app.state.sessionmaker()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+SessionDep = Annotated[Session, Depends(get_session)]
+
+_bearer = HTTPBearer(auto_error=False, description="an API token: `ttm admin user create NAME` prints one")
+
+
+class TokenCache:
+    """token hash → Principal for a few seconds, so a busy client costs one query per request, not two."""
+
+    def __init__(self, ttl: float = 10.0, size: int = 4096):
+        self.ttl, self.size = ttl, size
+        self._items: dict[str, tuple[float, Principal]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Principal | None:
+        hit = self._items.get(key)
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        return hit[1]
+
+    def put(self, key: str, who: Principal) -> None:
+        with self._lock:
+            if len(self._items) >= self.size:
+                self._items.clear()
+            self._items[key] = (time.monotonic() + self.ttl, who)
+
+
+def _unauthorized(message: str) -> ApiError:
+    return ApiError(401, message, headers={"WWW-Authenticate": "Bearer"})
+
+
+def get_current_user(request: Request, session: SessionDep,
+                     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
+    state = request.app.state
+    if state.settings.auth == "off":
+        return state.local_user
+    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
+        raise _unauthorized("missing bearer token: send `Authorization: Bearer <token>`")
+    digest = hash_token(credentials.credentials)
+    cache: TokenCache = state.token_cache
+    who = cache.get(digest)
+    if who is None:
+        row = session.execute(select(User.id, User.name, User.is_admin).join(Token, Token.user_id == User.id)
+                              .where(Token.token_hash == digest)).first()
+        if row is None:
+            raise _unauthorized("invalid token")
+        who = Principal(row.id, row.name, row.is_admin)
+        cache.put(digest, who)
+    return who
+
+
+CurrentUser = Annotated[Principal, Depends(get_current_user)]

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.deps import Principal
+from service.ids import new_artifact_id
+from service.models import Artifact
+
+
+def get_artifact(session: Session, who: Principal, artifact_id: str) -> Artifact | None:
+    """The artifact if `who` may see it: its owner, or an admin."""
+    query = select(Artifact).where(Artifact.id == artifact_id)
+    if not who.is_admin:
+        query = query.where(Artifact.owner_id == who.id)
+    return session.scalar(query)
+
+
+def find_by_sha(session: Session, owner_id: int, sha256: str) -> Artifact | None:
+    return session.scalar(select(Artifact).where(Artifact.owner_id == owner_id, Artifact.sha256 == sha256))
+
+
+def blob_known(session: Session, sha256: str) -> Artifact | None:
+    """Any owner's artifact with these bytes: the blob on disk was checked when it first arrived."""
+    return session.scalar(select(Artifact).where(Artifact.sha256 == sha256).limit(1))
+
+
+def add_artifact(session: Session, owner_id: int, *, sha256: str, size: int, fmt: str, path: str,
+                 filename: str | None) -> tuple[Artifact, bool]:
+    """Insert, or return the owner's existing artifact with the same bytes; the flag says whether it is new."""
+    existing = find_by_sha(session, owner_id, sha256)
+    if existing is not None:
+        return existing, False
+    artifact = Artifact(id=new_artifact_id(), owner_id=owner_id, sha256=sha256, size=size, format=fmt, path=path,
+                        filename=filename)
+    session.add(artifact)
+    try:
+        session.commit()
+    except IntegrityError:  # the same owner uploaded the same bytes concurrently
+        session.rollback()
+        existing = find_by_sha(session, owner_id, sha256)
+        if existing is None:
+            raise
+        return existing, False
+    return artifact, True

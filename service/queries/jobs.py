@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from service.deps import Principal
+from service.ids import new_job_id
+from service.models import Job, JobEvent, User, utcnow
+from service.states import QUEUED
+
+
+def get_job(session: Session, who: Principal, job_id: str) -> tuple[Job, str] | None:
+    """(job, owner name) if `who` may see the job: its owner, or an admin. Others get None, as for a missing job."""
+    query = select(Job, User.name).join(User, User.id == Job.owner_id).where(Job.id == job_id)
+    if not who.is_admin:
+        query = query.where(Job.owner_id == who.id)
+    row = session.execute(query).first()
+    return (row[0], row[1]) if row else None
+
+
+def list_jobs(session: Session, who: Principal, *, states: list[str] | None, before: str | None,
+              limit: int) -> list[tuple[Job, str]]:
+    """Newest first (job ids sort by creation time); `before` is the last id of the previous page."""
+    query = select(Job, User.name).join(User, User.id == Job.owner_id)
+    if not who.is_admin:
+        query = query.where(Job.owner_id == who.id)
+    if states:
+        query = query.where(Job.state.in_(states))
+    if before:
+        query = query.where(Job.id < before)
+    rows = session.execute(query.order_by(Job.id.desc()).limit(limit)).all()
+    return [(job, owner) for job, owner in rows]
+
+
+def queue_position(session: Session, job: Job) -> int | None:
+    """1 for the next job its queue will run; None when the job is not queued."""
+    if job.state != QUEUED:
+        return None
+    ahead = session.scalar(select(func.count()).select_from(Job).where(
+        Job.state == QUEUED, Job.queue == job.queue, Job.id < job.id))
+    return int(ahead or 0) + 1
+
+
+def queue_positions(session: Session, jobs: list[Job]) -> dict[str, int]:
+    """Positions for many queued jobs in one query per queue (a page of the job list)."""
+    out: dict[str, int] = {}
+    by_queue: dict[str, list[str]] = {}
+    for job in jobs:
+        if job.state == QUEUED:
+            by_queue.setdefault(job.queue, []).append(job.id)
+    for queue, ids in by_queue.items():
+        ranked = (select(Job.id, func.row_number().over(order_by=Job.id).label("pos"))
+                  .where(Job.state == QUEUED, Job.queue == queue, Job.id <= max(ids)).subquery())
+        for job_id, pos in session.execute(select(ranked.c.id, ranked.c.pos).where(ranked.c.id.in_(ids))):
+            out[job_id] = int(pos)
+    return out
+
+
+def find_idempotent(session: Session, owner_id: int, key: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.owner_id == owner_id, Job.idempotency_key == key))
+
+
+def insert_job(session: Session, owner_id: int, *, name: str, spec: dict[str, Any], queue: str,
+               idempotency_key: str | None, request_hash: str | None) -> Job:
+    """A new queued job and its first event; the caller commits."""
+    now = utcnow()
+    job = Job(id=new_job_id(), owner_id=owner_id, name=name, spec=spec, state=QUEUED, queue=queue, attempts=0,
+              idempotency_key=idempotency_key, request_hash=request_hash, created_at=now)
+    session.add(job)
+    session.flush()
+    session.add(JobEvent(job_id=job.id, at=now, kind="state", state=QUEUED, reason="submitted"))
+    return job
+
+
+def counts_by_state(session: Session) -> dict[str, int]:
+    return {state: int(n) for state, n in session.execute(select(Job.state, func.count()).group_by(Job.state))}
+
+
+def queue_depths(session: Session) -> dict[str, int]:
+    return {queue: int(n) for queue, n in session.execute(
+        select(Job.queue, func.count()).where(Job.state == QUEUED).group_by(Job.queue))}

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from service.deps import CurrentUser, Principal, SessionDep, SettingsDep
+from service.errors import ApiError, not_found
+from service.queries import artifacts as q
+from service.schemas import ArtifactOut, error_responses
+from service.settings import Settings
+from service.uploads import Received, receive_upload
+
+router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
+_inspect_lock = threading.Lock()  # one upload is unpickled/inspected at a time
+
+UPLOAD_BODY = {
+    "required": True,
+    "description": "The weights file: the raw bytes, or a multipart form with the file in field `file`. "
+                   "A state_dict saved by torch.save, a `{'model': state_dict}` checkpoint, safetensors, or "
+                   "a TorchScript archive. Pickles that need code to load are refused (422).",
+    "content": {
+        "application/octet-stream": {
+            "schema": {"type": "string", "format": "binary"},
+            "example": "<bytes of torch.save(model.state_dict(), 'teacher.pt')>",
+        },
+        "multipart/form-data": {
+            "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}},
+                       "required": ["file"]},
+            "example": {"file": "teacher.pt"},
+        },
+    },
+}
+
+
+def blob_path(settings: Settings, sha256: str) -> Path:
+    return settings.artifact_dir / "blobs" / sha256[:2] / sha256
+
+
+def _store(session: Session, who: Principal, settings: Settings, received: Received) -> tuple[ArtifactOut, bool]:
+    """Inspect (unless these bytes were checked before), keep one blob per sha256, record the owner's artifact."""
+    known = q.blob_known(session, received.sha256)
+    blob = blob_path(settings, received.sha256)
+    if known is not None and blob.is_file():
+        fmt = known.format
+    else:
+        from ttm.teacher import WeightsError, inspect_artifact
+
+        try:
+            with _inspect_lock:
+                fmt = inspect_artifact(received.path).format
+        except WeightsError as err:
+            raise ApiError(422, str(err), code="invalid_artifact", field="file") from None
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(received.path, blob)
+    artifact, created = q.add_artifact(session, who.id, sha256=received.sha256, size=received.size, fmt=fmt,
+                                       path=str(blob), filename=received.filename)
+    return ArtifactOut.model_validate(artifact, from_attributes=True), created
+
+
+@router.post("", status_code=201, response_model=ArtifactOut, openapi_extra={"requestBody": UPLOAD_BODY},
+             responses={200: {"model": ArtifactOut, "description": "the same bytes were uploaded before"},
+                        **error_responses(401, 413, 422)})
+async def upload_artifact(request: Request, response: Response, who: CurrentUser, session: SessionDep,
+                          settings: SettingsDep,
+                          filename: Annotated[str | None, Query(max_length=255)] = None) -> ArtifactOut:
+    """Upload teacher weights: streamed to disk, addressed by sha256, deduplicated per owner, checked on arrival."""
+    received = await receive_upload(request, settings.artifact_dir / "tmp", settings.max_upload_bytes, filename)
+    try:
+        out, created = await run_in_threadpool(_store, session, who, settings, received)
+    finally:
+        received.path.unlink(missing_ok=True)
+    if not created:
+        response.status_code = 200
+    return out
+
+
+@router.get("/{artifact_id}", response_model=ArtifactOut, responses=error_responses(401, 404))
+def get_artifact(artifact_id: str, who: CurrentUser, session: SessionDep) -> ArtifactOut:
+    artifact = q.get_artifact(session, who, artifact_id)
+    if artifact is None:
+        raise not_found("artifact", artifact_id)
+    return ArtifactOut.model_validate(artifact, from_attributes=True)

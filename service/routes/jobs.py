@@ -1,0 +1,214 @@
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Header, Query, Request, Response
+from fastapi.responses import FileResponse, PlainTextResponse
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.admission import admit
+from service.broker import enqueue_job
+from service.deps import CurrentUser, Principal, SessionDep, SettingsDep
+from service.errors import ApiError, not_found
+from service.models import Checkpoint, Job
+from service.queries import checkpoints as cq
+from service.queries import history as hq
+from service.queries import jobs as q
+from service.schemas import (JOB_EXAMPLES, CheckpointOut, JobList, JobOut, MetricList, MetricOut,
+                             error_responses)
+from service.states import ALL_STATES, CANCELLED, CANCELLING, QUEUED, RUNNING, IllegalTransition, transition
+
+log = logging.getLogger("ttm.service")
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+LOG_CHUNK = 4 * 1024 * 1024
+JOB_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": {"$ref": "#/components/schemas/JobSpec"}, "examples": JOB_EXAMPLES}}}}
+
+
+def job_out(job: Job, owner: str, position: int | None) -> JobOut:
+    return JobOut(id=job.id, name=job.name, state=job.state, queue=job.queue, queue_position=position,
+                  attempts=job.attempts, reason=job.reason, owner=owner, created_at=job.created_at,
+                  started_at=job.started_at, finished_at=job.finished_at, best_top1=job.best_top1, spec=job.spec)
+
+
+def visible_job(session: Session, who: Principal, job_id: str) -> tuple[Job, str]:
+    found = q.get_job(session, who, job_id)
+    if found is None:
+        raise not_found("job", job_id)
+    return found
+
+
+def _request_hash(body: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _replay(session: Session, prior: Job, owner: str, request_hash: str) -> JobOut:
+    if prior.request_hash != request_hash:
+        raise ApiError(409, f"Idempotency-Key {prior.idempotency_key!r} was used for another request "
+                            f"(job {prior.id}); use a new key for a new job", code="idempotency_conflict")
+    return job_out(prior, owner, q.queue_position(session, prior))
+
+
+@router.post("", status_code=201, response_model=JobOut, openapi_extra=JOB_BODY,
+             responses={200: {"model": JobOut, "description": "replay of an earlier request with this "
+                                                               "Idempotency-Key"},
+                        **error_responses(400, 401, 409, 422)})
+def submit_job(body: Annotated[dict[str, Any], Body()], request: Request, response: Response, who: CurrentUser,
+               session: SessionDep, settings: SettingsDep,
+               idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
+               ) -> JobOut:
+    """Submit a job spec. It is validated (architectures, γ/β/T, dataset, the teacher loading into the declared
+    architecture) before it is queued; any refusal is a 422 that names the field."""
+    request_hash = _request_hash(body) if idempotency_key else None
+    if idempotency_key:
+        prior = q.find_idempotent(session, who.id, idempotency_key)
+        if prior is not None:
+            response.status_code = 200
+            return _replay(session, prior, who.name, request_hash or "")
+    admitted = admit(session, who, body, settings, request.app.state.teacher_checks)
+    job = q.insert_job(session, who.id, name=admitted.spec.name, spec=admitted.spec_json, queue=admitted.queue,
+                       idempotency_key=idempotency_key, request_hash=request_hash)
+    try:
+        session.commit()
+    except IntegrityError:  # the same key raced in from a concurrent request
+        session.rollback()
+        prior = q.find_idempotent(session, who.id, idempotency_key) if idempotency_key else None
+        if prior is None:
+            raise
+        response.status_code = 200
+        return _replay(session, prior, who.name, request_hash or "")
+    try:
+        enqueue_job(job.id, job.queue, request.app.state.celery)
+    except Exception:  # the job is safe in the database; the reconciler sends its message again
+        log.exception("could not enqueue %s; it stays queued for the reconciler", job.id)
+    return job_out(job, who.name, q.queue_position(session, job))
+
+
+@router.get("", response_model=JobList, responses=error_responses(401, 422))
+def list_jobs(who: CurrentUser, session: SessionDep,
+              state: Annotated[list[str] | None, Query(description="filter: repeat, or comma-separate")] = None,
+              cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+              limit: Annotated[int, Query(ge=1, le=200)] = 50) -> JobList:
+    """Your jobs (an admin: everyone's), newest first."""
+    states = [s for value in state or [] for s in value.split(",") if s]
+    unknown = [s for s in states if s not in ALL_STATES]
+    if unknown:
+        raise ApiError(422, f"unknown state {unknown[0]!r}; states: {', '.join(ALL_STATES)}", field="state")
+    rows = q.list_jobs(session, who, states=states or None, before=cursor, limit=limit)
+    positions = q.queue_positions(session, [job for job, _ in rows])
+    items = [job_out(job, owner, positions.get(job.id)) for job, owner in rows]
+    return JobList(items=items, next_cursor=rows[-1][0].id if len(rows) == limit else None)
+
+
+@router.get("/{job_id}", response_model=JobOut, responses=error_responses(401, 404))
+def get_job(job_id: str, who: CurrentUser, session: SessionDep) -> JobOut:
+    job, owner = visible_job(session, who, job_id)
+    return job_out(job, owner, q.queue_position(session, job))
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut, responses=error_responses(401, 404, 409))
+def cancel_job(job_id: str, who: CurrentUser, session: SessionDep) -> JobOut:
+    """A queued job is cancelled at once; a running one becomes `cancelling` until its worker has stopped the
+    trainer. Cancelling a finished job is a 409."""
+    job, owner = visible_job(session, who, job_id)
+    for _ in range(3):  # the worker may move the job while we look at it
+        if job.state == CANCELLING:
+            break
+        target = {QUEUED: CANCELLED, RUNNING: CANCELLING}.get(job.state)
+        if target is None:
+            raise ApiError(409, f"job {job.id} is already {job.state}", code="job_finished")
+        try:
+            transition(session, job, target, reason=f"cancelled by {who.name}")
+            session.commit()
+            break
+        except IllegalTransition:
+            session.rollback()
+            session.refresh(job)
+    return job_out(job, owner, q.queue_position(session, job))
+
+
+@router.get("/{job_id}/metrics", response_model=MetricList, responses=error_responses(401, 404))
+def job_metrics(job_id: str, who: CurrentUser, session: SessionDep,
+                after: Annotated[int, Query(ge=0, description="return rows with seq > after")] = 0,
+                limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> MetricList:
+    """The job's metric rows in sequence order."""
+    visible_job(session, who, job_id)
+    rows = hq.metrics_after(session, job_id, after, limit)
+    return MetricList(items=[MetricOut(seq=m.id, epoch=m.epoch, name=m.name, value=m.value, at=m.at)
+                             for m in rows], next_after=rows[-1].id if rows else after)
+
+
+@router.get("/{job_id}/log", response_class=PlainTextResponse,
+            responses={200: {"content": {"text/plain": {"example": "epoch 1/2 loss 0.91 top1 71.2\n"}}},
+                       **error_responses(401, 404)})
+def job_log(job_id: str, who: CurrentUser, session: SessionDep,
+            offset: Annotated[int, Query(ge=0, description="byte offset to read from")] = 0) -> PlainTextResponse:
+    """The trainer's log text (empty until the worker writes one); `X-TTM-Log-Next-Offset` says where to go on."""
+    job, _ = visible_job(session, who, job_id)
+    data = b""
+    if job.out_dir:
+        path = Path(job.out_dir) / "train.log"
+        if path.is_file():
+            with path.open("rb") as f:
+                f.seek(offset)
+                data = f.read(LOG_CHUNK)
+    return PlainTextResponse(data.decode("utf-8", "replace"),
+                             headers={"X-TTM-Log-Next-Offset": str(offset + len(data))})
+
+
+def _checkpoint_out(c: Checkpoint) -> CheckpointOut:
+    return CheckpointOut(which=c.which, format=c.format, sha256=c.sha256, size=c.size, epoch=c.epoch,
+                         manifest=c.manifest or {},
+                         url=f"/v1/jobs/{c.job_id}/checkpoints/{c.which}?format={c.format}")
+
+
+@router.get("/{job_id}/checkpoints", response_model=list[CheckpointOut], responses=error_responses(401, 404))
+def list_checkpoints(job_id: str, who: CurrentUser, session: SessionDep) -> list[CheckpointOut]:
+    visible_job(session, who, job_id)
+    return [_checkpoint_out(c) for c in cq.list_checkpoints(session, job_id)]
+
+
+def _checkpoint(session: Session, who: Principal, job_id: str, which: str, fmt: str) -> Checkpoint:
+    job, _ = visible_job(session, who, job_id)
+    ckpt = cq.get_checkpoint(session, job_id, which, fmt)
+    if ckpt is None:
+        raise ApiError(404, f"job {job_id} has no {which} checkpoint in format {fmt} yet (state: {job.state}); "
+                            "checkpoints appear after the first epoch", code="checkpoint_not_ready")
+    return ckpt
+
+
+@router.get("/{job_id}/checkpoints/{which}/manifest", responses=error_responses(401, 404))
+def checkpoint_manifest(job_id: str, which: Literal["best", "last"], who: CurrentUser, session: SessionDep,
+                        format: Literal["pt", "safetensors", "torchscript"] = "pt") -> dict[str, Any]:
+    """The manifest written beside the checkpoint: architecture, classes, input shape, normalization, accuracy."""
+    return _checkpoint(session, who, job_id, which, format).manifest or {}
+
+
+_SUFFIX = {"pt": ".pt", "safetensors": ".safetensors", "torchscript": ".torchscript.pt"}
+
+
+@router.get("/{job_id}/checkpoints/{which}",
+            responses={200: {"content": {"application/octet-stream": {"example": "<checkpoint bytes>"}},
+                             "description": "the file; ETag is its sha256, X-TTM-Manifest its manifest (JSON)"},
+                       304: {"description": "If-None-Match matched the sha256"}, **error_responses(401, 404)})
+def download_checkpoint(job_id: str, which: Literal["best", "last"], who: CurrentUser, session: SessionDep,
+                        format: Literal["pt", "safetensors", "torchscript"] = "pt",
+                        if_none_match: Annotated[str | None, Header()] = None) -> Response:
+    ckpt = _checkpoint(session, who, job_id, which, format)
+    etag = f'"{ckpt.sha256}"'
+    headers = {"ETag": etag, "X-TTM-Sha256": ckpt.sha256, "Cache-Control": "private, max-age=0",
+               "X-TTM-Manifest": json.dumps(ckpt.manifest or {}, separators=(",", ":"), ensure_ascii=True)}
+    if if_none_match and etag in [t.strip() for t in if_none_match.split(",")]:
+        return Response(status_code=304, headers={"ETag": etag})
+    path = Path(ckpt.path)
+    if not path.is_file():
+        raise ApiError(404, f"the {which} checkpoint of job {job_id} is recorded but its file is gone",
+                       code="checkpoint_missing")
+    return FileResponse(path, media_type="application/octet-stream", headers=headers,
+                        filename=f"{job_id}-{which}{_SUFFIX[format]}")

@@ -1,0 +1,108 @@
+"""Response bodies and the examples /docs shows."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ArtifactOut(BaseModel):
+    id: str = Field(examples=["art_5f0c2b7e9a1d4c3b8e6f7a21"])
+    sha256: str
+    size: int
+    format: str = Field(description="state_dict | safetensors | torchscript")
+    filename: str | None = None
+    created_at: datetime
+
+
+class JobOut(BaseModel):
+    id: str = Field(examples=["job_01jfz8q2x4m7c9v3b5n8k2r6tw"])
+    name: str
+    state: str = Field(description="queued | running | cancelling | succeeded | failed | cancelled")
+    queue: str = Field(description="gpu | cpu")
+    queue_position: int | None = Field(description="1 = next to run in its queue; null unless queued")
+    attempts: int
+    reason: str | None
+    owner: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    best_top1: float | None
+    spec: dict[str, Any] = Field(description="the job spec as accepted (defaults and preset filled in)")
+
+
+class JobList(BaseModel):
+    items: list[JobOut]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next (older) page; null at the end")
+
+
+class MetricOut(BaseModel):
+    seq: int = Field(description="the row's sequence number; ?after=seq continues after it")
+    epoch: int
+    name: str
+    value: float
+    at: datetime
+
+
+class MetricList(BaseModel):
+    items: list[MetricOut]
+    next_after: int = Field(description="the last seq returned (or the given after): pass as ?after= to go on")
+
+
+class CheckpointOut(BaseModel):
+    which: str = Field(description="best | last")
+    format: str = Field(description="pt | safetensors | torchscript")
+    sha256: str
+    size: int
+    epoch: int
+    url: str
+    manifest: dict[str, Any]
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+    errors: list[dict[str, str]] | None = None
+
+
+class ErrorOut(BaseModel):
+    error: ErrorDetail
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorOut} for code in codes}
+
+
+JOB_EXAMPLES: dict[str, dict[str, Any]] = {
+    "wttm": {
+        "summary": "WTTM from an uploaded teacher on Fashion-MNIST",
+        "value": {
+            "name": "fmnist-wttm",
+            "teacher": {"arch": "resnet8", "weights": "art_5f0c2b7e9a1d4c3b8e6f7a21"},
+            "student": {"arch": "resnet8"},
+            "dataset": {"name": "fashion_mnist", "subset": {"train": 2000, "test": 500}},
+            "loss": {"kind": "wttm", "gamma": 0.3, "beta": 1.5},
+            "train": {"epochs": 2, "batch_size": 128, "lr": 0.05, "schedule": {"kind": "cosine"}},
+            "resources": {"gpus": 1, "queue": "auto"},
+        },
+    },
+    "paper_preset": {
+        "summary": "A preset from the paper (CIFAR-100, resnet56 → resnet20, WTTM)",
+        "value": {"preset": "paper/cifar100/resnet56-resnet20/wttm",
+                  "teacher": {"arch": "resnet56", "weights": "art_5f0c2b7e9a1d4c3b8e6f7a21"}},
+    },
+    "train_teacher": {
+        "summary": "Train a teacher with plain cross-entropy (no teacher)",
+        "value": {"name": "teacher", "student": {"arch": "resnet8"}, "dataset": {"name": "fashion_mnist"},
+                  "loss": {"kind": "ce"}, "train": {"epochs": 5, "schedule": {"kind": "cosine"}}},
+    },
+    "chain": {
+        "summary": "Distill from the best student of a finished job",
+        "value": {"name": "chained", "teacher": {"job": "job_01jfz8q2x4m7c9v3b5n8k2r6tw"},
+                  "student": {"arch": "resnet8"}, "dataset": {"name": "fashion_mnist"},
+                  "loss": {"kind": "ttm", "gamma": 0.5, "beta": 2.0}, "train": {"epochs": 5,
+                                                                                 "schedule": {"kind": "cosine"}}},
+    },
+}

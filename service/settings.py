@@ -1,0 +1,53 @@
+"""The server's one settings object. Every `TTM_*` variable is read here and nowhere else in service/."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TTM_", extra="ignore")
+
+    home: Path = Field(Path("~/.ttm"), description="where the embedded defaults keep their files")
+    database_url: str = Field(
+        default_factory=lambda d: f"sqlite:///{d['home']}/ttm.db",
+        description="SQLAlchemy URL; postgresql:// means psycopg 3")
+    broker_url: str | None = Field(None, description="Celery broker; none: kombu's filesystem transport")
+    broker_visibility_timeout: int = Field(
+        24 * 3600, gt=0, description="seconds before an unacknowledged message is redelivered (jobs run hours)")
+    artifact_dir: Path = Field(default_factory=lambda d: d["home"] / "artifacts")
+    data_root: Path = Field(default_factory=lambda d: d["home"] / "data",
+                            description="datasets given by root/path must lie inside it")
+    max_upload_bytes: int = Field(2 * 1024**3, gt=0)
+    auth: Literal["token", "off"] = "token"
+    max_attempts: int = Field(3, gt=0)
+    lease_seconds: int = Field(60, gt=0)
+    sse_ping_seconds: float = Field(15, gt=0)
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _expand_home(cls, v: Path) -> Path:
+        return v.expanduser()
+
+    @field_validator("artifact_dir", "data_root", mode="after")
+    @classmethod
+    def _expand(cls, v: Path) -> Path:
+        return v.expanduser()
+
+    @field_validator("broker_url", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: object) -> object:
+        return None if v == "" else v
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.home / "broker"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,60 @@
+"""Job states and the one function that moves a job between them.
+
+queued → running → succeeded | failed | cancelled, plus cancelling (a cancel asked of a running job, until its
+worker has stopped the trainer). running → queued is a lost lease that the reconciler re-enqueues.
+"""
+from __future__ import annotations
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from service.models import Job, JobEvent, utcnow
+
+QUEUED, RUNNING, CANCELLING = "queued", "running", "cancelling"
+SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
+FINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED})
+ALL_STATES = (QUEUED, RUNNING, CANCELLING, SUCCEEDED, FAILED, CANCELLED)
+
+TRANSITIONS: dict[str, frozenset[str]] = {
+    QUEUED: frozenset({RUNNING, CANCELLED, FAILED}),
+    RUNNING: frozenset({SUCCEEDED, FAILED, CANCELLING, CANCELLED, QUEUED}),
+    CANCELLING: frozenset({CANCELLED, FAILED, SUCCEEDED}),
+    SUCCEEDED: frozenset(),
+    FAILED: frozenset(),
+    CANCELLED: frozenset(),
+}
+
+
+class IllegalTransition(Exception):
+    def __init__(self, job_id: str, from_state: str, to_state: str):
+        self.job_id, self.from_state, self.to_state = job_id, from_state, to_state
+        super().__init__(f"job {job_id} is {from_state}; it cannot become {to_state}")
+
+
+def transition(session: Session, job: Job, to_state: str, reason: str | None = None) -> None:
+    """Move `job` to `to_state` and record the change as a JobEvent; raises IllegalTransition.
+
+    The UPDATE is conditional on the state this session saw, so two writers (the API cancelling, a worker finishing)
+    cannot both win: the loser gets IllegalTransition with the state that is now stored. On PostgreSQL it also locks
+    the job row before the event takes its sequence number, so one job's events commit in sequence order.
+    """
+    from_state = job.state
+    if to_state not in TRANSITIONS.get(from_state, frozenset()):
+        raise IllegalTransition(job.id, from_state, to_state)
+    now = utcnow()
+    values: dict[str, object] = {"state": to_state}
+    if to_state == RUNNING and job.started_at is None:
+        values["started_at"] = now
+    if to_state in FINAL_STATES:
+        values["finished_at"] = now
+    if reason is not None:
+        values["reason"] = reason
+    result = session.execute(
+        update(Job).where(Job.id == job.id, Job.state == from_state).values(**values),
+        execution_options={"synchronize_session": "evaluate"},
+    )
+    if result.rowcount != 1:
+        session.refresh(job, ["state"])
+        raise IllegalTransition(job.id, job.state, to_state)
+    session.add(JobEvent(job_id=job.id, at=now, kind="state", state=to_state, reason=reason))
+    session.flush()

@@ -1,0 +1,122 @@
+"""Receiving an upload: streamed to a temporary file while hashing, never held whole in memory, cut off with 413
+the moment it passes the limit. Takes a raw body (application/octet-stream) or a multipart form whose file field
+is `file` (what `curl -F file=@teacher.pt` sends)."""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from fastapi import Request
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from service.errors import ApiError
+
+MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file in a multipart body
+
+
+@dataclass
+class Received:
+    path: Path
+    sha256: str
+    size: int
+    filename: str | None
+
+
+class _Sink:
+    """The temporary file, its running hash and size, and the limit."""
+
+    def __init__(self, f: IO[bytes], limit: int):
+        self.f, self.limit, self.size, self.hash = f, limit, 0, hashlib.sha256()
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.limit:
+            raise too_large(self.limit)
+        self.hash.update(data)
+        self.f.write(data)
+
+
+def too_large(limit: int) -> ApiError:
+    return ApiError(413, f"upload is larger than the server's limit of {limit} bytes (TTM_MAX_UPLOAD_BYTES)")
+
+
+class _FilePart:
+    """Multipart callbacks that send the first file part (field `file`, or any part with a filename) to the sink."""
+
+    def __init__(self, sink: _Sink):
+        self.sink = sink
+        self.headers: dict[str, str] = {}
+        self._field = self._value = b""
+        self.writing = self.done = False
+        self.filename: str | None = None
+
+    def callbacks(self) -> dict[str, object]:
+        return {"on_part_begin": self._begin, "on_header_field": self._hfield, "on_header_value": self._hvalue,
+                "on_header_end": self._hend, "on_headers_finished": self._headers_done,
+                "on_part_data": self._data, "on_part_end": self._end}
+
+    def _begin(self) -> None:
+        self.headers = {}
+
+    def _hfield(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
+
+    def _hvalue(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def _hend(self) -> None:
+        self.headers[self._field.decode("latin-1").lower()] = self._value.decode("latin-1")
+        self._field = self._value = b""
+
+    def _headers_done(self) -> None:
+        _, params = parse_options_header(self.headers.get("content-disposition", ""))
+        name = params.get(b"name", b"").decode("utf-8", "replace")
+        filename = params.get(b"filename")
+        if not self.done and (name == "file" or filename is not None):
+            self.writing = True
+            self.filename = filename.decode("utf-8", "replace") if filename else None
+
+    def _data(self, data: bytes, start: int, end: int) -> None:
+        if self.writing:
+            self.sink.write(data[start:end])
+
+    def _end(self) -> None:
+        if self.writing:
+            self.writing, self.done = False, True
+
+
+async def receive_upload(request: Request, tmp_dir: Path, limit: int, filename: str | None = None) -> Received:
+    content_type, params = parse_options_header(request.headers.get("content-type"))
+    multipart = content_type == b"multipart/form-data"
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit + (MULTIPART_SLACK if multipart else 0):
+        raise too_large(limit)  # refused before a byte is read
+    if multipart and not params.get(b"boundary"):
+        raise ApiError(400, "multipart body without a boundary")
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="upload-", dir=tmp_dir)
+    path = Path(tmp)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            sink = _Sink(f, limit)
+            part = _FilePart(sink) if multipart else None
+            parser = MultipartParser(params[b"boundary"], part.callbacks()) if part else None  # type: ignore[arg-type]
+            async for chunk in request.stream():
+                if parser is not None:
+                    parser.write(chunk)
+                else:
+                    sink.write(chunk)
+            if parser is not None:
+                parser.finalize()
+        if part is not None and not part.done:
+            raise ApiError(422, "no file in the form: send the weights as the field `file`", field="file")
+        if sink.size == 0:
+            raise ApiError(422, "empty upload", field="file")
+        return Received(path, sink.hash.hexdigest(), sink.size, (part.filename if part else None) or filename)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,99 @@
+"""The training loop on real data: a Fashion-MNIST teacher → WTTM student run, checkpoints that reload and give the
+logged accuracy, resume equivalence, and a diverging run that fails with a reason."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ttm.data import make_loaders
+from ttm.models import build_model
+from ttm.spec import parse_spec
+from ttm.train import TrainingError, evaluate, train
+
+FM_SUBSET = {"train": 4000, "test": 1000}
+
+
+def fm_spec(name, **over):
+    base = {"name": name, "student": {"arch": "resnet8"}, "dataset": {"name": "fashion_mnist", "subset": FM_SUBSET},
+            "train": {"epochs": 3, "batch_size": 100, "lr": 0.1, "schedule": {"kind": "cosine"}, "seed": 0}}
+    base.update(over)
+    return parse_spec(base)
+
+
+@pytest.fixture(scope="module")
+def fm_teacher(tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher")
+    result = train(fm_spec("teacher", student={"arch": "resnet14"}), out)
+    return out, result
+
+
+def test_teacher_then_wttm_student_on_fashion_mnist(fm_teacher, tmp_path):
+    teacher_dir, teacher_result = fm_teacher
+    assert teacher_result.best_top1 > 70  # 10 classes: chance is 10 %
+    seen: list[tuple[int, dict]] = []
+    spec = fm_spec("student", teacher={"arch": "resnet14", "weights": str(teacher_dir / "best.safetensors")},
+                   loss={"kind": "wttm", "gamma": 0.3, "beta": 1.5})
+    result = train(spec, tmp_path, on_metrics=lambda e, m: seen.append((e, m)))
+
+    assert [e for e, _ in seen] == [0, 1, 2, 3]  # epoch 0: the teacher's accuracy, once
+    assert seen[0][1]["teacher/top1"] == pytest.approx(teacher_result.best_top1, abs=0.2)
+    for _, m in seen[1:]:
+        assert all(torch.isfinite(torch.tensor(v)) for v in m.values()), m
+        for key in ("train/loss", "train/ce", "train/wttm", "train/u", "test/top1", "test/top5", "test/entropy",
+                    "test/kl", "test/u", "lr", "images_per_s", "elapsed_s", "eta_s"):
+            assert key in m, key
+        assert 1.0 <= m["test/u"] <= 10 ** 0.7 + 1e-6  # 1 ≤ U_γ ≤ K^(1−γ)
+    assert result.best_top1 > 65
+    assert seen[-1][1]["eta_s"] == 0
+
+    # the best checkpoint reloads into the architecture and gives the logged accuracy
+    manifest = json.loads((tmp_path / "best.json").read_text())
+    assert manifest["arch"] == "resnet8" and manifest["num_classes"] == 10 and manifest["input_shape"] == [1, 28, 28]
+    assert manifest["top1"] == pytest.approx(result.best_top1)
+    from safetensors.torch import load_file
+
+    model = build_model("resnet8", num_classes=10, in_channels=1)
+    model.load_state_dict(load_file(str(tmp_path / "best.safetensors")))
+    _, test, _ = make_loaders(spec.dataset, batch_size=100, device=torch.device("cpu"), seed=0)
+    from contextlib import nullcontext
+
+    assert evaluate(model, test, None, None, nullcontext)["top1"] == pytest.approx(result.best_top1, abs=1e-6)
+    lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [l["epoch"] for l in lines] == [0, 1, 2, 3]
+    assert "epoch 3/3" in (tmp_path / "train.log").read_text()
+
+
+@pytest.mark.parametrize("loss", [{"kind": "ce"}, {"kind": "wttm", "gamma": 0.3, "beta": 1.5}])
+def test_stop_and_resume_gives_the_same_weights(tmp_path, loss):
+    teacher = None
+    if loss["kind"] != "ce":
+        torch.manual_seed(1)
+        torch.save(build_model("resnet8", 10, 1).state_dict(), tmp_path / "t.pt")
+        teacher = {"arch": "resnet8", "weights": str(tmp_path / "t.pt")}
+    data = {"name": "r", "student": {"arch": "resnet8"}, "dataset": {"name": "digits"}, "loss": loss,
+            "train": {"epochs": 3, "batch_size": 64, "lr": 0.05, "seed": 3,
+                      "schedule": {"kind": "step", "milestones": [2], "factor": 0.1}}}
+    if teacher:
+        data["teacher"] = teacher
+    spec = parse_spec(data)
+    full = train(spec, tmp_path / "full")
+    first = train(spec, tmp_path / "split", stop_after_epoch=1)
+    assert first.stopped_early and first.epochs_done == 1
+    second = train(spec, tmp_path / "split")
+    assert second.epochs_done == 3 and not second.stopped_early
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert full.best_top1 == second.best_top1
+
+
+def test_an_absurd_lr_fails_with_a_reason(tmp_path):
+    spec = parse_spec({"name": "nan", "student": {"arch": "resnet8"}, "dataset": {"name": "digits"},
+                       "train": {"epochs": 2, "batch_size": 64, "lr": 10.0, "momentum": 0.99, "weight_decay": 0,
+                                 "schedule": {"kind": "constant"}}})
+    with pytest.raises(TrainingError, match="lower train.lr"):
+        train(spec, tmp_path)

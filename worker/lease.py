@@ -1,0 +1,70 @@
+"""The lease on a job row: the one thing that decides which worker runs a job.
+
+A worker may train a job only while it holds the lease: `worker` names it and `lease_expires_at` lies in the future.
+Taking the lease is one conditional UPDATE, so of two deliveries of the same message (or two workers) exactly one
+wins; the other sees no row and does nothing. A lease that is not renewed expires, and the reconciler hands the job
+to someone else.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, case, literal, or_, select, update
+from sqlalchemy.orm import Session
+
+from service.models import Job, JobEvent, UTCDateTime, utcnow
+from service.states import CANCELLING, QUEUED, RUNNING
+
+HELD_STATES = (RUNNING, CANCELLING)
+
+
+def lease_job(session: Session, job_id: str, worker_name: str, lease_seconds: float) -> Job | None:
+    """Take the lease on a queued job, or on a running job whose lease expired; None when the job is not ours to run
+    (already running elsewhere, cancelled, finished, unknown).
+
+    The state change and the lease are one atomic UPDATE; the JobEvent that `states.transition` would record is
+    written right after, in the same transaction, so the history still has one event per state change.
+    """
+    now = utcnow()
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id,
+               or_(Job.state == QUEUED,
+                   and_(Job.state == RUNNING, or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now))))
+        .values(state=RUNNING, worker=worker_name, lease_expires_at=now + timedelta(seconds=lease_seconds),
+                attempts=Job.attempts + 1,
+                started_at=case((Job.started_at.is_(None), literal(now, UTCDateTime())), else_=Job.started_at))
+        .returning(Job)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    )
+    job = session.scalars(stmt).one_or_none()
+    if job is None:
+        return None
+    session.add(JobEvent(job_id=job.id, at=now, kind="state", state=RUNNING,
+                         reason=f"attempt {job.attempts} on worker {worker_name}"))
+    session.flush()
+    return job
+
+
+def renew_lease(session: Session, job_id: str, worker_name: str, lease_seconds: float) -> str | None:
+    """Push the expiry forward; returns the job's state (running or cancelling), or None when the lease is lost."""
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, Job.worker == worker_name, Job.state.in_(HELD_STATES))
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+        .returning(Job.state)
+        .execution_options(synchronize_session=False)
+    )
+    return session.scalars(stmt).one_or_none()
+
+
+def held_state(session: Session, job_id: str, worker_name: str) -> str | None:
+    """The job's state if this worker still holds its lease, else None. A read: the cheap check between renewals."""
+    row = session.execute(select(Job.state, Job.worker).where(Job.id == job_id)).one_or_none()
+    if row is None or row.worker != worker_name or row.state not in HELD_STATES:
+        return None
+    return row.state
+
+
+def lease_expired(job: Job, now: datetime | None = None) -> bool:
+    return job.lease_expires_at is None or job.lease_expires_at < (now or utcnow())

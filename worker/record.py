@@ -1,0 +1,111 @@
+"""What a run writes into the database: metric rows, checkpoint rows, the worker's heartbeat.
+
+Every write is an upsert on the row's natural key, so writing the same thing twice (a resumed job re-running an
+epoch, the final sweep after the per-epoch writes) leaves exactly one row.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+from sqlalchemy import Table
+from sqlalchemy.orm import Session
+
+from service.models import Checkpoint, Metric, Worker, utcnow
+
+log = logging.getLogger("ttm.worker")
+
+CHECKPOINT_KINDS = ("best", "last")
+
+
+def upsert(session: Session, table: Table, rows: list[dict[str, Any]], keys: Iterable[str],
+           update: Iterable[str] = ()) -> None:
+    """INSERT ... ON CONFLICT (keys) DO UPDATE SET update-columns (or DO NOTHING), in PostgreSQL's or SQLite's words."""
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        raise NotImplementedError(f"no upsert for the {dialect} database")
+    stmt = insert(table).values(rows)
+    update = list(update)
+    if update:
+        stmt = stmt.on_conflict_do_update(index_elements=list(keys), set_={c: stmt.excluded[c] for c in update})
+    else:
+        stmt = stmt.on_conflict_do_nothing(index_elements=list(keys))
+    session.execute(stmt)
+
+
+def metric_rows(job_id: str, epoch: int, metrics: dict[str, float]) -> list[dict[str, Any]]:
+    now = utcnow()
+    rows = []
+    for name, value in metrics.items():
+        value = float(value)
+        if not math.isfinite(value):  # SQLite cannot store NaN; a non-finite metric is skipped, not invented
+            log.warning("job %s epoch %d: metric %s is %s; not stored", job_id, epoch, name, value)
+            continue
+        rows.append({"job_id": job_id, "epoch": epoch, "name": name, "value": value, "at": now})
+    return rows
+
+
+def upsert_metrics(session: Session, job_id: str, epoch: int, metrics: dict[str, float]) -> None:
+    """One epoch's metrics; a re-run epoch overwrites its values (the row, and its sequence number, stay)."""
+    upsert(session, Metric.__table__, metric_rows(job_id, epoch, metrics), ("job_id", "epoch", "name"),
+           update=("value", "at"))
+
+
+def backfill_metrics(session: Session, job_id: str, run_dir: Path) -> int:
+    """Insert the epochs of `run_dir/metrics.jsonl` that the database lacks (rows already there are kept).
+
+    The trainer appends to that file before it calls back, so this closes the gap a killed child may leave between
+    its last file line and its last database write. Returns the number of epochs read.
+    """
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return 0
+    latest: dict[int, dict[str, float]] = {}
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+            latest[int(entry["epoch"])] = entry["metrics"]  # a re-run epoch's later line wins
+        except (ValueError, KeyError, TypeError):  # a line cut short by a kill
+            continue
+    rows = [row for epoch, metrics in sorted(latest.items()) for row in metric_rows(job_id, epoch, metrics)]
+    for start in range(0, len(rows), 1000):
+        upsert(session, Metric.__table__, rows[start:start + 1000], ("job_id", "epoch", "name"))
+    return len(latest)
+
+
+def read_manifest(run_dir: Path, which: str) -> dict[str, Any] | None:
+    path = run_dir / f"{which}.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+
+
+def sync_checkpoints(session: Session, job_id: str, run_dir: Path) -> dict[str, Any] | None:
+    """Checkpoint rows for the best and last students that `run_dir` holds now; returns the best manifest."""
+    rows = []
+    for which in CHECKPOINT_KINDS:
+        manifest = read_manifest(run_dir, which)
+        if manifest is None:
+            continue
+        for fmt, info in manifest.get("files", {}).items():
+            rows.append({"job_id": job_id, "which": which, "format": fmt, "path": str(run_dir / info["name"]),
+                         "sha256": info["sha256"], "size": info["size"], "epoch": manifest["epoch"],
+                         "manifest": manifest, "created_at": utcnow()})
+    upsert(session, Checkpoint.__table__, rows, ("job_id", "which", "format"),
+           update=("path", "sha256", "size", "epoch", "manifest", "created_at"))
+    return read_manifest(run_dir, "best")
+
+
+def heartbeat(session: Session, worker_name: str, queues: str) -> None:
+    upsert(session, Worker.__table__, [{"name": worker_name, "queue": queues[:100], "last_seen": utcnow()}],
+           ("name",), update=("queue", "last_seen"))
