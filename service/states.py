@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from service.models import Job, JobEvent, utcnow
 
@@ -51,10 +52,12 @@ def transition(session: Session, job: Job, to_state: str, reason: str | None = N
         values["reason"] = reason
     result = session.execute(
         update(Job).where(Job.id == job.id, Job.state == from_state).values(**values),
-        execution_options={"synchronize_session": "evaluate"},
+        execution_options={"synchronize_session": False},
     )
     if result.rowcount != 1:
         session.refresh(job, ["state"])
         raise IllegalTransition(job.id, job.state, to_state)
+    for key, value in values.items():  # what the UPDATE wrote, without marking the object dirty
+        set_committed_value(job, key, value)
     session.add(JobEvent(job_id=job.id, at=now, kind="state", state=to_state, reason=reason))
     session.flush()

@@ -189,7 +189,7 @@ class TrainSpec(Strict):
     epochs: int = Field(240, gt=0, le=10_000)
     batch_size: int = Field(64, gt=0, le=65_536)
     optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(0.05, gt=0, le=10)
+    lr: float = Field(0.05, gt=0, le=1e4)
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
     weight_decay: float = Field(5e-4, ge=0)

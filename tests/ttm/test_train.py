@@ -93,7 +93,7 @@ def test_stop_and_resume_gives_the_same_weights(tmp_path, loss):
 
 def test_an_absurd_lr_fails_with_a_reason(tmp_path):
     spec = parse_spec({"name": "nan", "student": {"arch": "resnet8"}, "dataset": {"name": "digits"},
-                       "train": {"epochs": 2, "batch_size": 64, "lr": 10.0, "momentum": 0.99, "weight_decay": 0,
+                       "train": {"epochs": 2, "batch_size": 64, "lr": 1000.0, "weight_decay": 0,
                                  "schedule": {"kind": "constant"}}})
     with pytest.raises(TrainingError, match="lower train.lr"):
         train(spec, tmp_path)

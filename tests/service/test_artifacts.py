@@ -1,0 +1,142 @@
+"""POST/GET /v1/artifacts: streamed, content-addressed, deduplicated, checked on arrival, 413 while streaming."""
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from svc_helpers import bearer, make_settings
+
+
+def _chunks(data: bytes, size: int = 64 * 1024):
+    for i in range(0, len(data), size):
+        yield data[i:i + size]
+
+
+def test_upload_raw_and_multipart_dedup(client, users, settings, teacher_file):
+    data = teacher_file.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    r = client.post("/v1/artifacts?filename=t.pt", content=data,
+                    headers={**bearer(users.alice), "content-type": "application/octet-stream"})
+    assert r.status_code == 201, r.text
+    art = r.json()
+    assert art["id"].startswith("art_") and art["sha256"] == sha and art["size"] == len(data)
+    assert art["format"] == "state_dict" and art["filename"] == "t.pt"
+    blob = settings.artifact_dir / "blobs" / sha[:2] / sha
+    assert blob.read_bytes() == data
+
+    # the same bytes again, as a multipart form: the same artifact, 200
+    r = client.post("/v1/artifacts", files={"file": ("again.pt", data)}, headers=bearer(users.alice))
+    assert r.status_code == 200 and r.json()["id"] == art["id"]
+    # another owner: their own artifact, the same blob on disk
+    r = client.post("/v1/artifacts", files={"file": ("b.pt", data)}, headers=bearer(users.bob))
+    assert r.status_code == 201 and r.json()["id"] != art["id"] and r.json()["sha256"] == sha
+    assert [p.name for p in (settings.artifact_dir / "blobs").rglob("*") if p.is_file()] == [sha]
+    assert not any((settings.artifact_dir / "tmp").iterdir())
+
+    assert client.get(f"/v1/artifacts/{art['id']}", headers=bearer(users.alice)).json() == art
+    assert client.get(f"/v1/artifacts/{art['id']}", headers=bearer(users.bob)).status_code == 404
+    assert client.get(f"/v1/artifacts/{art['id']}", headers=bearer(users.admin)).json()["id"] == art["id"]
+
+
+def test_safetensors_and_torchscript(client, users, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from ttm.models import build_model
+
+    model = build_model("resnet8", 10, 1).eval()
+    st = tmp_path / "t.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(st))
+    ts = tmp_path / "t.ts"
+    torch.jit.trace(model, torch.zeros(1, 1, 28, 28)).save(str(ts))
+    for path, fmt in ((st, "safetensors"), (ts, "torchscript")):
+        r = client.post("/v1/artifacts", content=path.read_bytes(), headers=bearer(users.alice))
+        assert r.status_code == 201, r.text
+        assert r.json()["format"] == fmt
+
+
+def test_pickle_with_code_is_refused_and_never_run(client, users, settings, evil_file, tmp_path):
+    path, marker = evil_file
+    r = client.post("/v1/artifacts", files={"file": ("evil.pt", path.read_bytes())}, headers=bearer(users.alice))
+    assert r.status_code == 422
+    err = r.json()["error"]
+    assert err["code"] == "invalid_artifact" and err["field"] == "file"
+    assert "needs code to load" in err["message"]
+    assert not marker.exists()
+    assert not list((settings.artifact_dir / "blobs").rglob("*")) if (settings.artifact_dir / "blobs").exists() \
+        else True
+    # the exploit is real: unpickling it with code allowed does create its marker (in a separate process)
+    probe = subprocess.run([sys.executable, "-c", f"import torch; torch.load({str(path)!r}, weights_only=False)"],
+                           capture_output=True, text=True, timeout=120)
+    assert probe.returncode == 0, probe.stderr
+    assert marker.exists()
+
+
+def test_garbage_and_empty_are_refused(client, users):
+    r = client.post("/v1/artifacts", content=b"not weights at all" * 100, headers=bearer(users.alice))
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_artifact"
+    r = client.post("/v1/artifacts", content=b"", headers=bearer(users.alice))
+    assert r.status_code == 422 and r.json()["error"]["message"] == "empty upload"
+    r = client.post("/v1/artifacts", files={"other": ("x", b"abc")}, data={"x": "1"}, headers=bearer(users.alice))
+    assert r.status_code == 422 and r.json()["error"]["field"] == "file"
+
+
+def test_413_while_streaming(db_url, tmp_path, users):
+    settings = make_settings(tmp_path, db_url, max_upload_bytes=200_000)
+    with TestClient(create_app(settings, host="127.0.0.1")) as client:
+        sent = []
+
+        def body():  # chunked: no Content-Length, so only counting while streaming can stop it
+            for chunk in _chunks(b"\0" * 10_000_000):
+                sent.append(len(chunk))
+                yield chunk
+
+        r = client.post("/v1/artifacts", content=body(), headers=bearer(users.alice))
+        assert r.status_code == 413, r.text
+        assert r.json()["error"]["code"] == "payload_too_large"
+        assert "200000" in r.json()["error"]["message"]
+        # declared too large: refused before reading
+        r = client.post("/v1/artifacts", content=b"\0" * 300_000, headers=bearer(users.alice))
+        assert r.status_code == 413
+        r = client.post("/v1/artifacts", files={"file": ("big.pt", b"\0" * 300_000)}, headers=bearer(users.alice))
+        assert r.status_code == 413
+        tmp = settings.artifact_dir / "tmp"
+        assert not tmp.exists() or not any(tmp.iterdir())
+        assert not (settings.artifact_dir / "blobs").exists()
+
+
+def test_upload_needs_a_token_before_reading(client, users, teacher_file):
+    r = client.post("/v1/artifacts", content=teacher_file.read_bytes())
+    assert r.status_code == 401
+    r = client.post("/v1/artifacts", content=teacher_file.read_bytes(), headers=bearer("ttm_wrong"))
+    assert r.status_code == 401
+
+
+def test_413_cuts_a_real_stream(db_url, tmp_path, users):
+    """Against uvicorn: the server answers 413 after about the limit, not after the whole 20 MB body."""
+    import httpx
+
+    from svc_helpers import serve
+
+    settings = make_settings(tmp_path, db_url, max_upload_bytes=200_000)
+    sent: list[int] = []
+
+    def body():
+        for chunk in _chunks(b"\0" * 20_000_000):
+            sent.append(len(chunk))
+            yield chunk
+
+    with serve(settings) as url:
+        try:
+            r = httpx.post(f"{url}/v1/artifacts", content=body(), headers=bearer(users.alice), timeout=30)
+            assert r.status_code == 413
+        except httpx.TransportError:
+            pass  # the server closed the connection mid-upload: also a refusal
+    assert sum(sent) < 5_000_000
+    tmp = settings.artifact_dir / "tmp"
+    assert not tmp.exists() or not any(tmp.iterdir())

@@ -1,0 +1,144 @@
+"""The trainer's process: `python -m worker.child JOB_ID RUN_DIR --supervisor PID [--nproc N]`.
+
+Started by the worker's task in a fresh interpreter (a clean CUDA context; DataLoader workers allowed), in its own
+session. With `--nproc N` (N > 1) it becomes torchrun on this node, which starts N copies of this module as DDP
+ranks; rank 0 evaluates, writes the checkpoints and reports, as in a 1-process run.
+
+Rank 0 writes each epoch's metric rows and checkpoint rows in one transaction as the epoch ends. Every process
+leaves `outcome-<rank>.json` in RUN_DIR: success with the best accuracy, or the reason it failed in words a user can
+act on. The worker turns that (or, when there is none, the exit code and the log's last lines) into the job's end.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("ttm.worker.child")
+
+EXIT_TRAINING_FAILED = 3
+MAX_REASON = 2000
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m worker.child")
+    parser.add_argument("job_id")
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--supervisor", type=int, required=True, help="the worker's pid: we die when it does")
+    parser.add_argument("--nproc", type=int, default=1, help="processes for this job; > 1 runs under torchrun")
+    args = parser.parse_args(argv)
+
+    from worker.proc import die_with_parent, watch_supervisor
+
+    under_torchrun = "LOCAL_RANK" in os.environ  # torchrun's protocol, which ttm.train.Dist reads too
+    if not under_torchrun:
+        die_with_parent()
+        if os.getppid() != args.supervisor:  # the worker died before the line above took effect
+            return 128 + 9
+        if args.nproc > 1:  # torchrun inherits the parent-death signal through exec
+            os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                      f"--nproc-per-node={args.nproc}", "-m", "worker.child", *argv])
+    watch_supervisor(args.supervisor)
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
+    return run_trainer(args.job_id, args.run_dir, rank)
+
+
+def run_trainer(job_id: str, run_dir: Path, rank: int) -> int:
+    from service.settings import get_settings
+    from ttm.spec import parse_spec
+    from ttm.train import train
+
+    settings = get_settings()
+    sink = MetricsSink(job_id, run_dir, settings) if rank == 0 else None
+    try:
+        spec = parse_spec(json.loads((run_dir / "spec.json").read_text()))
+        result = train(spec, run_dir, on_metrics=sink, resume=True, data_root=str(settings.data_root))
+    except Exception as err:  # every failure becomes a reason; the traceback goes to child.log
+        reason = failure_reason(err)
+        log.exception("training failed: %s", reason)
+        write_outcome(run_dir, rank, {"ok": False, "reason": reason})
+        return EXIT_TRAINING_FAILED
+    if sink is not None:
+        sink.flush()
+    write_outcome(run_dir, rank, {"ok": True, "best_top1": result.best_top1, "best_epoch": result.best_epoch,
+                                  "epochs_done": result.epochs_done})
+    return 0
+
+
+class MetricsSink:
+    """ttm.train's on_metrics: one transaction per epoch with its metric rows, the checkpoint rows and the job's best
+    accuracy. A database hiccup does not stop training: the rows wait for the next epoch (and the worker sweeps
+    metrics.jsonl into the database when the run ends)."""
+
+    def __init__(self, job_id: str, run_dir: Path, settings: Any):
+        self.job_id, self.run_dir, self.settings = job_id, run_dir, settings
+        self.pending: list[tuple[int, dict[str, float]]] = []
+
+    def __call__(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.pending.append((epoch, dict(metrics)))
+        self.flush()
+
+    def flush(self) -> None:
+        from sqlalchemy import update
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from service.db import session_scope
+        from service.models import Job
+        from worker.record import sync_checkpoints, upsert_metrics
+
+        if not self.pending:
+            return
+        try:
+            with session_scope(self.settings) as session:
+                for epoch, metrics in self.pending:
+                    upsert_metrics(session, self.job_id, epoch, metrics)
+                best = sync_checkpoints(session, self.job_id, self.run_dir)
+                if best is not None:
+                    session.execute(update(Job).where(Job.id == self.job_id).values(best_top1=best["top1"]))
+        except SQLAlchemyError as err:
+            log.warning("could not write %d epoch(s) of metrics; retrying after the next epoch: %s",
+                        len(self.pending), err)
+            return
+        self.pending.clear()
+
+
+def failure_reason(err: BaseException) -> str:
+    import torch
+
+    from ttm.spec import SpecError
+    from ttm.teacher import WeightsError
+    from ttm.train import TrainingError
+
+    text = str(err)
+    if isinstance(err, torch.cuda.OutOfMemoryError) or (isinstance(err, RuntimeError) and "out of memory" in text):
+        first = text.strip().splitlines()[0] if text.strip() else ""
+        reason = ("out of memory on the GPU: lower train.batch_size, pick a smaller student or teacher, "
+                  f"or turn off train.compile ({first})")
+    elif isinstance(err, MemoryError):
+        reason = "out of host memory: use a dataset subset, fewer DataLoader workers, or a bigger machine"
+    elif isinstance(err, (TrainingError, WeightsError, SpecError, FileNotFoundError)):
+        reason = text
+    else:
+        reason = f"{type(err).__name__}: {text}"
+    return reason[:MAX_REASON]
+
+
+def outcome_path(run_dir: Path, rank: int) -> Path:
+    return run_dir / f"outcome-{rank}.json"
+
+
+def write_outcome(run_dir: Path, rank: int, outcome: dict[str, Any]) -> None:
+    from ttm.checkpoint import write_json
+
+    write_json(outcome_path(run_dir, rank), outcome)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

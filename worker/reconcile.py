@@ -1,0 +1,165 @@
+"""The reconciler: puts back on the queue what a lost worker or a lost message left behind.
+
+One pass (`reconcile_once`) looks at the jobs table only:
+- a running job whose lease expired lost its worker (killed, out of host memory, its machine gone): back to queued
+  and re-sent, until it has used TTM_MAX_ATTEMPTS leases; then failed, with the reason;
+- a cancelling job whose lease expired has no worker left to stop it: cancelled;
+- a queued job whose message may have been lost (a broker restarted without persistence, a worker killed holding a
+  message of the filesystem transport) is re-sent after RESEND_LEASES leases, then at doubling intervals. Sending
+  a job twice is harmless: the second delivery finds the lease taken and does nothing.
+
+Several reconcilers may run at once: every state change is a conditional UPDATE (`states.transition`), so only one
+of them acts on a job. `ttm serve` runs the loop in a thread; a lab runs `ttm reconcile --loop` (or `ttm serve`).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Callable
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from service.models import Job, JobEvent, utcnow
+from service.settings import Settings
+from service.states import CANCELLED, CANCELLING, FAILED, QUEUED, RUNNING, IllegalTransition, transition
+
+log = logging.getLogger("ttm.worker.reconcile")
+
+RESENT = "message re-sent to queue"  # the reason of the log event that records a re-send
+RESEND_LEASES = 2  # a queued job waits this many lease periods before its message counts as possibly lost
+MAX_RESEND_INTERVAL_S = 3600.0
+
+
+@dataclass
+class ReconcileSummary:
+    requeued: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+    resent: list[str] = field(default_factory=list)
+    to_send: list[tuple[str, str]] = field(default_factory=list)  # (job id, queue): send once committed
+
+    def __bool__(self) -> bool:
+        return bool(self.requeued or self.failed or self.cancelled or self.resent)
+
+
+def reconcile_once(session: Session, settings: Settings, now: datetime | None = None) -> ReconcileSummary:
+    """One pass over the jobs table; the caller commits, then sends `summary.to_send` (see `reconcile_and_send`)."""
+    now = now or utcnow()
+    summary = ReconcileSummary()
+    _expired_leases(session, settings, now, summary)
+    _lost_messages(session, settings, now, summary)
+    return summary
+
+
+def _expired_leases(session: Session, settings: Settings, now: datetime, summary: ReconcileSummary) -> None:
+    stale = session.scalars(
+        select(Job).where(Job.state.in_((RUNNING, CANCELLING)),
+                          or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now))
+        .order_by(Job.id).with_for_update(skip_locked=True)
+    ).all()
+    for job in stale:
+        lost = f"worker {job.worker} stopped renewing its lease"
+        try:
+            if job.state == CANCELLING:
+                transition(session, job, CANCELLED, f"cancelled on request ({lost})")
+                summary.cancelled.append(job.id)
+            elif job.attempts >= settings.max_attempts:
+                transition(session, job, FAILED,
+                           f"lease expired {job.attempts} times (worker lost: killed, out of host memory, or its "
+                           f"machine gone?); gave up after TTM_MAX_ATTEMPTS={settings.max_attempts}; last: {lost}")
+                summary.failed.append(job.id)
+            else:
+                transition(session, job, QUEUED, f"{lost}; re-queued to resume from its last epoch checkpoint "
+                                                 f"(attempt {job.attempts} of {settings.max_attempts} used)")
+                summary.requeued.append(job.id)
+                summary.to_send.append((job.id, job.queue))
+        except IllegalTransition:  # another reconciler, or the job's worker, got there first
+            continue
+        job.lease_expires_at = None
+    session.flush()
+
+
+def _lost_messages(session: Session, settings: Settings, now: datetime, summary: ReconcileSummary) -> None:
+    first_wait = timedelta(seconds=RESEND_LEASES * settings.lease_seconds)
+    queued = session.execute(
+        select(Job.id, Job.queue, Job.created_at).where(Job.state == QUEUED, Job.created_at < now - first_wait)
+        .order_by(Job.id)
+    ).all()
+    if not queued:
+        return
+    ids = [row.id for row in queued]
+    # when each job was last sent (it became queued, or was re-sent), and how often it was re-sent
+    last_queued = dict(session.execute(
+        select(JobEvent.job_id, func.max(JobEvent.at))
+        .where(JobEvent.job_id.in_(ids), JobEvent.kind == "state", JobEvent.state == QUEUED)
+        .group_by(JobEvent.job_id)).all())
+    resends = {row.job_id: (row.n, row.last) for row in session.execute(
+        select(JobEvent.job_id, func.count().label("n"), func.max(JobEvent.at).label("last"))
+        .where(JobEvent.job_id.in_(ids), JobEvent.kind == "log", JobEvent.reason.like(RESENT + "%"))
+        .group_by(JobEvent.job_id))}
+    for row in queued:
+        count, last_resend = resends.get(row.id, (0, None))
+        last_sent = max(t for t in (row.created_at, last_queued.get(row.id), last_resend) if t is not None)
+        wait = min(first_wait.total_seconds() * 2 ** min(count, 16), MAX_RESEND_INTERVAL_S)
+        if _aware(last_sent) + timedelta(seconds=wait) > now:
+            continue
+        session.add(JobEvent(job_id=row.id, at=now, kind="log",
+                             reason=f"{RESENT} {row.queue}: still queued after {wait:.0f} s, its message may "
+                                    f"have been lost"))
+        summary.resent.append(row.id)
+        summary.to_send.append((row.id, row.queue))
+    session.flush()
+
+
+def _aware(t: datetime) -> datetime:
+    """Aggregates (max over a column) come back without the column type's processing: naive on SQLite."""
+    from datetime import timezone
+
+    return t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)
+
+
+def reconcile_and_send(settings: Settings, enqueue: Callable[[str, str], None] | None = None) -> ReconcileSummary:
+    """One pass in its own transaction, then the messages (after the commit, so a worker sees the new state)."""
+    from service.db import session_scope
+
+    if enqueue is None:
+        from service.broker import enqueue_job as enqueue
+    with session_scope(settings) as session:
+        summary = reconcile_once(session, settings)
+    for job_id, queue in summary.to_send:
+        try:
+            enqueue(job_id, queue)
+        except Exception as err:  # the broker is away: the job stays queued and is re-sent on a later pass
+            log.warning("job %s: could not send it to queue %s: %s", job_id, queue, err)
+    if summary:
+        log.info("reconciled: requeued %s, failed %s, cancelled %s, re-sent %s", summary.requeued or "-",
+                 summary.failed or "-", summary.cancelled or "-", summary.resent or "-")
+    return summary
+
+
+def default_interval(settings: Settings) -> float:
+    """A third of a lease, between 0.5 s and 10 s: an expired lease is acted on well within one more lease."""
+    return min(10.0, max(0.5, settings.lease_seconds / 3))
+
+
+def reconcile_forever(settings: Settings, stop: threading.Event, interval: float | None = None,
+                      enqueue: Callable[[str, str], None] | None = None) -> None:
+    interval = interval or default_interval(settings)
+    while not stop.is_set():
+        try:
+            reconcile_and_send(settings, enqueue)
+        except Exception:  # the database is away, say: log it and try again on the next tick
+            log.exception("reconcile pass failed")
+        stop.wait(interval)
+
+
+def start_reconciler_thread(settings: Settings, interval: float | None = None) -> tuple[threading.Thread,
+                                                                                        threading.Event]:
+    stop = threading.Event()
+    thread = threading.Thread(target=reconcile_forever, args=(settings, stop, interval), name="reconciler",
+                              daemon=True)
+    thread.start()
+    return thread, stop

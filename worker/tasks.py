@@ -1,0 +1,70 @@
+"""The one task: `ttm.run_job(job_id)`. Its body is lease, run, record (worker/runner.py); it passes ids only."""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from celery import signals
+
+from service.broker import RUN_JOB_TASK, enqueue_job
+from service.settings import get_settings
+from worker.app import celery_app
+
+log = logging.getLogger("ttm.worker")
+HEARTBEAT_S = 10.0
+
+
+def worker_identity(nodename: str | None) -> str:
+    """The name a worker leases jobs under: Celery's node name plus the pid, unique even if two workers on one host
+    were started with the same --name."""
+    return f"{nodename or 'worker'}:{os.getpid()}"
+
+
+def shutting_down() -> bool:
+    from celery.worker import state
+
+    return state.should_stop not in (None, False) or state.should_terminate not in (None, False)
+
+
+def consumed_queues() -> str:
+    return ",".join(sorted(celery_app.amqp.queues.consume_from or celery_app.amqp.queues))
+
+
+@celery_app.task(name=RUN_JOB_TASK, bind=True, ignore_result=True)
+def run_job(self, job_id: str) -> str:
+    """Lease the job, train it in a child process, record its end. A job that is not ours to run is a no-op."""
+    from worker.runner import execute_job
+
+    return execute_job(job_id, worker_identity(self.request.hostname), get_settings(), queues=consumed_queues(),
+                       should_stop=shutting_down, enqueue=lambda jid, queue: enqueue_job(jid, queue, celery_app))
+
+
+# ------------------------------------------------------------------------------------------ heartbeat
+_stop_heartbeat = threading.Event()
+
+
+@signals.worker_ready.connect
+def _start_heartbeat(sender=None, **_kwargs) -> None:
+    """An idle worker still says it is alive (the `workers` table, /metrics); a busy one also does so per renewal."""
+    name = worker_identity(getattr(sender, "hostname", None))
+
+    def beat() -> None:
+        from service.db import session_scope
+        from worker.record import heartbeat
+
+        while not _stop_heartbeat.is_set():
+            try:
+                with session_scope(get_settings()) as session:
+                    heartbeat(session, name, consumed_queues())
+            except Exception as err:  # the database is away: try again later
+                log.warning("heartbeat failed: %s", err)
+            _stop_heartbeat.wait(HEARTBEAT_S)
+
+    threading.Thread(target=beat, name="worker-heartbeat", daemon=True).start()
+    log.info("worker %s ready, consuming %s", name, consumed_queues())
+
+
+@signals.worker_shutdown.connect
+def _stop_heartbeat_thread(**_kwargs) -> None:
+    _stop_heartbeat.set()
