@@ -1,0 +1,218 @@
+"""`ttm serve`, `ttm worker` and `ttm reconcile` (mounted into `ttm` through the `ttm.cli` entry points; also
+`python -m worker.cli serve ...`).
+
+`ttm serve` is the one-machine server: it migrates the database, then runs the API, N workers and the reconciler,
+with the embedded defaults (SQLite, kombu's filesystem transport, artifacts under TTM_HOME) unless TTM_* says
+otherwise. A lab runs the parts apart (docker-compose.yml): `ttm serve --workers 0` for the API and the reconciler,
+and one `ttm worker --gpu I` per GPU.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO, Annotated, Optional
+
+import typer
+
+log = logging.getLogger("ttm.worker")
+_held_locks: list[IO[str]] = []  # GPU claims live as long as the process
+
+
+def _configure_logging(level: str = "info") -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _where(settings) -> str:
+    db = settings.database_url.split("@")[-1]  # never print a password
+    broker = settings.broker_url.split("@")[-1] if settings.broker_url else f"files under {settings.broker_dir}"
+    return f"database {db}; broker {broker}; artifacts {settings.artifact_dir}"
+
+
+# --------------------------------------------------------------------------------------------- ttm worker
+def worker(
+    gpu: Annotated[Optional[str], typer.Option(
+        "--gpu", help="CUDA device(s) this worker owns: 0, or 0,1 for multi-GPU jobs, or auto to claim a free one "
+                      "on this host (one worker per GPU); sets CUDA_VISIBLE_DEVICES")] = None,
+    queues: Annotated[Optional[str], typer.Option(
+        "--queues", "-Q", help="queues to take jobs from [default: gpu with --gpu, else gpu,cpu]")] = None,
+    name: Annotated[Optional[str], typer.Option(
+        "--name", "-n", help="node name; %h is the host name [default: gpu<I>@%h or worker@%h]")] = None,
+    loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "info",
+) -> None:
+    """Start one worker: it takes one job at a time from its queues and trains it in a child process."""
+    from service.settings import get_settings
+
+    _configure_logging(loglevel)
+    settings = get_settings()
+    if gpu == "auto":
+        gpu = claim_gpu(settings.home / "gpu-locks")
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # the trainer child inherits it
+    queues = queues or ("gpu" if gpu is not None else "gpu,cpu")
+    name = name or (f"gpu{gpu.replace(',', '-')}@%h" if gpu is not None else "worker@%h")
+    log.info("worker %s: queues %s%s; %s", name, queues, f", CUDA devices {gpu}" if gpu is not None else "",
+             _where(settings))
+    from worker.app import celery_app
+
+    celery_app.worker_main(["worker", "--pool=solo", "--concurrency=1", f"--queues={queues}", f"--hostname={name}",
+                            "--without-gossip", "--without-mingle", "--without-heartbeat", f"--loglevel={loglevel}"])
+
+
+def claim_gpu(lock_dir: Path) -> str:
+    """The index of a GPU no other worker on this host has claimed (a lock file held for this process's life)."""
+    count = visible_gpu_count()
+    if count == 0:
+        raise typer.BadParameter("no GPU visible on this host", param_hint="--gpu auto")
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        handle = open(lock_dir / f"gpu{index}.lock", "a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        _held_locks.append(handle)
+        return str(index)
+    raise typer.BadParameter(f"all {count} GPUs of this host are claimed by other workers", param_hint="--gpu auto")
+
+
+def visible_gpu_count() -> int:
+    """Counted without initialising CUDA in this process: nvidia-smi, else torch in a throwaway interpreter."""
+    if shutil.which("nvidia-smi"):
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+        if out.returncode == 0:
+            return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+    out = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.device_count())"],
+                         capture_output=True, text=True)
+    return int(out.stdout.strip() or 0) if out.returncode == 0 else 0
+
+
+# --------------------------------------------------------------------------------------------- ttm reconcile
+def reconcile(
+    loop: Annotated[bool, typer.Option("--loop", help="keep going (a lab's reconciler service)")] = False,
+    interval: Annotated[Optional[float], typer.Option(help="seconds between passes [default: a third of "
+                                                           "TTM_LEASE_SECONDS, 0.5 to 10]")] = None,
+) -> None:
+    """Re-enqueue jobs whose worker or message was lost; fail them after TTM_MAX_ATTEMPTS."""
+    from service.settings import get_settings
+    from worker.reconcile import reconcile_and_send, reconcile_forever
+
+    _configure_logging()
+    settings = get_settings()
+    if not loop:
+        summary = reconcile_and_send(settings)
+        typer.echo(f"requeued {len(summary.requeued)}, failed {len(summary.failed)}, cancelled "
+                   f"{len(summary.cancelled)}, re-sent {len(summary.resent)}", err=True)
+        return
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    log.info("reconciler running; %s", _where(settings))
+    reconcile_forever(settings, stop, interval)
+
+
+# --------------------------------------------------------------------------------------------- ttm serve
+def serve(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="worker processes (one job each at a time); 0: "
+                                                                  "the API and the reconciler only")] = 1,
+    queues: Annotated[str, typer.Option(help="queues the workers take jobs from")] = "gpu,cpu",
+    gpus: Annotated[Optional[str], typer.Option(help="CUDA devices to spread the workers over, e.g. 0,1,2,3 "
+                                                     "(worker i owns the i-th)")] = None,
+    reconciler: Annotated[bool, typer.Option("--reconciler/--no-reconciler",
+                                             help="run the reconciler loop in this process")] = True,
+) -> None:
+    """The API, N workers and the reconciler on this machine; the database is migrated first. Ctrl-C stops all:
+    a running job goes back to the queue and resumes from its last epoch checkpoint next time."""
+    from service.app import run_server
+    from service.migrate import upgrade_to_head
+    from service.settings import get_settings
+    from worker.reconcile import start_reconciler_thread
+
+    _configure_logging()
+    settings = get_settings()
+    upgrade_to_head(settings)
+    devices = [d.strip() for d in gpus.split(",") if d.strip()] if gpus else []
+    pool = WorkerPool([_worker_command(i, queues, devices[i % len(devices)] if devices else None)
+                       for i in range(workers)])
+    pool.start()
+    stop_reconciler = None
+    if reconciler:
+        _, stop_reconciler = start_reconciler_thread(settings)
+    typer.echo(f"ttm serve: http://{host}:{port}  ({workers} worker{'s' if workers != 1 else ''}; "
+               f"{_where(settings)})", err=True)
+    try:
+        run_server(settings, host=host, port=port)  # returns on Ctrl-C / SIGTERM (uvicorn's handlers)
+    finally:
+        if stop_reconciler is not None:
+            stop_reconciler.set()
+        pool.stop()
+        typer.echo("ttm serve: stopped", err=True)
+
+
+def _worker_command(index: int, queues: str, gpu: str | None) -> list[str]:
+    cmd = [sys.executable, "-m", "worker.cli", "worker", f"--queues={queues}", f"--name=worker{index + 1}@%h"]
+    return cmd + [f"--gpu={gpu}"] if gpu is not None else cmd
+
+
+class WorkerPool:
+    """Worker processes that are restarted when they die (a crash, the OOM killer) until `stop`."""
+
+    RESTART_DELAY_S = 2.0
+    STOP_TIMEOUT_S = 30.0  # a warm shutdown stops the trainer child (3 s grace) and hands the job back
+
+    def __init__(self, commands: list[list[str]]):
+        self.commands = commands
+        self.procs: list[subprocess.Popen | None] = [None] * len(commands)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="worker-pool", daemon=True)
+
+    def start(self) -> None:
+        for i in range(len(self.commands)):
+            self._spawn(i)
+        if self.commands:
+            self._thread.start()
+
+    def _spawn(self, i: int) -> None:
+        self.procs[i] = subprocess.Popen(self.commands[i], stdin=subprocess.DEVNULL)
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(1.0):
+            for i, proc in enumerate(self.procs):
+                if proc is not None and proc.poll() is not None and not self._stopping.is_set():
+                    log.warning("worker %d exited with code %s; restarting it", i + 1, proc.returncode)
+                    time.sleep(self.RESTART_DELAY_S)
+                    if not self._stopping.is_set():
+                        self._spawn(i)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        live = [p for p in self.procs if p is not None and p.poll() is None]
+        for proc in live:
+            proc.send_signal(signal.SIGTERM)  # Celery's warm shutdown
+        deadline = time.monotonic() + self.STOP_TIMEOUT_S
+        for proc in live:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+cli = typer.Typer(no_args_is_help=True, add_completion=False, help="The job server's workers and one-machine server.")
+cli.command("serve")(serve)
+cli.command("worker")(worker)
+cli.command("reconcile")(reconcile)
+
+if __name__ == "__main__":
+    cli()
