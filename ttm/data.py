@@ -44,6 +44,7 @@ NORMALIZATION: dict[str, tuple[Stats, Stats]] = {
     "fashion_mnist": ((0.2860,), (0.3530,)),
     "digits": ((0.3052,), (0.3749,)),
     "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ImageNet's
+    "synthetic": ((0.5, 0.5, 0.5), (0.2887, 0.2887, 0.2887)),  # uniform uint8 noise
 }
 
 # The standard training augmentation: dataset -> (zero padding of the random crop, horizontal flip). Digit datasets
@@ -57,13 +58,15 @@ AUGMENT: dict[str, tuple[int, bool]] = {
     "fashion_mnist": (2, True),
     "digits": (0, False),
     "imagefolder": (0, True),
+    "synthetic": (4, True),  # costs what CIFAR's augmentation costs
 }
 
 # Where Debian's dataset-fashion-mnist package puts the IDX files; the default when no data root holds them.
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 RESIZE_MARGIN = 1.14  # image folders: resize the short side to int(1.14 * image_size), then crop image_size
 DIGITS_TRAIN = 1500  # sklearn digits: the first 1500 images train, the other 297 test
-IN_MEMORY = ("cifar10", "cifar100", "svhn", "mnist", "fashion_mnist", "digits")
+IN_MEMORY = ("cifar10", "cifar100", "svhn", "mnist", "fashion_mnist", "digits", "synthetic")
+SYNTHETIC_SIZES = (50_000, 10_000)  # CIFAR's split, unless subset says otherwise
 
 
 @dataclass
@@ -118,6 +121,8 @@ def _load_named(spec: DatasetSpec, data_root: str | None):
     root = spec.root or data_root
     if spec.name == "digits":
         return _load_digits()
+    if spec.name == "synthetic":
+        return _load_synthetic(spec)
     if spec.name in ("mnist", "fashion_mnist"):
         return _load_mnist_like(spec, root)
     return _load_torchvision(spec, root)
@@ -132,6 +137,17 @@ def _load_digits():
     y = torch.from_numpy(digits.target.astype(np.int64))
     names = [str(d) for d in range(10)]
     return x[:DIGITS_TRAIN], y[:DIGITS_TRAIN], x[DIGITS_TRAIN:], y[DIGITS_TRAIN:], names
+
+
+def _load_synthetic(spec: DatasetSpec):
+    """Random uint8 images and labels (seeded): for speed benchmarks and smoke runs, never for accuracy claims."""
+    n = (spec.subset.train if spec.subset and spec.subset.train else None) or SYNTHETIC_SIZES[0]
+    m = (spec.subset.test if spec.subset and spec.subset.test else None) or SYNTHETIC_SIZES[1]
+    g = torch.Generator().manual_seed(1234)
+    size, classes = spec.image_size, spec.classes
+    x = torch.randint(0, 256, (n + m, 3, size, size), generator=g, dtype=torch.uint8)
+    y = torch.randint(0, classes, (n + m,), generator=g)
+    return x[:n], y[:n], x[n:], y[n:], None
 
 
 def _missing(name: str, searched: str) -> FileNotFoundError:

@@ -53,12 +53,14 @@ def teacher_transform(v: Tensor, gamma: float) -> tuple[Tensor, Tensor]:
     """(log p_t^T, U_γ(p_t)) per sample, as the paper defines them.
 
     p_t^T = softmax(v)^γ / Σ_j softmax(v)_j^γ, which equals softmax(γ·v) (eq. 9); U_γ is that denominator,
-    taken from the untempered teacher softmax. Both come from γ·log_softmax(v), never from p**γ, which would
-    underflow to 0 for a confident teacher. 1 ≤ U_γ ≤ K^(1−γ), so exp(log U) cannot overflow.
+    taken from the untempered teacher softmax. Both come from log-space reductions, never from p**γ, which would
+    underflow to 0 for a confident teacher: with lse = logsumexp, log U_γ = lse(γ·log_softmax(v))
+    = lse(γ·v) − γ·lse(v). 1 ≤ U_γ ≤ K^(1−γ), so exp(log U) cannot overflow.
     """
-    scaled = gamma * F.log_softmax(v, dim=1)
-    log_u = torch.logsumexp(scaled, dim=1, keepdim=True)
-    return scaled - log_u, log_u.squeeze(1).exp()
+    scaled = gamma * v
+    lse_scaled = torch.logsumexp(scaled, dim=1, keepdim=True)
+    log_u = lse_scaled - gamma * torch.logsumexp(v, dim=1, keepdim=True)
+    return scaled - lse_scaled, log_u.squeeze(1).exp()
 
 
 def _with_ce(ce_weight: float, ce: Tensor, distill: Tensor) -> Tensor:
@@ -89,9 +91,10 @@ def kd_loss(z: Tensor, v: Tensor, y: Tensor, cfg, epoch: int = 1) -> Parts:
 def ttm_loss(z: Tensor, v: Tensor, y: Tensor, cfg, epoch: int = 1) -> Parts:
     """TTM: ce_weight·CE + β·ttm, ttm = KL(p_t^T ‖ q); no temperature on the student and no T²."""
     z, v = _prepare(z, v)
-    log_pt, _ = teacher_transform(v, cfg.gamma)
-    ttm = _kl(log_pt, F.log_softmax(z, dim=1)).mean()
-    ce = F.cross_entropy(z, y)
+    log_pt = F.log_softmax(cfg.gamma * v, dim=1)  # = log p_t^T (eq. 9); TTM needs no U
+    log_q = F.log_softmax(z, dim=1)
+    ttm = _kl(log_pt, log_q).mean()
+    ce = F.nll_loss(log_q, y)  # = cross_entropy(z, y), sharing log q
     return {"loss": _with_ce(cfg.ce_weight, ce, cfg.beta * ttm), "ce": ce, "ttm": ttm}
 
 
@@ -99,8 +102,9 @@ def wttm_loss(z: Tensor, v: Tensor, y: Tensor, cfg, epoch: int = 1) -> Parts:
     """WTTM: ce_weight·CE + β·wttm, wttm = mean_i U_γ(p_t,i)·KL_i(p_t^T ‖ q); "u" is the batch mean of U_γ."""
     z, v = _prepare(z, v)
     log_pt, u = teacher_transform(v, cfg.gamma)
-    wttm = (u * _kl(log_pt, F.log_softmax(z, dim=1))).mean()
-    ce = F.cross_entropy(z, y)
+    log_q = F.log_softmax(z, dim=1)
+    wttm = (u * _kl(log_pt, log_q)).mean()
+    ce = F.nll_loss(log_q, y)  # = cross_entropy(z, y), sharing log q
     return {"loss": _with_ce(cfg.ce_weight, ce, cfg.beta * wttm), "ce": ce, "wttm": wttm, "u": u.mean()}
 
 

@@ -16,7 +16,7 @@ IMAGENET_ARCHS: tuple[str, ...] = ("mobilenet_v1",)
 
 DATASET_CLASSES: dict[str, int | None] = {
     "cifar10": 10, "cifar100": 100, "mnist": 10, "fashion_mnist": 10, "svhn": 10, "digits": 10,
-    "imagefolder": None,
+    "imagefolder": None, "synthetic": None,  # random images for speed benchmarks
 }
 DATASET_CHANNELS: dict[str, int] = {"mnist": 1, "fashion_mnist": 1, "digits": 1}
 

@@ -65,15 +65,16 @@ class SubsetSpec(Strict):
     test: int | None = Field(None, gt=0, description="keep the first M test samples")
 
 
-DatasetName = Literal["cifar10", "cifar100", "mnist", "fashion_mnist", "svhn", "digits", "imagefolder"]
+DatasetName = Literal["cifar10", "cifar100", "mnist", "fashion_mnist", "svhn", "digits", "imagefolder", "synthetic"]
 
 
 class DatasetSpec(Strict):
     name: DatasetName
     root: str | None = Field(None, description="data root in torchvision's layout; default: TTM_DATA_ROOT")
     path: str | None = Field(None, description="imagefolder only: a directory with train/ and val/")
-    num_classes: int | None = Field(None, gt=0, description="imagefolder only: checked against the tree")
-    image_size: int = Field(32, gt=0, description="imagefolder only: images are resized to this")
+    num_classes: int | None = Field(None, gt=0, description="imagefolder: checked against the tree; "
+                                    "synthetic: the number of random labels (default 100)")
+    image_size: int = Field(32, gt=0, description="imagefolder: images are resized to this; synthetic: their size")
     subset: SubsetSpec | None = None
     augment: bool = True
     download: bool = Field(False, description="let torchvision download a missing dataset")
@@ -82,12 +83,16 @@ class DatasetSpec(Strict):
     def _imagefolder_needs_path(self) -> "DatasetSpec":
         if self.name == "imagefolder" and not self.path:
             raise ValueError("imagefolder needs path: a directory holding train/ and val/")
-        if self.name != "imagefolder" and (self.path or self.num_classes):
-            raise ValueError(f"path and num_classes are for imagefolder; {self.name} knows its own")
+        if self.name != "imagefolder" and self.path:
+            raise ValueError(f"path is for imagefolder; {self.name} is found by name under the data root")
+        if self.name not in ("imagefolder", "synthetic") and self.num_classes:
+            raise ValueError(f"num_classes is for imagefolder and synthetic; {self.name} knows its own")
         return self
 
     @property
     def classes(self) -> int | None:
+        if self.name == "synthetic":
+            return self.num_classes or 100
         return self.num_classes if self.name == "imagefolder" else DATASET_CLASSES[self.name]
 
     @property

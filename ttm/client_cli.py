@@ -1,0 +1,447 @@
+"""The client commands of `ttm`: upload, submit, jobs, status, watch, logs, cancel, download.
+
+They talk to a job server (`--server`/TTM_SERVER, `--token`/TTM_TOKEN) through `ttm.client`. What a script reads
+goes to stdout (a job id, a file path, or with `--json` exactly one JSON object); progress and messages go to
+stderr. Exit codes are `Exit` below (docs/CLI.md has the table). `register(app)` adds the commands to a Typer app;
+`python -m ttm.client_cli` runs them alone. Only typer is imported up front, so `ttm train` starts as fast as before.
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from contextlib import contextmanager
+from enum import IntEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Iterator, Optional
+
+import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ttm.client import Client, Event
+
+
+class Exit(IntEnum):
+    """The exit status of every client command (the table in docs/CLI.md)."""
+
+    SUCCEEDED = 0  # the job succeeded (and passed --min-accuracy); or the command did what it was asked
+    FAILED = 1  # the job failed
+    BAD_SPEC = 2  # the spec is invalid (locally or 422 from the server), or the command line is
+    CANCELLED = 3  # the job was cancelled
+    TIMED_OUT = 4  # --timeout passed before the job finished (the job goes on unless --cancel-on-timeout)
+    BELOW_MIN_ACCURACY = 5  # the job succeeded with a best test top-1 under --min-accuracy
+    UNREACHABLE = 6  # no answer from the server, after retries
+    AUTH = 7  # the token is missing, unknown (401) or not allowed (403)
+    API_ERROR = 8  # any other error answer (404 no such job, 409 already finished, ...)
+
+
+RESULTS = {Exit.SUCCEEDED: "succeeded", Exit.FAILED: "failed", Exit.CANCELLED: "cancelled",
+           Exit.TIMED_OUT: "timed_out", Exit.BELOW_MIN_ACCURACY: "below_min_accuracy"}
+
+
+# ---------------------------------------------------------------------------------------------- options
+def parse_duration(value: str | None) -> float | None:
+    """'2h', '90m', '1h30m', '45s', '1.5h' or plain seconds → seconds."""
+    if value is None:
+        return None
+    text = value.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([dhms])", text)
+    if not parts or re.sub(r"\s", "", "".join(n + u for n, u in parts)) != re.sub(r"\s", "", text):
+        raise typer.BadParameter(f"{value!r} is not a duration: write e.g. 2h, 90m, 1h30m, 45s or seconds")
+    scale = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+Server = Annotated[Optional[str], typer.Option(
+    "--server", envvar="TTM_SERVER", show_envvar=True, help="job server URL [default: http://127.0.0.1:8000]")]
+Token = Annotated[Optional[str], typer.Option(
+    "--token", envvar="TTM_TOKEN", show_envvar=True, show_default=False,
+    help="API token (`ttm admin user create NAME` prints one)")]
+Json = Annotated[bool, typer.Option("--json", help="print one JSON object on stdout (progress stays on stderr)")]
+Retries = Annotated[int, typer.Option(min=0, help="retries after connection errors and 5xx answers")]
+JobId = Annotated[str, typer.Argument(metavar="ID", help="a job id (job_...)")]
+Timeout = Annotated[Optional[str], typer.Option(
+    help="stop waiting after this long (2h, 90m, 45s): exit 4", show_default=False)]
+MinAccuracy = Annotated[Optional[float], typer.Option(
+    "--min-accuracy", help="exit 5 when the best test top-1 (%) is below this", show_default=False)]
+Output = Annotated[Optional[Path], typer.Option(
+    "--output", "-o", help="download the student here when the job succeeds (the format follows the suffix: "
+                           ".safetensors, .ts, else pt)", show_default=False)]
+Which = Annotated[str, typer.Option(help="best | last checkpoint")]
+Format = Annotated[Optional[str], typer.Option(
+    "--format", help="pt | safetensors | torchscript [default: from -o's suffix, else pt]", show_default=False)]
+CancelOnTimeout = Annotated[bool, typer.Option(help="cancel the job when --timeout passes")]
+
+
+# ---------------------------------------------------------------------------------------------- output
+def _stderr() -> "Console":
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, separators=(",", ":"), default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _client(server: str | None, token: str | None, retries: int) -> "Client":
+    import logging
+
+    from ttm.client import Client
+
+    logger = logging.getLogger("ttm.client")
+    if not logger.handlers:  # retries and uploads are worth a line on stderr
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("ttm: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return Client(server, token, retries=retries)
+
+
+def _code_for(status: int) -> Exit:
+    if status in (401, 403):
+        return Exit.AUTH
+    if status in (400, 422):
+        return Exit.BAD_SPEC
+    return Exit.API_ERROR
+
+
+@contextmanager
+def _errors(json_out: bool) -> Iterator[None]:
+    """Every failure becomes a message (stderr, or a JSON object on stdout with --json) and its exit code."""
+    from ttm.client import ApiError, ChecksumMismatch, ServerUnreachable
+    from ttm.spec import SpecError
+
+    err = _stderr()
+    try:
+        yield
+    except SpecError as e:
+        problems = [{"field": f, "message": m} for f, m in e.problems]
+        _fail(json_out, Exit.BAD_SPEC, {"code": "invalid_spec", "message": str(e), "errors": problems},
+              lambda: [err.print("[bold red]invalid spec[/]"),
+                       *[err.print(f"  [bold]{p['field'] or '<spec>'}[/]: {p['message']}") for p in problems]])
+    except ApiError as e:
+        code = _code_for(e.status)
+        hint = ""
+        if code is Exit.AUTH:
+            hint = "\n  give a token with --token or TTM_TOKEN (`ttm admin user create NAME` prints one)"
+
+        def human() -> None:
+            err.print(f"[bold red]error[/] ({e.status} {e.code}): {e.message}{hint}", markup=True)
+            for p in e.errors if len(e.errors) > 1 else []:
+                err.print(f"  [bold]{p.get('field') or '<spec>'}[/]: {p.get('message')}")
+
+        _fail(json_out, code, e.as_dict(), human)
+    except ServerUnreachable as e:
+        _fail(json_out, Exit.UNREACHABLE, {"code": "unreachable", "message": str(e)},
+              lambda: err.print(f"[bold red]server unreachable:[/] {e}"))
+    except ChecksumMismatch as e:
+        _fail(json_out, Exit.API_ERROR, {"code": "checksum_mismatch", "message": str(e)},
+              lambda: err.print(f"[bold red]checksum mismatch:[/] {e}"))
+    except (FileNotFoundError, IsADirectoryError, ValueError) as e:
+        _fail(json_out, Exit.BAD_SPEC, {"code": "bad_usage", "message": str(e)},
+              lambda: err.print(f"[bold red]error:[/] {e}"))
+
+
+def _fail(json_out: bool, code: Exit, error: dict[str, Any], human: Any) -> None:
+    if json_out:
+        _print_json({"error": error, "exit_code": int(code)})
+    else:
+        human()
+    raise typer.Exit(int(code))
+
+
+# ---------------------------------------------------------------------------------------------- following a job
+class JobProgress:
+    """A job's events on stderr: a live bar (epoch, loss, test top-1, ETA) where stderr is a terminal, and one
+    line per state change and per epoch everywhere (a CI log keeps them)."""
+
+    def __init__(self, job: dict[str, Any], console: "Console"):
+        self.job, self.console = job, console
+        self.total = int(job.get("spec", {}).get("train", {}).get("epochs") or 0) or None
+        self.epochs: dict[int, dict[str, float]] = {}
+        self.printed: set[int] = set()
+        self.progress: Any = None
+
+    def __enter__(self) -> "JobProgress":
+        from rich.progress import BarColumn, Progress, TextColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("epoch {task.completed}/{task.total}"),
+            TextColumn("loss {task.fields[loss]}"), TextColumn("top-1 {task.fields[top1]}"),
+            TextColumn("ETA {task.fields[eta]}"), console=self.console, transient=True,
+            disable=not self.console.is_terminal)
+        self.progress.__enter__()
+        self.task = self.progress.add_task(self.job.get("name") or self.job["id"], total=self.total, loss="-",
+                                           top1="-", eta="-")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._flush()
+        self.progress.__exit__(*exc)
+
+    def on_event(self, event: "Event") -> None:
+        if event.type == "state":
+            self._flush()
+            d = event.data
+            reason = f" ({d['reason']})" if d.get("reason") else ""
+            self.console.print(f"{self.job['id']}: [bold]{d.get('state')}[/]{reason}")
+        elif event.type == "metric":
+            epoch, name, value = int(event.data["epoch"]), event.data["name"], float(event.data["value"])
+            if any(e < epoch and e not in self.printed for e in self.epochs):
+                self._flush()
+            self.epochs.setdefault(epoch, {})[name] = value
+            m = self.epochs[epoch]
+            fields: dict[str, Any] = {}
+            if "train/loss" in m:
+                fields["loss"] = f"{m['train/loss']:.4f}"
+            if "test/top1" in m:
+                fields["top1"] = f"{m['test/top1']:.2f}"
+            if "eta_s" in m:
+                fields["eta"] = _hms(m["eta_s"])
+            self.progress.update(self.task, completed=epoch, **fields)
+            if name == "eta_s":  # the trainer's last metric of an epoch
+                self._print_epoch(epoch)
+
+    def _flush(self) -> None:
+        for epoch in sorted(self.epochs):
+            self._print_epoch(epoch)
+
+    def _print_epoch(self, epoch: int) -> None:
+        if epoch in self.printed:
+            return
+        self.printed.add(epoch)
+        m = self.epochs[epoch]
+        parts = [f"epoch {epoch}/{self.total or '?'}"]
+        for key, label, fmt in (("train/loss", "loss", ".4f"), ("test/top1", "top-1", ".2f"),
+                                ("test/entropy", "H(q)", ".3f"), ("test/kl", "KL", ".4f")):
+            if key in m:
+                parts.append(f"{label} {m[key]:{fmt}}")
+        if "eta_s" in m:
+            parts.append(f"ETA {_hms(m['eta_s'])}")
+        self.console.print("  ".join(parts))
+
+
+def _hms(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def follow(client: "Client", job: dict[str, Any], *, timeout: float | None, min_accuracy: float | None,
+           output: Path | None, which: str, fmt: str | None, cancel_on_timeout: bool, json_out: bool) -> Exit:
+    """Watch a job to its end and turn the end into an exit code; download the student when it is accepted."""
+    from ttm.client import WaitTimeout
+
+    err = _stderr()
+    final: dict[str, Any]
+    file: Path | None = None
+    with JobProgress(job, err) as progress:
+        try:
+            final = client.wait(job["id"], timeout=timeout, on_event=progress.on_event)
+            code = {"succeeded": Exit.SUCCEEDED, "failed": Exit.FAILED}.get(final["state"], Exit.CANCELLED)
+        except WaitTimeout as e:
+            final, code = e.job or client.job(job["id"]), Exit.TIMED_OUT
+            if cancel_on_timeout:
+                final = client.cancel(job["id"])
+    best = final.get("best_top1")
+    if code is Exit.SUCCEEDED and min_accuracy is not None and (best is None or best < min_accuracy):
+        code = Exit.BELOW_MIN_ACCURACY
+    if code is Exit.SUCCEEDED and output is not None:
+        file = client.download(final["id"], which, fmt, output)
+    messages = {
+        Exit.SUCCEEDED: f"succeeded: best test top-1 {_pct(best)}" + (f"; student saved to {file}" if file else ""),
+        Exit.FAILED: f"failed: {final.get('reason') or 'no reason given'}",
+        Exit.CANCELLED: f"cancelled: {final.get('reason') or ''}",
+        Exit.TIMED_OUT: f"timed out after {_hms(timeout or 0)}; the job is {final['state']}"
+                        + ("" if cancel_on_timeout or final["state"] != "running" else
+                           f" and goes on (`ttm cancel {final['id']}` stops it)"),
+        Exit.BELOW_MIN_ACCURACY: f"best test top-1 {_pct(best)} is below --min-accuracy {min_accuracy:g}"
+        if min_accuracy is not None else "",
+    }
+    style = "green" if code is Exit.SUCCEEDED else "red"
+    err.print(f"{final['id']} [bold {style}]{messages[code]}[/]")
+    if json_out:
+        _print_json({"job": final, "file": str(file) if file else None, "result": RESULTS[code],
+                     "exit_code": int(code)})
+    return code
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}%"
+
+
+# ---------------------------------------------------------------------------------------------- commands
+def upload(
+    file: Annotated[Path, typer.Argument(help="teacher weights: a state_dict (.pt/.pth), safetensors or TorchScript")],
+    server: Server = None, token: Token = None, json_out: Json = False, retries: Retries = 5,
+) -> None:
+    """Upload teacher weights; prints the artifact id. The sha256 goes first: a file the server already has is
+    not sent again."""
+    with _errors(json_out):
+        with _client(server, token, retries) as client:
+            artifact = client.upload(file)
+        if json_out:
+            _print_json(artifact)
+            return
+        note = f"uploaded {artifact['size']} bytes" if artifact["uploaded"] else "already on the server"
+        _stderr().print(f"{file}: {note}; format {artifact['format']}; sha256 {artifact['sha256']}")
+        print(artifact["id"])
+
+
+def submit(
+    spec: Annotated[Path, typer.Argument(metavar="SPEC", help="job spec (YAML or JSON); a local teacher file in "
+                                                              "it is uploaded for you")],
+    wait: Annotated[bool, typer.Option("--wait", help="follow the job to its end; the exit code says how it "
+                                                      "ended")] = False,
+    timeout: Timeout = None, min_accuracy: MinAccuracy = None, output: Output = None, which: Which = "best",
+    fmt: Format = None,
+    idempotency_key: Annotated[Optional[str], typer.Option(
+        help="a retried submit with the same key returns the first job instead of a second one "
+             "(e.g. $CI_PIPELINE_ID)", show_default=False)] = None,
+    cancel_on_timeout: CancelOnTimeout = False,
+    server: Server = None, token: Token = None, json_out: Json = False, retries: Retries = 5,
+) -> None:
+    """Submit a job; prints its id. With --wait (implied by --min-accuracy and -o): a live progress bar until it
+    ends, then exit 0 succeeded, 1 failed, 3 cancelled, 4 timed out, 5 below --min-accuracy."""
+    seconds = parse_duration(timeout)
+    with _errors(json_out):
+        with _client(server, token, retries) as client:
+            job = client.submit(spec, idempotency_key=idempotency_key)
+            where = f", position {job['queue_position']} in the {job['queue']} queue" if job.get("queue_position") \
+                else ""
+            _stderr().print(f"{job['id']}: [bold]{job['state']}[/]{where}")
+            if not (wait or min_accuracy is not None or output is not None):
+                _print_json(job) if json_out else print(job["id"])
+                return
+            if not json_out:
+                print(job["id"])
+            code = follow(client, job, timeout=seconds, min_accuracy=min_accuracy, output=output, which=which,
+                          fmt=fmt, cancel_on_timeout=cancel_on_timeout, json_out=json_out)
+    raise typer.Exit(int(code))
+
+
+def watch(
+    job_id: JobId, timeout: Timeout = None, min_accuracy: MinAccuracy = None, output: Output = None,
+    which: Which = "best", fmt: Format = None, cancel_on_timeout: CancelOnTimeout = False,
+    server: Server = None, token: Token = None, json_out: Json = False, retries: Retries = 5,
+) -> None:
+    """Follow a job live (a progress bar fed by Server-Sent Events, resumed after a dropped connection) until it
+    ends; the exit code says how it ended, as for `submit --wait`."""
+    seconds = parse_duration(timeout)
+    with _errors(json_out):
+        with _client(server, token, retries) as client:
+            code = follow(client, client.job(job_id), timeout=seconds, min_accuracy=min_accuracy, output=output,
+                          which=which, fmt=fmt, cancel_on_timeout=cancel_on_timeout, json_out=json_out)
+    raise typer.Exit(int(code))
+
+
+def jobs(
+    state: Annotated[Optional[list[str]], typer.Option(
+        help="only these states (repeat, or comma-separate): queued, running, cancelling, succeeded, failed, "
+             "cancelled", show_default=False)] = None,
+    limit: Annotated[int, typer.Option(min=1, help="at most this many, newest first")] = 50,
+    server: Server = None, token: Token = None, json_out: Json = False, retries: Retries = 5,
+) -> None:
+    """List your jobs (an admin: everyone's), newest first."""
+    with _errors(json_out):
+        with _client(server, token, retries) as client:
+            items = client.jobs(state=",".join(state) if state else None, limit=limit)
+        if json_out:
+            _print_json({"items": items})
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(box=None, header_style="bold")
+        for column in ("ID", "NAME", "STATE", "QUEUE", "POS", "OWNER", "LOSS", "TOP-1", "CREATED"):
+            table.add_column(column, no_wrap=column in ("ID", "CREATED"))
+        for j in items:
+            table.add_row(j["id"], j["name"], j["state"], j["queue"], str(j.get("queue_position") or ""),
+                          j["owner"], j.get("spec", {}).get("loss", {}).get("kind", ""), _pct(j.get("best_top1")),
+                          str(j["created_at"])[:19].replace("T", " "))
+        out = Console(highlight=False)
+        if not out.is_terminal:  # piped: full lines, whatever the width
+            out = Console(highlight=False, width=240)
+        out.print(table)
+
+
+def status(job_id: JobId, server: Server = None, token: Token = None, json_out: Json = False,
+           retries: Retries = 5) -> None:
+    """Show one job: state, queue position, times, best accuracy, reason."""
+    with _errors(json_out):
+        with _client(server, token, retries) as client:
+            job = client.job(job_id)
+        if json_out:
+            _print_json(job)
+            return
+        loss = job.get("spec", {}).get("loss", {})
+        rows = [("id", job["id"]), ("name", job["name"]), ("state", job["state"]), ("owner", job["owner"]),
+                ("queue", job["queue"] + (f" (position {job['queue_position']})" if job.get("queue_position")
+                                          else "")),
+                ("loss", ", ".join(f"{k}={v}" for k, v in loss.items())), ("attempts", job.get("attempts")),
+                ("created", job.get("created_at")), ("started", job.get("started_at")),
+                ("finished", job.get("finished_at")), ("best top-1", _pct(job.get("best_top1"))),
+                ("reason", job.get("reason"))]
+        for key, value in rows:
+            if value not in (None, ""):
+                print(f"{key + ':':12s}{value}")
+
+
+def logs(job_id: JobId,
+         follow_: Annotated[bool, typer.Option("--follow", "-f", help="keep printing as the log grows, until the "
+                                                                     "job ends")] = False,
+         server: Server = None, token: Token = None, retries: Retries = 5) -> None:
+    """Print the trainer's log of a job."""
+    with _errors(False):
+        with _client(server, token, retries) as client:
+            chunks = client.follow_log(job_id) if follow_ else iter([client.log(job_id)])
+            for text in chunks:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+
+
+def cancel(job_id: JobId, server: Server = None, token: Token = None, json_out: Json = False,
+           retries: Retries = 5) -> None:
+    """Cancel a job: a queued one at once, a running one after its trainer has stopped (`cancelling` until then)."""
+    with _errors(json_out):
+        with _client(server, token, retries) as client:
+            job = client.cancel(job_id)
+        if json_out:
+            _print_json(job)
+        else:
+            print(f"{job['id']}: {job['state']}")
+
+
+def download(job_id: JobId, which: Which = "best", fmt: Format = None, output: Output = None,
+             server: Server = None, token: Token = None, json_out: Json = False, retries: Retries = 5) -> None:
+    """Download a job's student checkpoint (its sha256 is checked); prints the file's path."""
+    with _errors(json_out):
+        with _client(server, token, retries) as client:
+            path = client.download(job_id, which, fmt, output)
+        if json_out:
+            _print_json({"file": str(path), "job": job_id, "which": which, "size": path.stat().st_size})
+        else:
+            print(path)
+
+
+COMMANDS = {"upload": upload, "submit": submit, "jobs": jobs, "status": status, "watch": watch, "logs": logs,
+            "cancel": cancel, "download": download}
+
+
+def register(app: typer.Typer) -> None:
+    """Add the client commands to `app` (ttm/cli.py's)."""
+    for name, command in COMMANDS.items():
+        app.command(name, rich_help_panel="Job server client")(command)
+
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Use a ttm job server.")
+register(app)
+
+if __name__ == "__main__":
+    app(prog_name="ttm")
