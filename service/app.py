@@ -1,7 +1,6 @@
 """The FastAPI application: `create_app(settings, host=...)`, and `run_server` for `ttm serve`."""
 from __future__ import annotations
 
-import ipaddress
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -13,12 +12,13 @@ from fastapi.openapi.utils import get_openapi
 
 from service.broker import make_celery
 from service.db import get_engine, make_sessionmaker
-from service.deps import Principal, TokenCache
+from service.deps import Principal, TokenCache, is_loopback
 from service.errors import install_error_handlers
 from service.migrate import check_at_head
 from service.observability import LatencyMiddleware, make_registry
 from service.queries.users import local_admin
 from service.routes import artifacts, events, health, jobs
+from service import dashboard
 from service.settings import Settings, get_settings
 from service.teachers import TeacherCheckCache, warm_up
 from ttm.spec import JobSpec
@@ -37,17 +37,6 @@ class AuthOffRefused(RuntimeError):
     pass
 
 
-def is_loopback(host: str | None) -> bool:
-    if host is None:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def create_app(settings: Settings | None = None, *, host: str | None = None) -> FastAPI:
     """The app for these settings. Refuses (raises) when the database is not at the schema head, or when auth is
     off and `host` (where the server will listen) is not a loopback address."""
@@ -57,7 +46,8 @@ def create_app(settings: Settings | None = None, *, host: str | None = None) -> 
                              f"{host or 'an unknown address'}. Use tokens (`ttm admin user create NAME`) or "
                              "listen on 127.0.0.1.")
     check_at_head(settings)
-    make_session = make_sessionmaker(get_engine(settings))
+    engine = get_engine(settings)
+    make_session = make_sessionmaker(engine)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -69,6 +59,7 @@ def create_app(settings: Settings | None = None, *, host: str | None = None) -> 
     app = FastAPI(title="ttm job server", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.sessionmaker = make_session
+    app.state.read_sessionmaker = make_sessionmaker(get_engine(settings, autocommit=True))
     app.state.celery = make_celery(settings)
     app.state.teacher_checks = TeacherCheckCache()
     app.state.token_cache = TokenCache()
@@ -78,11 +69,12 @@ def create_app(settings: Settings | None = None, *, host: str | None = None) -> 
             user = local_admin(session)
             session.commit()
             app.state.local_user = Principal(user.id, user.name, True)
-    app.state.registry, histogram = make_registry(make_session)
+    app.state.registry, histogram = make_registry(app.state.read_sessionmaker)
 
     install_error_handlers(app)
     for module in (artifacts, jobs, events, health):
         app.include_router(module.router)
+    app.include_router(dashboard.router)  # the web UI: /ui/ (service/dashboard)
     app.add_middleware(LatencyMiddleware, histogram=histogram)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
@@ -96,6 +88,11 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.update(spec.pop("$defs", {}))
         components["JobSpec"] = spec
+        for ops in schema["paths"].values():  # a $ref given in openapi_extra replaces the generic body schema
+            for op in ops.values():
+                for content in op.get("requestBody", {}).get("content", {}).values():
+                    if "$ref" in content.get("schema", {}):
+                        content["schema"] = {"$ref": content["schema"]["$ref"]}
         app.openapi_schema = schema
     return app.openapi_schema
 

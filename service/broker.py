@@ -20,11 +20,13 @@ def make_celery(settings: Settings) -> Celery:
     if broker is None:
         queue_dir = settings.broker_dir / "queue"
         processed_dir = settings.broker_dir / "processed"
-        queue_dir.mkdir(parents=True, exist_ok=True)
-        processed_dir.mkdir(parents=True, exist_ok=True)
+        control_dir = settings.broker_dir / "control"  # kombu's default is ./control, under the current directory
+        for folder in (queue_dir, processed_dir, control_dir):
+            folder.mkdir(parents=True, exist_ok=True)
         broker = "filesystem://"
         transport_options.update(data_folder_in=str(queue_dir), data_folder_out=str(queue_dir),
-                                 processed_folder=str(processed_dir), store_processed=False)
+                                 processed_folder=str(processed_dir), control_folder=str(control_dir),
+                                 store_processed=False)
     app = Celery("ttm", broker=broker, set_as_current=False)
     app.conf.update(
         broker_transport_options=transport_options,

@@ -25,13 +25,16 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, autocommit: bool = False) -> Engine:
+    """`autocommit`: for sessions that only read; no BEGIN/ROLLBACK round trips. A separate engine rather than
+    `execution_options(isolation_level=...)`, whose option engine makes every connection checkout slower."""
     url = normalize_url(url)
+    options: dict[str, object] = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **options)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # noqa: ANN001
@@ -44,17 +47,19 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    # 32 concurrent API clients plus the SSE pollers and /metrics scrapes share this pool.
-    return create_engine(url, pool_size=32, max_overflow=16, pool_timeout=30, pool_recycle=1800,
-                         pool_use_lifo=True)
+    # 32 concurrent API clients (reads and writes), SSE pollers and /metrics scrapes share these two pools; together
+    # they stay under PostgreSQL's default of 100 connections.
+    return create_engine(url, pool_size=24 if autocommit else 16, max_overflow=8, pool_timeout=30,
+                         pool_recycle=1800, pool_use_lifo=True, **options)
 
 
-def get_engine(settings: Settings | None = None) -> Engine:
+def get_engine(settings: Settings | None = None, *, autocommit: bool = False) -> Engine:
     url = normalize_url((settings or get_settings()).database_url)
+    key = ("ro:" if autocommit else "") + url
     with _lock:
-        if url not in _engines:
-            _engines[url] = make_engine(url)
-        return _engines[url]
+        if key not in _engines:
+            _engines[key] = make_engine(url, autocommit=autocommit)
+        return _engines[key]
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -1,9 +1,10 @@
 """What routes receive through `Annotated[..., Depends(...)]`: the settings, a database session, the caller."""
 from __future__ import annotations
 
+import ipaddress
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -11,6 +12,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from service.errors import ApiError
 from service.ids import hash_token
@@ -27,12 +29,24 @@ class Principal:
     is_admin: bool
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_session(request: Request) -> Iterator[Session]:
+# The session dependencies are async so that FastAPI runs them on the event loop instead of a thread each: making a
+# Session does no I/O (it checks out a connection on first use), and closing one after a commit does none either.
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """A session for routes that write; they commit explicitly."""
     session = request.app.state.sessionmaker()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+async def get_read_session(request: Request) -> AsyncIterator[Session]:
+    """A session on autocommit connections for routes that only read: no BEGIN/ROLLBACK round trips."""
+    session = request.app.state.read_sessionmaker()
     try:
         yield session
     finally:
@@ -41,6 +55,7 @@ def get_session(request: Request) -> Iterator[Session]:
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
+ReadSessionDep = Annotated[Session, Depends(get_read_session)]
 
 _bearer = HTTPBearer(auto_error=False, description="an API token: `ttm admin user create NAME` prints one")
 
@@ -70,24 +85,49 @@ def _unauthorized(message: str) -> ApiError:
     return ApiError(401, message, headers={"WWW-Authenticate": "Bearer"})
 
 
-def get_current_user(request: Request, session: SessionDep,
-                     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
+def _lookup(session: Session, digest: str) -> Principal | None:
+    row = session.execute(select(User.id, User.name, User.is_admin).join(Token, Token.user_id == User.id)
+                          .where(Token.token_hash == digest)).first()
+    return Principal(row.id, row.name, row.is_admin) if row else None
+
+
+async def get_current_user(request: Request, session: ReadSessionDep,
+                           credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+                           ) -> Principal:
     state = request.app.state
     if state.settings.auth == "off":
-        return state.local_user
+        return _loopback_only(request, state.local_user)
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise _unauthorized("missing bearer token: send `Authorization: Bearer <token>`")
     digest = hash_token(credentials.credentials)
     cache: TokenCache = state.token_cache
     who = cache.get(digest)
     if who is None:
-        row = session.execute(select(User.id, User.name, User.is_admin).join(Token, Token.user_id == User.id)
-                              .where(Token.token_hash == digest)).first()
-        if row is None:
+        who = await run_in_threadpool(_lookup, session, digest)
+        if who is None:
             raise _unauthorized("invalid token")
-        who = Principal(row.id, row.name, row.is_admin)
         cache.put(digest, who)
     return who
+
+
+def _loopback_only(request: Request, local: Principal) -> Principal:
+    """With auth off, serve only connections that arrived on a loopback address, whatever the server was told."""
+    server = request.scope.get("server")
+    host = server[0] if server else None
+    if host is None or not is_loopback(host):
+        raise ApiError(403, "auth is off on this server: it answers only on a loopback address", code="forbidden")
+    return local
+
+
+def is_loopback(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 CurrentUser = Annotated[Principal, Depends(get_current_user)]

@@ -1,7 +1,6 @@
 """Bringing a database to the schema head, and telling whether it is there (the server refuses to start if not)."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 from alembic import command
@@ -9,10 +8,11 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+import migrations
 from service.db import get_engine, normalize_url
 from service.settings import Settings, get_settings
 
-MIGRATIONS_DIR = Path(importlib.util.find_spec("migrations").origin).parent  # type: ignore[union-attr,arg-type]
+MIGRATIONS_DIR = Path(next(iter(migrations.__path__)))
 BEHIND_HEAD = "database is behind head: run `ttm admin migrate`"
 
 

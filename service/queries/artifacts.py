@@ -21,6 +21,14 @@ def find_by_sha(session: Session, owner_id: int, sha256: str) -> Artifact | None
     return session.scalar(select(Artifact).where(Artifact.owner_id == owner_id, Artifact.sha256 == sha256))
 
 
+def list_artifacts(session: Session, owner_id: int, *, sha256: str | None = None, limit: int = 100) -> list[Artifact]:
+    """The owner's artifacts, newest first; with `sha256`, the one holding those bytes (if any)."""
+    query = select(Artifact).where(Artifact.owner_id == owner_id)
+    if sha256 is not None:
+        query = query.where(Artifact.sha256 == sha256)
+    return list(session.scalars(query.order_by(Artifact.created_at.desc(), Artifact.id.desc()).limit(limit)))
+
+
 def blob_known(session: Session, sha256: str) -> Artifact | None:
     """Any owner's artifact with these bytes: the blob on disk was checked when it first arrived."""
     return session.scalar(select(Artifact).where(Artifact.sha256 == sha256).limit(1))

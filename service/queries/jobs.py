@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import bindparam, case, func, select
+from sqlalchemy.orm import Session, aliased
 
 from service.deps import Principal
 from service.ids import new_job_id
@@ -20,6 +20,24 @@ def get_job(session: Session, who: Principal, job_id: str) -> tuple[Job, str] | 
     return (row[0], row[1]) if row else None
 
 
+_ahead = aliased(Job)
+_JOB_WITH_POSITION = (
+    select(Job, User.name, case((Job.state == QUEUED, select(func.count()).select_from(_ahead).where(
+        _ahead.state == QUEUED, _ahead.queue == Job.queue, _ahead.id < Job.id).correlate(Job).scalar_subquery() + 1)))
+    .join(User, User.id == Job.owner_id).where(Job.id == bindparam("job_id")))
+_OWN_JOB_WITH_POSITION = _JOB_WITH_POSITION.where(Job.owner_id == bindparam("owner_id"))
+
+
+def get_job_with_position(session: Session, who: Principal, job_id: str) -> tuple[Job, str, int | None] | None:
+    """get_job and queue_position in one round trip, from a statement built once (GET /v1/jobs/{id} is the hot
+    read)."""
+    if who.is_admin:
+        row = session.execute(_JOB_WITH_POSITION, {"job_id": job_id}).first()
+    else:
+        row = session.execute(_OWN_JOB_WITH_POSITION, {"job_id": job_id, "owner_id": who.id}).first()
+    return (row[0], row[1], None if row[2] is None else int(row[2])) if row else None
+
+
 def list_jobs(session: Session, who: Principal, *, states: list[str] | None, before: str | None,
               limit: int) -> list[tuple[Job, str]]:
     """Newest first (job ids sort by creation time); `before` is the last id of the previous page."""
@@ -34,13 +52,15 @@ def list_jobs(session: Session, who: Principal, *, states: list[str] | None, bef
     return [(job, owner) for job, owner in rows]
 
 
+_POSITION = select(func.count()).select_from(Job).where(
+    Job.state == QUEUED, Job.queue == bindparam("queue"), Job.id < bindparam("job_id"))
+
+
 def queue_position(session: Session, job: Job) -> int | None:
     """1 for the next job its queue will run; None when the job is not queued."""
     if job.state != QUEUED:
         return None
-    ahead = session.scalar(select(func.count()).select_from(Job).where(
-        Job.state == QUEUED, Job.queue == job.queue, Job.id < job.id))
-    return int(ahead or 0) + 1
+    return int(session.scalar(_POSITION, {"queue": job.queue, "job_id": job.id}) or 0) + 1
 
 
 def queue_positions(session: Session, jobs: list[Job]) -> dict[str, int]:
@@ -68,9 +88,8 @@ def insert_job(session: Session, owner_id: int, *, name: str, spec: dict[str, An
     now = utcnow()
     job = Job(id=new_job_id(), owner_id=owner_id, name=name, spec=spec, state=QUEUED, queue=queue, attempts=0,
               idempotency_key=idempotency_key, request_hash=request_hash, created_at=now)
-    session.add(job)
-    session.flush()
-    session.add(JobEvent(job_id=job.id, at=now, kind="state", state=QUEUED, reason="submitted"))
+    # one flush for both rows: the unit of work inserts jobs before job_events (the foreign key orders them)
+    session.add_all([job, JobEvent(job_id=job.id, at=now, kind="state", state=QUEUED, reason="submitted")])
     return job
 
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from service.deps import CurrentUser, Principal, SessionDep, SettingsDep
+from service.deps import CurrentUser, Principal, ReadSessionDep, SessionDep, SettingsDep
 from service.errors import ApiError, not_found
 from service.queries import artifacts as q
 from service.schemas import ArtifactOut, error_responses
@@ -80,8 +80,19 @@ async def upload_artifact(request: Request, response: Response, who: CurrentUser
     return out
 
 
+@router.get("", response_model=list[ArtifactOut], responses=error_responses(401, 422))
+def list_artifacts(who: CurrentUser, session: ReadSessionDep,
+                   sha256: Annotated[str | None, Query(pattern="^[0-9a-f]{64}$", description=(
+                       "only the artifact with these bytes: a client asks before uploading a file it may have "
+                       "sent before"))] = None,
+                   limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[ArtifactOut]:
+    """Your artifacts, newest first; `?sha256=` finds the one holding those bytes ([] when there is none)."""
+    rows = q.list_artifacts(session, who.id, sha256=sha256, limit=limit)
+    return [ArtifactOut.model_validate(a, from_attributes=True) for a in rows]
+
+
 @router.get("/{artifact_id}", response_model=ArtifactOut, responses=error_responses(401, 404))
-def get_artifact(artifact_id: str, who: CurrentUser, session: SessionDep) -> ArtifactOut:
+def get_artifact(artifact_id: str, who: CurrentUser, session: ReadSessionDep) -> ArtifactOut:
     artifact = q.get_artifact(session, who, artifact_id)
     if artifact is None:
         raise not_found("artifact", artifact_id)

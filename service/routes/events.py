@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
-from service.deps import CurrentUser, SessionDep, SettingsDep
+from service.deps import CurrentUser, ReadSessionDep, SettingsDep
 from service.errors import ApiError
 from service.models import Job, JobEvent, Metric
 from service.queries import history as hq
@@ -101,7 +101,7 @@ async def _stream(make_session: sessionmaker[Session], job_id: str, ev: int, m: 
                 '"at":"2025-11-26T09:01:00+00:00"}\n\n')}},
                 "description": "events `state` and `metric`; the id resumes the stream (Last-Event-ID)"},
                        **error_responses(400, 401, 404)})
-async def job_events(job_id: str, request: Request, who: CurrentUser, session: SessionDep, settings: SettingsDep,
+async def job_events(job_id: str, request: Request, who: CurrentUser, session: ReadSessionDep, settings: SettingsDep,
                      last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
                      after: Annotated[str | None, Query(description="same as Last-Event-ID")] = None
                      ) -> EventSourceResponse:
@@ -110,5 +110,5 @@ async def job_events(job_id: str, request: Request, who: CurrentUser, session: S
     ev, m = parse_event_id(last_event_id or after)
     await run_in_threadpool(visible_job, session, who, job_id)
     await run_in_threadpool(session.close)  # the stream polls with short sessions of its own
-    return EventSourceResponse(_stream(request.app.state.sessionmaker, job_id, ev, m),
+    return EventSourceResponse(_stream(request.app.state.read_sessionmaker, job_id, ev, m),
                                ping=settings.sse_ping_seconds)

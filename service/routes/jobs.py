@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from service.admission import admit
 from service.broker import enqueue_job
-from service.deps import CurrentUser, Principal, SessionDep, SettingsDep
+from service.deps import CurrentUser, Principal, ReadSessionDep, SessionDep, SettingsDep
 from service.errors import ApiError, not_found
 from service.models import Checkpoint, Job
 from service.queries import checkpoints as cq
@@ -91,7 +91,7 @@ def submit_job(body: Annotated[dict[str, Any], Body()], request: Request, respon
 
 
 @router.get("", response_model=JobList, responses=error_responses(401, 422))
-def list_jobs(who: CurrentUser, session: SessionDep,
+def list_jobs(who: CurrentUser, session: ReadSessionDep,
               state: Annotated[list[str] | None, Query(description="filter: repeat, or comma-separate")] = None,
               cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
               limit: Annotated[int, Query(ge=1, le=200)] = 50) -> JobList:
@@ -107,9 +107,11 @@ def list_jobs(who: CurrentUser, session: SessionDep,
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=error_responses(401, 404))
-def get_job(job_id: str, who: CurrentUser, session: SessionDep) -> JobOut:
-    job, owner = visible_job(session, who, job_id)
-    return job_out(job, owner, q.queue_position(session, job))
+def get_job(job_id: str, who: CurrentUser, session: ReadSessionDep) -> JobOut:
+    found = q.get_job_with_position(session, who, job_id)
+    if found is None:
+        raise not_found("job", job_id)
+    return job_out(*found)
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses=error_responses(401, 404, 409))
@@ -134,7 +136,7 @@ def cancel_job(job_id: str, who: CurrentUser, session: SessionDep) -> JobOut:
 
 
 @router.get("/{job_id}/metrics", response_model=MetricList, responses=error_responses(401, 404))
-def job_metrics(job_id: str, who: CurrentUser, session: SessionDep,
+def job_metrics(job_id: str, who: CurrentUser, session: ReadSessionDep,
                 after: Annotated[int, Query(ge=0, description="return rows with seq > after")] = 0,
                 limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> MetricList:
     """The job's metric rows in sequence order."""
@@ -147,7 +149,7 @@ def job_metrics(job_id: str, who: CurrentUser, session: SessionDep,
 @router.get("/{job_id}/log", response_class=PlainTextResponse,
             responses={200: {"content": {"text/plain": {"example": "epoch 1/2 loss 0.91 top1 71.2\n"}}},
                        **error_responses(401, 404)})
-def job_log(job_id: str, who: CurrentUser, session: SessionDep,
+def job_log(job_id: str, who: CurrentUser, session: ReadSessionDep,
             offset: Annotated[int, Query(ge=0, description="byte offset to read from")] = 0) -> PlainTextResponse:
     """The trainer's log text (empty until the worker writes one); `X-TTM-Log-Next-Offset` says where to go on."""
     job, _ = visible_job(session, who, job_id)
@@ -169,7 +171,7 @@ def _checkpoint_out(c: Checkpoint) -> CheckpointOut:
 
 
 @router.get("/{job_id}/checkpoints", response_model=list[CheckpointOut], responses=error_responses(401, 404))
-def list_checkpoints(job_id: str, who: CurrentUser, session: SessionDep) -> list[CheckpointOut]:
+def list_checkpoints(job_id: str, who: CurrentUser, session: ReadSessionDep) -> list[CheckpointOut]:
     visible_job(session, who, job_id)
     return [_checkpoint_out(c) for c in cq.list_checkpoints(session, job_id)]
 
@@ -184,7 +186,7 @@ def _checkpoint(session: Session, who: Principal, job_id: str, which: str, fmt: 
 
 
 @router.get("/{job_id}/checkpoints/{which}/manifest", responses=error_responses(401, 404))
-def checkpoint_manifest(job_id: str, which: Literal["best", "last"], who: CurrentUser, session: SessionDep,
+def checkpoint_manifest(job_id: str, which: Literal["best", "last"], who: CurrentUser, session: ReadSessionDep,
                         format: Literal["pt", "safetensors", "torchscript"] = "pt") -> dict[str, Any]:
     """The manifest written beside the checkpoint: architecture, classes, input shape, normalization, accuracy."""
     return _checkpoint(session, who, job_id, which, format).manifest or {}
@@ -197,7 +199,7 @@ _SUFFIX = {"pt": ".pt", "safetensors": ".safetensors", "torchscript": ".torchscr
             responses={200: {"content": {"application/octet-stream": {"example": "<checkpoint bytes>"}},
                              "description": "the file; ETag is its sha256, X-TTM-Manifest its manifest (JSON)"},
                        304: {"description": "If-None-Match matched the sha256"}, **error_responses(401, 404)})
-def download_checkpoint(job_id: str, which: Literal["best", "last"], who: CurrentUser, session: SessionDep,
+def download_checkpoint(job_id: str, which: Literal["best", "last"], who: CurrentUser, session: ReadSessionDep,
                         format: Literal["pt", "safetensors", "torchscript"] = "pt",
                         if_none_match: Annotated[str | None, Header()] = None) -> Response:
     ckpt = _checkpoint(session, who, job_id, which, format)

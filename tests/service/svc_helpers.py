@@ -72,7 +72,7 @@ def submit(client: Any, token: str, spec: dict[str, Any] | None = None, **header
     return r.json()
 
 
-def run_job(settings: Settings, job_id: str, *, to: str = "running", epochs: int = 0,
+def run_job(settings: Settings, job_id: str, *, to: str = "running", epochs: int = 0, from_epoch: int = 1,
             checkpoint: bool = False, log: str | None = None) -> None:
     """Do what a worker does to a job's rows: start it, write metrics, checkpoints, a log, finish it."""
     out_dir = settings.home / "runs" / job_id
@@ -82,7 +82,7 @@ def run_job(settings: Settings, job_id: str, *, to: str = "running", epochs: int
         if job.state == "queued":
             transition(session, job, "running", reason="leased by test-worker")
             job.worker, job.attempts, job.out_dir = "test-worker", 1, str(out_dir)
-        for epoch in range(1, epochs + 1):
+        for epoch in range(from_epoch, epochs + 1):
             session.add(Metric(job_id=job_id, epoch=epoch, name="train_loss", value=1.0 / epoch, at=utcnow()))
             session.add(Metric(job_id=job_id, epoch=epoch, name="test_top1", value=50.0 + epoch, at=utcnow()))
             session.flush()

@@ -1,0 +1,65 @@
+"""The dashboard: static HTML, CSS and vanilla JavaScript served by the API itself; no build step, nothing fetched
+from the internet. The pages call the same /v1 API as every other client, with the token the user typed in
+(kept in the browser's localStorage, sent as a Bearer header; the event stream is read with fetch(), which can
+send that header where EventSource cannot).
+
+    /ui/                 the queue: jobs, states, owners, queue positions
+    /ui/jobs/{id}        one job: spec, state history, live curves, checkpoints, cancel
+    /ui/compare?jobs=..  several jobs' curves overlaid (KD vs TTM vs WTTM)
+
+Mounted by service/app.py: `app.include_router(dashboard.router)`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse, RedirectResponse
+
+from service.errors import not_found
+
+router = APIRouter(include_in_schema=False)
+
+STATIC = Path(__file__).parent / "static"
+MEDIA_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+               ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
+# Everything the pages need comes from this server; inline scripts and styles are not needed, so not allowed.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+                               "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+def _file(name: str) -> FileResponse:
+    path = STATIC / name
+    return FileResponse(path, media_type=MEDIA_TYPES.get(path.suffix, "application/octet-stream"),
+                        headers=SECURITY_HEADERS)
+
+
+@router.get("/")
+def root() -> RedirectResponse:
+    return RedirectResponse("/ui/", status_code=307)
+
+
+@router.get("/ui")
+def ui_root() -> RedirectResponse:
+    return RedirectResponse("/ui/", status_code=307)
+
+
+@router.get("/ui/")
+@router.get("/ui/compare")
+@router.get("/ui/jobs/{job_id}")
+def page(job_id: str | None = None) -> FileResponse:
+    """Every page is the same shell; app.js draws the one the path names."""
+    return _file("index.html")
+
+
+@router.get("/ui/static/{name}")
+def asset(name: str) -> FileResponse:
+    # only the files shipped in static/, by exact name: no paths, no dotfiles
+    if "/" in name or "\\" in name or name.startswith(".") or not (STATIC / name).is_file():
+        raise not_found("file", name)
+    return _file(name)
