@@ -154,6 +154,13 @@ def validate(spec_path: Annotated[Path, typer.Argument(metavar="SPEC")]) -> None
     print(spec.model_dump_json(indent=2, exclude_none=True))
 
 
+def _mount_client() -> None:
+    """The client commands (upload, submit, jobs, status, watch, logs, cancel, download) talk to a job server."""
+    from ttm.client_cli import register
+
+    register(app)
+
+
 def _mount_plugins() -> None:
     """Sub-commands that live outside ttm/ (server, worker, client) register as `ttm.cli` entry points."""
     for ep in entry_points(group="ttm.cli"):
@@ -169,6 +176,7 @@ def _mount_plugins() -> None:
 
 
 def main() -> None:
+    _mount_client()
     _mount_plugins()
     app(prog_name="ttm")
 

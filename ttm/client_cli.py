@@ -74,7 +74,7 @@ Output = Annotated[Optional[Path], typer.Option(
 Which = Annotated[str, typer.Option(help="best | last checkpoint")]
 Format = Annotated[Optional[str], typer.Option(
     "--format", help="pt | safetensors | torchscript [default: from -o's suffix, else pt]", show_default=False)]
-CancelOnTimeout = Annotated[bool, typer.Option(help="cancel the job when --timeout passes")]
+CancelOnTimeout = Annotated[bool, typer.Option("--cancel-on-timeout", help="cancel the job when --timeout passes")]
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -147,6 +147,9 @@ def _errors(json_out: bool) -> Iterator[None]:
     except (FileNotFoundError, IsADirectoryError, ValueError) as e:
         _fail(json_out, Exit.BAD_SPEC, {"code": "bad_usage", "message": str(e)},
               lambda: err.print(f"[bold red]error:[/] {e}"))
+    except KeyboardInterrupt:
+        err.print("interrupted (the job goes on; `ttm cancel ID` stops it)")
+        raise typer.Exit(130) from None
 
 
 def _fail(json_out: bool, code: Exit, error: dict[str, Any], human: Any) -> None:
@@ -281,8 +284,9 @@ def upload(
     file: Annotated[Path, typer.Argument(help="teacher weights: a state_dict (.pt/.pth), safetensors or TorchScript")],
     server: Server = None, token: Token = None, json_out: Json = False, retries: Retries = 5,
 ) -> None:
-    """Upload teacher weights; prints the artifact id. The sha256 goes first: a file the server already has is
-    not sent again."""
+    """Upload teacher weights; prints the artifact id.
+
+    The sha256 goes first: a file the server already has from you is not sent again."""
     with _errors(json_out):
         with _client(server, token, retries) as client:
             artifact = client.upload(file)
@@ -307,8 +311,10 @@ def submit(
     cancel_on_timeout: CancelOnTimeout = False,
     server: Server = None, token: Token = None, json_out: Json = False, retries: Retries = 5,
 ) -> None:
-    """Submit a job; prints its id. With --wait (implied by --min-accuracy and -o): a live progress bar until it
-    ends, then exit 0 succeeded, 1 failed, 3 cancelled, 4 timed out, 5 below --min-accuracy."""
+    """Submit a job; prints its id. With --wait, follow it to its end with a live progress bar.
+
+    --min-accuracy and -o imply --wait. Exit codes: 0 succeeded, 1 failed, 2 bad spec, 3 cancelled, 4 timed out,
+    5 below --min-accuracy, 6 server unreachable, 7 auth, 8 other API error."""
     seconds = parse_duration(timeout)
     with _errors(json_out):
         with _client(server, token, retries) as client:
@@ -331,8 +337,9 @@ def watch(
     which: Which = "best", fmt: Format = None, cancel_on_timeout: CancelOnTimeout = False,
     server: Server = None, token: Token = None, json_out: Json = False, retries: Retries = 5,
 ) -> None:
-    """Follow a job live (a progress bar fed by Server-Sent Events, resumed after a dropped connection) until it
-    ends; the exit code says how it ended, as for `submit --wait`."""
+    """Follow a job live until it ends; the exit code says how it ended (as for submit --wait).
+
+    The progress bar is fed by Server-Sent Events; a dropped connection is resumed where it broke off."""
     seconds = parse_duration(timeout)
     with _errors(json_out):
         with _client(server, token, retries) as client:
@@ -408,7 +415,7 @@ def logs(job_id: JobId,
 
 def cancel(job_id: JobId, server: Server = None, token: Token = None, json_out: Json = False,
            retries: Retries = 5) -> None:
-    """Cancel a job: a queued one at once, a running one after its trainer has stopped (`cancelling` until then)."""
+    """Cancel a job: a queued one at once, a running one once its trainer has stopped."""
     with _errors(json_out):
         with _client(server, token, retries) as client:
             job = client.cancel(job_id)

@@ -1,0 +1,122 @@
+"""The client commands in their own processes against the API (jobs moved by svc_helpers.run_job): outputs, --json,
+and every exit code that needs no real training (those are in test_live.py)."""
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from client_helpers import digits_spec, run_cli, run_job
+from svc_helpers import free_port
+from ttm.client import Client
+from ttm.client_cli import Exit
+
+
+def _json(result) -> dict:
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1, result.stdout + result.stderr  # exactly one object on stdout
+    return json.loads(lines[0])
+
+
+def test_exit_codes_are_distinct_and_documented():
+    assert len({int(e) for e in Exit}) == len(Exit) == 9
+    from pathlib import Path
+
+    table = (Path(__file__).parents[2] / "docs" / "CLI.md").read_text()
+    for e in Exit:
+        assert f"| {int(e)} |" in table and e.name in table
+
+
+def test_upload_and_submit_with_a_local_teacher(api, teacher_pth, tmp_path):
+    r = run_cli("upload", str(teacher_pth), server=api.url, token=api.alice)
+    assert r.returncode == 0, r.stderr
+    art = r.stdout.strip()
+    assert art.startswith("art_") and "uploaded" in r.stderr
+    r = run_cli("upload", str(teacher_pth), "--json", server=api.url, token=api.alice)
+    assert r.returncode == 0 and _json(r)["id"] == art and _json(r)["uploaded"] is False
+
+    (tmp_path / "teacher.pth").write_bytes(teacher_pth.read_bytes())
+    spec = {**digits_spec("wttm"), "teacher": {"arch": "resnet8", "weights": "teacher.pth"},
+            "loss": {"kind": "wttm", "gamma": 0.3, "beta": 1.5}}
+    (tmp_path / "wttm.yaml").write_text(yaml.safe_dump(spec))
+    r = run_cli("submit", "wttm.yaml", server=api.url, token=api.alice, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    job_id = r.stdout.strip()
+    assert job_id.startswith("job_") and "queued" in r.stderr
+    job = Client(api.url, api.alice).job(job_id)
+    assert job["spec"]["teacher"]["weights"] == art  # the same bytes: the artifact uploaded above
+
+    r = run_cli("status", job_id, "--json", server=api.url, token=api.alice)
+    assert r.returncode == 0 and _json(r)["id"] == job_id and _json(r)["queue_position"] == 1
+    r = run_cli("status", job_id, server=api.url, token=api.alice)
+    assert "state:      queued" in r.stdout and "position 1" in r.stdout
+    r = run_cli("jobs", server=api.url, token=api.alice)
+    assert r.returncode == 0 and job_id in r.stdout and "WTTM" in r.stdout.upper()
+
+
+def test_bad_specs_exit_2(api, tmp_path):
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**digits_spec(), "student": {"arch": "resnet9000"}}))
+    r = run_cli("submit", "bad.yaml", "--json", server=api.url, token=api.alice, cwd=tmp_path)
+    assert r.returncode == Exit.BAD_SPEC
+    err = _json(r)["error"]
+    assert err["code"] == "invalid_spec" and err["errors"][0]["field"] == "student.arch"
+    # valid here, refused by the server (no such artifact): 422, also exit 2
+    spec = {**digits_spec(), "teacher": {"arch": "resnet8", "weights": "art_nope"}, "loss": {"kind": "kd"}}
+    (tmp_path / "kd.yaml").write_text(yaml.safe_dump(spec))
+    r = run_cli("submit", "kd.yaml", server=api.url, token=api.alice, cwd=tmp_path)
+    assert r.returncode == Exit.BAD_SPEC and "teacher.weights" in r.stderr, r.stderr
+    r = run_cli("submit", "missing.yaml", server=api.url, token=api.alice, cwd=tmp_path)
+    assert r.returncode == Exit.BAD_SPEC and "no such spec file" in r.stderr
+    r = run_cli("submit", "kd.yaml", "--wait", "--timeout", "soon", server=api.url, token=api.alice, cwd=tmp_path)
+    assert r.returncode == 2 and "not a duration" in r.stderr
+
+
+def test_auth_unreachable_and_api_errors(api):
+    r = run_cli("jobs", server=api.url, token="wrong")
+    assert r.returncode == Exit.AUTH and "TTM_TOKEN" in r.stderr
+    r = run_cli("jobs", "--json", server=api.url, token=None)
+    assert r.returncode == Exit.AUTH and _json(r)["error"]["status"] == 401
+    r = run_cli("jobs", "--retries", "1", "--json", server=f"http://127.0.0.1:{free_port()}", token=api.alice)
+    assert r.returncode == Exit.UNREACHABLE and _json(r)["error"]["code"] == "unreachable"
+    r = run_cli("status", "job_nope", server=api.url, token=api.alice)
+    assert r.returncode == Exit.API_ERROR and "404" in r.stderr
+
+
+def test_watch_exit_codes_follow_the_final_state(api):
+    with Client(api.url, api.alice) as c:
+        failed, cancelled, done = (c.submit(digits_spec(n)) for n in ("f", "c", "s"))
+    run_job(api.settings, failed["id"], epochs=1)
+    run_job(api.settings, failed["id"], to="failed")
+    r = run_cli("watch", failed["id"], "--json", server=api.url, token=api.alice)
+    assert r.returncode == Exit.FAILED and _json(r)["result"] == "failed"
+    assert "epoch 1/3" in r.stderr  # the progress went to stderr
+
+    r = run_cli("cancel", cancelled["id"], server=api.url, token=api.alice)
+    assert r.returncode == 0 and r.stdout.strip() == f"{cancelled['id']}: cancelled"
+    r = run_cli("watch", cancelled["id"], server=api.url, token=api.alice)
+    assert r.returncode == Exit.CANCELLED
+    r = run_cli("cancel", cancelled["id"], server=api.url, token=api.alice)
+    assert r.returncode == Exit.API_ERROR and "already cancelled" in r.stderr
+
+    run_job(api.settings, done["id"], epochs=2, checkpoint=True, log="epoch 1\nepoch 2\n")
+    run_job(api.settings, done["id"], to="succeeded")
+    r = run_cli("watch", done["id"], "--min-accuracy", "99", "--json", server=api.url, token=api.alice)
+    assert r.returncode == Exit.BELOW_MIN_ACCURACY and _json(r)["file"] is None
+    r = run_cli("watch", done["id"], "--min-accuracy", "10", "-o", str(api.home / "s.pt"), "--json",
+                server=api.url, token=api.alice)
+    assert r.returncode == 0 and _json(r)["file"] == str(api.home / "s.pt")
+    assert (api.home / "s.pt").read_bytes() == f"best weights of {done['id']}".encode()
+
+    r = run_cli("logs", done["id"], server=api.url, token=api.alice)
+    assert r.returncode == 0 and r.stdout == "epoch 1\nepoch 2\n"
+    r = run_cli("logs", done["id"], "-f", server=api.url, token=api.alice)
+    assert r.returncode == 0 and r.stdout == "epoch 1\nepoch 2\n"
+    r = run_cli("download", done["id"], "--which", "last", "-o", str(api.home / "l.pt"), server=api.url,
+                token=api.alice)
+    assert r.returncode == 0 and r.stdout.strip() == str(api.home / "l.pt")
+
+    # another user sees none of it
+    r = run_cli("jobs", "--json", server=api.url, token=api.bob)
+    assert r.returncode == 0 and _json(r) == {"items": []}
+    r = run_cli("watch", done["id"], server=api.url, token=api.bob)
+    assert r.returncode == Exit.API_ERROR
