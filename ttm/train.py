@@ -302,13 +302,15 @@ def train(spec: JobSpec, out_dir: str | Path, *, on_metrics: MetricsCallback | N
             save_student(out_dir, "last", student, manifest)
             if improved:
                 save_student(out_dir, "best", student, manifest)
-            save_state(state_path, {"model": student.state_dict(), "optimizer": optimizer.state_dict(),
-                                    "scheduler": scheduler.state_dict(), "rng": rng_state(), "epoch": epoch,
-                                    "best_top1": best_top1, "best_epoch": best_epoch})
             log.info("epoch %d/%d  loss %.4f  test top-1 %.2f  top-5 %.2f  H(q) %.3f  lr %.4g  %.0f img/s  eta %s",
                      epoch, t.epochs, metrics["train/loss"], test["top1"], test["top5"], test["entropy"],
                      metrics["lr"], metrics["images_per_s"], _hms(metrics["eta_s"]))
+            # metrics before the resume state: a run killed in between redoes this epoch and reports it again
+            # (rows are upserted), where the other order would lose the epoch's metrics for good
             _emit(out_dir, on_metrics, epoch, metrics)
+            save_state(state_path, {"model": student.state_dict(), "optimizer": optimizer.state_dict(),
+                                    "scheduler": scheduler.state_dict(), "rng": rng_state(), "epoch": epoch,
+                                    "best_top1": best_top1, "best_epoch": best_epoch})
             last = metrics
             _barrier(dist)
             if stop_now:

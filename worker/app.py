@@ -17,6 +17,8 @@ celery_app.conf.update(
     worker_pool="solo",  # the task runs in the worker process: kill -9 of the worker takes the task host with it
     worker_send_task_events=False,
     task_track_started=False,
+    # a broker that goes away mid-job must not cancel the job: the database, not the message, owns its state
+    worker_cancel_long_running_tasks_on_connection_loss=False,
 )
 if settings.broker_url is None:
     # kombu's filesystem transport is polled; the default second would be most of the "submit → running" budget

@@ -1,8 +1,9 @@
-"""The trainer's process: `python -m worker.child JOB_ID RUN_DIR --supervisor PID [--nproc N]`.
+"""The trainer's process: `python -m worker.child JOB_ID RUN_DIR SUPERVISOR_PID [NPROC]`.
 
 Started by the worker's task in a fresh interpreter (a clean CUDA context; DataLoader workers allowed), in its own
-session. With `--nproc N` (N > 1) it becomes torchrun on this node, which starts N copies of this module as DDP
-ranks; rank 0 evaluates, writes the checkpoints and reports, as in a 1-process run.
+session. With NPROC > 1 it becomes torchrun on this node, which starts NPROC copies of this module as DDP ranks
+(the arguments are all positional, so torchrun hands them on untouched); rank 0 evaluates, writes the checkpoints
+and reports, as in a 1-process run.
 
 Rank 0 writes each epoch's metric rows and checkpoint rows in one transaction as the epoch ends. Every process
 leaves `outcome-<rank>.json` in RUN_DIR: success with the best accuracy, or the reason it failed in words a user can
@@ -29,8 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m worker.child")
     parser.add_argument("job_id")
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--supervisor", type=int, required=True, help="the worker's pid: we die when it does")
-    parser.add_argument("--nproc", type=int, default=1, help="processes for this job; > 1 runs under torchrun")
+    parser.add_argument("supervisor", type=int, help="the worker's pid: we die when it does")
+    parser.add_argument("nproc", type=int, nargs="?", default=1, help="processes for this job; > 1: torchrun")
     args = parser.parse_args(argv)
 
     from worker.proc import die_with_parent, watch_supervisor
@@ -41,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         if os.getppid() != args.supervisor:  # the worker died before the line above took effect
             return 128 + 9
         if args.nproc > 1:  # torchrun inherits the parent-death signal through exec
+            problem = gpus_missing(args.nproc)
+            if problem is not None:
+                write_outcome(args.run_dir, 0, {"ok": False, "reason": problem})
+                return EXIT_TRAINING_FAILED
             os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                       f"--nproc-per-node={args.nproc}", "-m", "worker.child", *argv])
     watch_supervisor(args.supervisor)
@@ -48,6 +53,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
     return run_trainer(args.job_id, args.run_dir, rank)
+
+
+def gpus_missing(nproc: int) -> str | None:
+    """Why N ranks cannot each have a GPU here, or None (no CUDA at all: the ranks share the CPU, with gloo)."""
+    import torch
+
+    if not torch.cuda.is_available() or torch.cuda.device_count() >= nproc:
+        return None
+    return (f"the job asks for {nproc} GPUs (resources.gpus) but its worker sees {torch.cuda.device_count()}: "
+            f"lower resources.gpus, or start a worker that owns {nproc} (ttm worker --gpu 0,1,...)")
 
 
 def run_trainer(job_id: str, run_dir: Path, rank: int) -> int:

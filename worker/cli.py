@@ -13,12 +13,13 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO, Annotated, Optional
+from typing import IO, Annotated, Callable, Optional
 
 import typer
 
@@ -59,8 +60,8 @@ def worker(
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # the trainer child inherits it
     queues = queues or ("gpu" if gpu is not None else "gpu,cpu")
     name = name or (f"gpu{gpu.replace(',', '-')}@%h" if gpu is not None else "worker@%h")
-    log.info("worker %s: queues %s%s; %s", name, queues, f", CUDA devices {gpu}" if gpu is not None else "",
-             _where(settings))
+    devices = f", CUDA devices {gpu}" if gpu is not None else ""
+    log.info("worker %s: queues %s%s; %s", name.replace("%h", socket.gethostname()), queues, devices, _where(settings))
     from worker.app import celery_app
 
     celery_app.worker_main(["worker", "--pool=solo", "--concurrency=1", f"--queues={queues}", f"--hostname={name}",
@@ -134,7 +135,9 @@ def serve(
 ) -> None:
     """The API, N workers and the reconciler on this machine; the database is migrated first. Ctrl-C stops all:
     a running job goes back to the queue and resumes from its last epoch checkpoint next time."""
-    from service.app import run_server
+    import uvicorn
+
+    from service.app import create_app
     from service.migrate import upgrade_to_head
     from service.settings import get_settings
     from worker.reconcile import start_reconciler_thread
@@ -142,6 +145,7 @@ def serve(
     _configure_logging()
     settings = get_settings()
     upgrade_to_head(settings)
+    api = create_app(settings, host=host)
     devices = [d.strip() for d in gpus.split(",") if d.strip()] if gpus else []
     pool = WorkerPool([_worker_command(i, queues, devices[i % len(devices)] if devices else None)
                        for i in range(workers)])
@@ -152,12 +156,27 @@ def serve(
     typer.echo(f"ttm serve: http://{host}:{port}  ({workers} worker{'s' if workers != 1 else ''}; "
                f"{_where(settings)})", err=True)
     try:
-        run_server(settings, host=host, port=port)  # returns on Ctrl-C / SIGTERM (uvicorn's handlers)
+        _api_server(uvicorn.Config(api, host=host, port=port, log_level="info"), pool.begin_stop).run()
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled; stopping is what was asked
+        pass
     finally:
         if stop_reconciler is not None:
             stop_reconciler.set()
         pool.stop()
         typer.echo("ttm serve: stopped", err=True)
+
+
+def _api_server(config, on_exit: Callable[[], None]):  # noqa: ANN001, ANN202
+    """uvicorn's server, which also tells the workers to stop the moment it is asked to (Ctrl-C, SIGTERM from
+    `docker stop`), so their jobs are handed back while the API drains its connections."""
+    import uvicorn
+
+    class ApiServer(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:  # noqa: ANN001
+            on_exit()
+            super().handle_exit(sig, frame)
+
+    return ApiServer(config)
 
 
 def _worker_command(index: int, queues: str, gpu: str | None) -> list[str]:
@@ -195,11 +214,18 @@ class WorkerPool:
                     if not self._stopping.is_set():
                         self._spawn(i)
 
-    def stop(self) -> None:
+    def begin_stop(self) -> None:
+        """SIGTERM every worker (Celery's warm shutdown: the job in hand goes back to the queue); returns at once."""
+        if self._stopping.is_set():
+            return
         self._stopping.set()
+        for proc in self.procs:
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    def stop(self) -> None:
+        self.begin_stop()
         live = [p for p in self.procs if p is not None and p.poll() is None]
-        for proc in live:
-            proc.send_signal(signal.SIGTERM)  # Celery's warm shutdown
         deadline = time.monotonic() + self.STOP_TIMEOUT_S
         for proc in live:
             try:

@@ -7,7 +7,7 @@ to someone else.
 """
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy import and_, case, literal, or_, select, update
 from sqlalchemy.orm import Session
@@ -64,7 +64,3 @@ def held_state(session: Session, job_id: str, worker_name: str) -> str | None:
     if row is None or row.worker != worker_name or row.state not in HELD_STATES:
         return None
     return row.state
-
-
-def lease_expired(job: Job, now: datetime | None = None) -> bool:
-    return job.lease_expires_at is None or job.lease_expires_at < (now or utcnow())

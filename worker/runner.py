@@ -26,7 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from service.db import session_scope
 from service.models import Job
 from service.settings import Settings
-from service.states import CANCELLED, CANCELLING, FAILED, QUEUED, RUNNING, SUCCEEDED, IllegalTransition, transition
+from service.states import CANCELLED, CANCELLING, FAILED, QUEUED, SUCCEEDED, IllegalTransition, transition
 from worker.lease import HELD_STATES, held_state, lease_job, renew_lease
 from worker.proc import signal_name, stop_process_group
 from worker.record import backfill_metrics, heartbeat, sync_checkpoints
@@ -102,12 +102,13 @@ def _start(job_id: str, spec_data: dict, run_dir: Path, settings: Settings) -> s
         spec = resolve_spec(session, spec_data, settings)
         backfill_metrics(session, job_id, run_dir)  # a re-run job: epochs its last child wrote to file only
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "spec.json").write_text(spec.model_dump_json(indent=2, exclude_none=True))
+    resolved = spec.model_dump(mode="json", exclude_none=True)
+    resolved.pop("preset", None)  # applied already: the child runs exactly these fields
+    (run_dir / "spec.json").write_text(json.dumps(resolved, indent=2))
     nproc = spec.resources.gpus if spec.resources.gpus > 1 else 1
     for stale in run_dir.glob("outcome-*.json"):  # a previous attempt's
         stale.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "worker.child", job_id, str(run_dir), f"--supervisor={os.getpid()}",
-           f"--nproc={nproc}"]
+    cmd = [sys.executable, "-m", "worker.child", job_id, str(run_dir), str(os.getpid()), str(nproc)]
     with open(run_dir / "child.log", "ab") as log_file:
         log_file.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n".encode())
         log_file.flush()

@@ -6,6 +6,7 @@ import os
 import threading
 
 from celery import signals
+from celery.exceptions import Reject
 
 from service.broker import RUN_JOB_TASK, enqueue_job
 from service.settings import get_settings
@@ -24,7 +25,8 @@ def worker_identity(nodename: str | None) -> str:
 def shutting_down() -> bool:
     from celery.worker import state
 
-    return state.should_stop not in (None, False) or state.should_terminate not in (None, False)
+    # Celery's flags hold an exit code once set, and EX_OK is 0: compare by identity, as celery.worker.state does
+    return any(flag is not None and flag is not False for flag in (state.should_stop, state.should_terminate))
 
 
 def consumed_queues() -> str:
@@ -36,6 +38,8 @@ def run_job(self, job_id: str) -> str:
     """Lease the job, train it in a child process, record its end. A job that is not ours to run is a no-op."""
     from worker.runner import execute_job
 
+    if shutting_down():  # a worker on its way out takes no new job: the message goes back to its queue
+        raise Reject("worker shutting down", requeue=True)
     return execute_job(job_id, worker_identity(self.request.hostname), get_settings(), queues=consumed_queues(),
                        should_stop=shutting_down, enqueue=lambda jid, queue: enqueue_job(jid, queue, celery_app))
 
