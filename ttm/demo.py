@@ -53,14 +53,18 @@ def ttm_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "ttm.cli", *args]
 
 
-def start_server(home: Path, port: int, workers: int) -> tuple[subprocess.Popen, str]:
-    env = {**os.environ, "TTM_HOME": str(home)}
-    for var in ("TTM_DATABASE_URL", "TTM_BROKER_URL", "TTM_ARTIFACT_DIR"):  # the embedded defaults, always
-        env.pop(var, None)
+def start_server(home: Path, port: int, workers: int, env: dict[str, str] | None = None,
+                 admin: bool = True) -> tuple[subprocess.Popen, str]:
+    """`ttm serve` on the embedded defaults, plus `env` (e.g. TTM_DATABASE_URL and TTM_BROKER_URL for PostgreSQL
+    and Redis); returns the server and the token of a new user (an admin unless `admin` is false)."""
+    base = {**os.environ, "TTM_HOME": str(home)}
+    for var in ("TTM_DATABASE_URL", "TTM_BROKER_URL", "TTM_ARTIFACT_DIR"):  # the embedded defaults, unless `env`
+        base.pop(var, None)
+    env = {**base, **(env or {})}
     home.mkdir(parents=True, exist_ok=True)
     subprocess.run(ttm_command("admin", "migrate"), env=env, check=True, capture_output=True)
-    token = subprocess.run(ttm_command("admin", "user", "create", f"demo-{int(time.time())}", "--admin"), env=env,
-                           check=True, capture_output=True, text=True).stdout.strip()
+    user = ["admin", "user", "create", f"demo-{time.time_ns()}"] + (["--admin"] if admin else [])
+    token = subprocess.run(ttm_command(*user), env=env, check=True, capture_output=True, text=True).stdout.strip()
     log = open(home / "serve.log", "ab")
     server = subprocess.Popen(ttm_command("serve", "--host", "127.0.0.1", "--port", str(port), "--workers",
                                           str(workers)), env=env, stdout=log, stderr=log, start_new_session=True)
