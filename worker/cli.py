@@ -155,9 +155,12 @@ def serve(
         _, stop_reconciler = start_reconciler_thread(settings)
     typer.echo(f"ttm serve: http://{host}:{port}  ({workers} worker{'s' if workers != 1 else ''}; "
                f"{_where(settings)})", err=True)
+    # uvicorn re-raises the signal that stopped it once it has shut down; with SIGTERM's default action that would
+    # end this process before the workers below have handed their jobs back. As an exception it unwinds instead.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         _api_server(uvicorn.Config(api, host=host, port=port, log_level="info"), pool.begin_stop).run()
-    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled; stopping is what was asked
+    except KeyboardInterrupt:  # the Ctrl-C or SIGTERM uvicorn handled and re-raised; stopping is what was asked
         pass
     finally:
         if stop_reconciler is not None:
