@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "client"))
-from client_helpers import Stack, api_server, live_stack, save_teacher  # noqa: E402
+from client_helpers import api, live, teacher_pth  # noqa: E402,F401  (fixtures)
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -31,22 +31,6 @@ def browser():
         b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         yield b
         b.close()
-
-
-@pytest.fixture
-def api(tmp_path: Path) -> Iterator[Stack]:
-    with api_server(tmp_path / "home") as stack:
-        yield stack
-
-
-@pytest.fixture(scope="session")
-def live() -> Stack:
-    return live_stack()
-
-
-@pytest.fixture(scope="session")
-def teacher_pth(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_teacher(tmp_path_factory.mktemp("teacher"))
 
 
 @pytest.fixture

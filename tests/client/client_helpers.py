@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 TESTS = Path(__file__).resolve().parents[1]
 if str(TESTS / "service") not in sys.path:
     sys.path.insert(0, str(TESTS / "service"))
@@ -253,3 +255,23 @@ class DropProxy:
             except OSError:
                 pass
             s.close()
+
+
+# ---------------------------------------------------------------------------------------------- fixtures
+# Shared by tests/client and tests/browser: their conftest files import them.
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[Stack]:
+    """The API alone: submitted jobs stay queued until a test moves them (svc_helpers.run_job)."""
+    with api_server(tmp_path / "home") as stack:
+        yield stack
+
+
+@pytest.fixture(scope="session")
+def live() -> Stack:
+    """The API plus one real worker (shared with tests/browser; jobs run one at a time)."""
+    return live_stack()
+
+
+@pytest.fixture(scope="session")
+def teacher_pth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_teacher(tmp_path_factory.mktemp("teacher"))

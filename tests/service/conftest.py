@@ -5,7 +5,6 @@ the PostgreSQL tests fail (they do not skip): CI starts it (./dev test).
 """
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,10 +12,8 @@ import pytest
 from service.db import dispose_engines, session_scope
 from service.queries.users import create_user
 from service.settings import Settings
+from realdb import fresh_pg_database
 from svc_helpers import Exploit, Users, make_settings, serve, wipe
-
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
@@ -27,20 +24,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
-    import psycopg
-
-    name = f"ttm_test_{secrets.token_hex(4)}"
-    try:
-        with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.OperationalError as err:
-        pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is not reachable ({err}); start it (./dev test does)",
-                    pytrace=False)
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    yield url
-    dispose_engines()
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_pg_database("ttm_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

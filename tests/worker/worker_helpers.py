@@ -3,7 +3,6 @@ real worker processes, and waiting."""
 from __future__ import annotations
 
 import os
-import secrets
 import subprocess
 import sys
 import time
@@ -13,13 +12,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+import realdb
 
 from service.db import session_scope
 from service.models import Job, JobEvent, Metric, User
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def make_settings(home: Path, url: str, **overrides: Any) -> Settings:
@@ -33,26 +32,11 @@ def make_settings(home: Path, url: str, **overrides: Any) -> Settings:
 @contextmanager
 def fresh_pg_database() -> Iterator[str]:
     """A new PostgreSQL database at the schema head, dropped afterwards."""
-    import psycopg
-
-    from service.db import dispose_engines
     from service.migrate import upgrade_to_head
 
-    name = f"ttm_worker_test_{secrets.token_hex(4)}"
-    try:
-        with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.OperationalError as err:
-        pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is not reachable ({err}); start it (./dev test does)",
-                    pytrace=False)
-    url = f"postgresql://postgres@127.0.0.1:5432/{name}"
-    try:
+    with realdb.fresh_pg_database("ttm_worker_test") as url:
         upgrade_to_head(make_settings(Path("/nonexistent"), url))
         yield url
-    finally:
-        dispose_engines()
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def env_for(settings: Settings, **extra: str) -> dict[str, str]:
