@@ -5,7 +5,7 @@ and then, through the HTTP API like any client: trains a resnet20 teacher on Fas
 resnet8 students from it with CE, KD, TTM and WTTM, downloads the best WTTM student, and prints a table of accuracy,
 mean entropy H(q) and time per job, with the dashboard's URL.
 
-Default size, chosen to finish in under 10 minutes on a 2-core CPU: the first 10,000 training and 2,000 test images
+Default size, chosen to finish in under 10 minutes on a 2-core CPU: the first 6,000 training and 1,000 test images
 of Fashion-MNIST, 4 epochs per job, batch 128, cosine schedule from lr 0.1. The loss settings are the paper's:
 KD T = 4, λ = 0.9; TTM γ = 0.3, β = 7; WTTM γ = 0.3, β = 1.5 (its resnet56 → resnet20 values, Table 8).
 """
@@ -178,8 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--home", default="runs/demo-home", help="TTM_HOME of the demo server")
     ap.add_argument("--port", type=int, default=8000, help="preferred port (another free one if taken)")
     ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--train-size", type=int, default=10_000)
-    ap.add_argument("--test-size", type=int, default=2_000)
+    ap.add_argument("--train-size", type=int, default=6_000)
+    ap.add_argument("--test-size", type=int, default=1_000)
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
