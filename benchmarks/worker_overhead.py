@@ -11,7 +11,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from ttm.demo import free_port, start_server, wait_ready
+from ttm.demo import free_port, start_server, stop_server, wait_ready
 
 
 def spec(epochs: int, seed: int) -> dict:
@@ -62,8 +62,7 @@ def main() -> None:
                     local += direct(args.epochs, r, Path(tmp) / f"direct-{r}")
                     served += through_worker(client, args.epochs, r)
         finally:
-            server.terminate()
-            server.wait(timeout=60)
+            stop_server(server)
     figures = {"direct_img_s": local, "worker_img_s": served,
                "direct_median": statistics.median(local), "worker_median": statistics.median(served),
                "load_avg": os.getloadavg()}

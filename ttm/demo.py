@@ -71,6 +71,16 @@ def start_server(home: Path, port: int, workers: int, env: dict[str, str] | None
     return server, token
 
 
+def stop_server(server: subprocess.Popen) -> None:
+    """SIGTERM: the workers hand their jobs back and the API drains; killed after a minute."""
+    if server.poll() is None:
+        server.terminate()
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
 def wait_ready(client, server: subprocess.Popen, timeout: float = 120) -> None:
     import httpx
 
@@ -164,12 +174,7 @@ def run_demo(args) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
-        if server.poll() is None:
-            server.terminate()
-            try:
-                server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                server.kill()
+        stop_server(server)
 
 
 def main(argv: list[str] | None = None) -> None:
