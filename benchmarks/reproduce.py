@@ -25,10 +25,12 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from types import SimpleNamespace
 
 from benchmarks.common import RESULTS, write_result
+from benchmarks.service_load import postgres_redis
 from ttm.demo import STUDENT_LOSSES, final_metrics, free_port, job_spec, seconds, start_server, wait_ready
 
 METHODS = ("ce", "kd", "ttm", "wttm")
@@ -151,21 +153,16 @@ def run(args) -> int:
     for key in ("train_size", "test_size", "teacher_epochs", "student_epochs", "batch_size", "lr"):
         if getattr(args, key) is not None:
             size[key] = getattr(args, key)
-    env: dict[str, str] = {}
-    cleanup = None
-    if args.postgres_redis:
-        from benchmarks.service_load import postgres_redis
-
-        cleanup = postgres_redis(redis_db=args.redis_db)
-        env = cleanup.__enter__()
-    home = Path(args.home or tempfile.mkdtemp(prefix="ttm-reproduce-")).resolve()
-    port = free_port(args.port)
-    # a user like any other; an admin only to reach --teacher-job, which an earlier run's user owns
-    server, token = start_server(home, port, workers=1, env=env, admin=bool(args.teacher_job))
-    url = f"http://127.0.0.1:{port}"
     started = time.monotonic()
     runs: list[dict] = []
-    try:
+    with ExitStack() as stack:
+        env = stack.enter_context(postgres_redis(redis_db=args.redis_db)) if args.postgres_redis else {}
+        home = Path(args.home or tempfile.mkdtemp(prefix="ttm-reproduce-")).resolve()
+        port = free_port(args.port)
+        # a user like any other; an admin only to reach --teacher-job, which an earlier run's user owns
+        server, token = start_server(home, port, workers=1, env=env, admin=bool(args.teacher_job))
+        stack.callback(stop_server, server)
+        url = f"http://127.0.0.1:{port}"
         with LoadSampler() as load, Client(url, token) as client:
             wait_ready(client, server)
             print(f"ttm serve at {url}, TTM_HOME={home}; size {args.size}: {size}", flush=True)
@@ -180,14 +177,16 @@ def run(args) -> int:
             tm = final_metrics(client, teacher["id"])
             print(f"teacher {teacher['id']}: top-1 {tm['test/top1']:.2f}, H(q) {tm['test/entropy']:.3f}, "
                   f"{seconds(teacher):.0f} s", flush=True)
+            finished = finished_jobs(client) if args.reuse_finished else {}
             submitted = []
             for seed in args.seeds:  # seeds outside: a cut-short run still has every loss for the first seeds
                 for method in args.methods:
                     spec = spec_for(f"repro-resnet8-{method}-s{seed}", "resnet8", STUDENT_LOSSES[method], size,
                                     size["student_epochs"], seed=seed,
                                     teacher=None if method == "ce" else {"job": teacher["id"]})
-                    submitted.append((method, seed, client.submit(spec)["id"]))
-            for method, seed, job_id in submitted:
+                    done = finished.get(spec_key(spec))
+                    submitted.append((method, seed, done or client.submit(spec)["id"], done is not None))
+            for method, seed, job_id, reused in submitted:
                 job = client.wait(job_id)
                 m = final_metrics(client, job_id) if job["state"] == "succeeded" else {}
                 rows = client.metrics(job_id)
@@ -197,7 +196,7 @@ def run(args) -> int:
                 run_row = {"method": method, "seed": seed, "job": job_id, "state": job["state"],
                            "top1": m.get("test/top1", float("nan")), "entropy": m.get("test/entropy", float("nan")),
                            "kl": m.get("test/kl"), "best_epoch": best_epoch, "epochs": last_epoch,
-                           "seconds": seconds(job), "reason": job.get("reason")}
+                           "seconds": seconds(job), "reason": job.get("reason"), "reused": reused}
                 runs.append(run_row)
                 print(f"  {method.upper():5s} seed {seed}: {job['state']}, top-1 {run_row['top1']:.2f}, "
                       f"H(q) {run_row['entropy']:.3f}, {run_row['seconds']:.0f} s  (load {os.getloadavg()[0]:.2f})",
@@ -215,6 +214,7 @@ def run(args) -> int:
                 "top1": "test top-1 (%) at the student's best epoch (highest test top-1; the `best` checkpoint)",
                 "entropy": "test/entropy at that epoch: mean over test images of H(q) = -sum_j q_j log q_j, nats",
                 "seconds": "finished_at - started_at of the job (includes the trainer's start-up and evaluation)",
+                "kl": "test/kl at that epoch: mean KL(softmax(gamma v) || q), gamma the loss's (1/T for KD)",
                 "mean_std": "mean and sample standard deviation (n - 1) over the seeds"},
             "teacher_reused": bool(args.teacher_job),
             "teacher": {"job": teacher["id"], "top1": tm["test/top1"], "entropy": tm["test/entropy"],
@@ -229,15 +229,35 @@ def run(args) -> int:
         if record["predictions"] is not None:
             print("\n" + markdown(record))
         return 0 if all(r["state"] == "succeeded" for r in runs) else 1
-    finally:
-        if server.poll() is None:
-            server.terminate()
-            try:
-                server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                server.kill()
-        if cleanup is not None:
-            cleanup.__exit__(None, None, None)
+
+
+def spec_key(spec: dict) -> str:
+    """A spec as the server stores it (validated, every default filled in), as one comparable string."""
+    from ttm.spec import parse_spec
+
+    return json.dumps(parse_spec(spec).model_dump(mode="json"), sort_keys=True)
+
+
+def finished_jobs(client) -> dict[str, str]:
+    """Succeeded jobs on the server by their spec (`--reuse-finished`): an interrupted run picks up where it
+    stopped instead of training the same student again. The newest job wins."""
+    out: dict[str, str] = {}
+    for job in reversed(client.jobs(state="succeeded", limit=10_000)):  # oldest first: newer ones overwrite
+        try:
+            out[spec_key(job["spec"])] = job["id"]
+        except Exception:  # a spec this version no longer reads: not ours
+            continue
+    return out
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    """SIGTERM: the worker hands its job back, the API drains; killed after a minute."""
+    if server.poll() is None:
+        server.terminate()
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -249,6 +269,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--redis-db", type=int, default=7, help="Redis database number (flushed before and after)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="student losses to run")
+    ap.add_argument("--reuse-finished", action="store_true",
+                    help="count a succeeded job with the very same spec (same --home or database) instead of "
+                         "submitting it again, e.g. after an interrupted run")
     ap.add_argument("--teacher-job", help="reuse this succeeded teacher job (same --home or database) instead of "
                                           "training one")
     ap.add_argument("--home", help="TTM_HOME of the server (default: a new temporary folder)")

@@ -41,6 +41,7 @@ import os
 import random
 import resource
 import secrets
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -108,6 +109,7 @@ def server(workers: int, env: dict[str, str], port: int) -> Iterator[tuple[subpr
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def _port_of(proc: subprocess.Popen) -> str:
@@ -317,7 +319,8 @@ def api_part(args) -> dict[str, Any]:
         with Client(url, token) as client:
             wait_ready(client, proc)
             time.sleep(3)  # the server imports torch in a thread at start-up (teacher checks): let it finish
-            artifact = client.upload(make_teacher_file(Path(tempfile.mkdtemp(prefix="ttm-load-"))))
+            with tempfile.TemporaryDirectory(prefix="ttm-load-") as folder:
+                artifact = client.upload(make_teacher_file(Path(folder)))
             t0 = time.perf_counter()
             first = client.submit(small_spec("load-first-teacher", teacher=artifact["id"]))
             out["first_submit_with_new_teacher_ms"] = round((time.perf_counter() - t0) * 1000, 1)
