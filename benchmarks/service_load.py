@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from benchmarks.common import RESULTS, write_result
-from ttm.demo import free_port, start_server, wait_ready
+from ttm.demo import free_port, start_server, stop_server, wait_ready
 
 PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432"
@@ -103,12 +103,7 @@ def server(workers: int, env: dict[str, str], port: int) -> Iterator[tuple[subpr
     try:
         yield proc, url, token
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_server(proc)
         shutil.rmtree(home, ignore_errors=True)
 
 
@@ -221,6 +216,7 @@ async def closed_loop(url: str, token: str, concurrency: int, duration: float, w
     headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
     latencies: list[float] = []
     statuses: dict[str, int] = {}
+    answered = 0  # every request, warm-up included: what the CPU times are divided by
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=60.0) as client:
         raws = [RawConnection(url, headers) for _ in range(concurrency)] if generator == "raw" else []
@@ -228,6 +224,7 @@ async def closed_loop(url: str, token: str, concurrency: int, duration: float, w
         measure_from, stop_at = start + warmup, start + warmup + duration
 
         async def one_client(i: int) -> None:
+            nonlocal answered
             rng = random.Random(i)
             while True:
                 sent = time.perf_counter()
@@ -245,6 +242,7 @@ async def closed_loop(url: str, token: str, concurrency: int, duration: float, w
                         await raws[i].close()
                         raws[i] = RawConnection(url, headers)
                 done = time.perf_counter()
+                answered += 1
                 if sent >= measure_from and done <= stop_at:
                     latencies.append(done - sent)
                     statuses[status] = statuses.get(status, 0) + 1
@@ -257,6 +255,7 @@ async def closed_loop(url: str, token: str, concurrency: int, duration: float, w
     latencies.sort()
     ok = sum(n for s, n in statuses.items() if s.startswith("2"))
     return {"concurrency": concurrency, "generator": generator, "requests": len(latencies), "ok": ok,
+            "requests_with_warmup": answered,
             "statuses": statuses, "throughput_rps": round(len(latencies) / duration, 1),
             "p50_ms": round(percentile(latencies, 0.50) * 1000, 2),
             "p90_ms": round(percentile(latencies, 0.90) * 1000, 2),
@@ -280,7 +279,7 @@ def measure_level(proc: subprocess.Popen, url: str, token: str, concurrency: int
     figures = asyncio.run(closed_loop(url, token, concurrency, duration, warmup, make_request, generator))
     wall = time.perf_counter() - wall0
     busy1, total1 = machine_busy()
-    n = max(1, figures["requests"])
+    n = max(1, figures["requests_with_warmup"])  # the CPU times cover the warm-up too
     figures.update({
         "server_cpu_ms_per_request": round((tree_cpu_seconds(proc.pid) - server0) * 1000 / n, 3),
         "generator_cpu_ms_per_request": round((self_cpu_seconds() - self0) * 1000 / n, 3),

@@ -103,7 +103,8 @@ def final_metrics(client, job_id: str) -> dict[str, float]:
     for row in client.metrics(job_id):
         by_epoch.setdefault(row["epoch"], {})[row["name"]] = row["value"]
     epochs = [e for e in by_epoch if e > 0 and "test/top1" in by_epoch[e]]
-    return by_epoch[max(epochs, key=lambda e: (by_epoch[e]["test/top1"], e))] if epochs else {}
+    # the trainer keeps the first epoch that reached the best accuracy: the earliest of ties
+    return by_epoch[max(epochs, key=lambda e: (by_epoch[e]["test/top1"], -e))] if epochs else {}
 
 
 def seconds(job: dict) -> float:
