@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from service.errors import ApiError
@@ -85,15 +85,18 @@ def _unauthorized(message: str) -> ApiError:
     return ApiError(401, message, headers={"WWW-Authenticate": "Bearer"})
 
 
-def _lookup(session: Session, digest: str) -> Principal | None:
-    row = session.execute(select(User.id, User.name, User.is_admin).join(Token, Token.user_id == User.id)
-                          .where(Token.token_hash == digest)).first()
+def _lookup(make_session: sessionmaker[Session], digest: str) -> Principal | None:
+    with make_session() as session:
+        row = session.execute(select(User.id, User.name, User.is_admin).join(Token, Token.user_id == User.id)
+                              .where(Token.token_hash == digest)).first()
     return Principal(row.id, row.name, row.is_admin) if row else None
 
 
-async def get_current_user(request: Request, session: ReadSessionDep,
+async def get_current_user(request: Request,
                            credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
                            ) -> Principal:
+    # no session dependency: a cached token (most requests) needs none, and a generator dependency costs every
+    # request a context manager
     state = request.app.state
     if state.settings.auth == "off":
         return _loopback_only(request, state.local_user)
@@ -103,7 +106,7 @@ async def get_current_user(request: Request, session: ReadSessionDep,
     cache: TokenCache = state.token_cache
     who = cache.get(digest)
     if who is None:
-        who = await run_in_threadpool(_lookup, session, digest)
+        who = await run_in_threadpool(_lookup, state.read_sessionmaker, digest)
         if who is None:
             raise _unauthorized("invalid token")
         cache.put(digest, who)

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import bindparam, case, func, select
+from sqlalchemy import Connection, Insert, bindparam, case, func, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
 from service.deps import Principal
@@ -82,15 +83,53 @@ def find_idempotent(session: Session, owner_id: int, key: str) -> Job | None:
     return session.scalar(select(Job).where(Job.owner_id == owner_id, Job.idempotency_key == key))
 
 
+SUBMITTED = "submitted"  # the reason of a job's first event
+
+
+def new_job_row(owner_id: int, *, name: str, spec: dict[str, Any], queue: str, idempotency_key: str | None,
+                request_hash: str | None) -> dict[str, Any]:
+    """The columns of a new queued job (its id sorts by creation time)."""
+    return {"id": new_job_id(), "owner_id": owner_id, "name": name, "spec": spec, "state": QUEUED, "queue": queue,
+            "attempts": 0, "idempotency_key": idempotency_key, "request_hash": request_hash, "created_at": utcnow()}
+
+
 def insert_job(session: Session, owner_id: int, *, name: str, spec: dict[str, Any], queue: str,
                idempotency_key: str | None, request_hash: str | None) -> Job:
-    """A new queued job and its first event; the caller commits."""
-    now = utcnow()
-    job = Job(id=new_job_id(), owner_id=owner_id, name=name, spec=spec, state=QUEUED, queue=queue, attempts=0,
-              idempotency_key=idempotency_key, request_hash=request_hash, created_at=now)
+    """A new queued job and its first event through the ORM; the caller commits (POST /v1/jobs uses
+    `insert_jobs` instead, through the job writer)."""
+    row = new_job_row(owner_id, name=name, spec=spec, queue=queue, idempotency_key=idempotency_key,
+                      request_hash=request_hash)
+    job = Job(**row)
     # one flush for both rows: the unit of work inserts jobs before job_events (the foreign key orders them)
-    session.add_all([job, JobEvent(job_id=job.id, at=now, kind="state", state=QUEUED, reason="submitted")])
+    session.add_all([job, JobEvent(job_id=job.id, at=row["created_at"], kind="state", state=QUEUED,
+                                   reason=SUBMITTED)])
     return job
+
+
+_INSERT_NEW_KEYS: dict[str, Insert] = {
+    name: dialect.insert(Job).on_conflict_do_nothing(index_elements=[Job.owner_id, Job.idempotency_key])
+    .returning(Job.id) for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))}
+
+
+def insert_jobs(conn: Connection, rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Insert new jobs (`new_job_row`) and their first events in the caller's transaction, in one statement per
+    table. A row whose (owner, Idempotency-Key) is taken already is skipped, not an error: the caller replays the
+    job that holds the key. Returns {inserted job id: its queue position}."""
+    inserted = set(conn.execute(_INSERT_NEW_KEYS[conn.dialect.name], rows).scalars())
+    if not inserted:
+        return {}
+    new = [row for row in rows if row["id"] in inserted]
+    conn.execute(insert(JobEvent), [{"job_id": row["id"], "at": row["created_at"], "kind": "state", "state": QUEUED,
+                                     "reason": SUBMITTED} for row in new])
+    positions: dict[str, int] = {}
+    by_queue: dict[str, list[str]] = {}
+    for row in new:
+        by_queue.setdefault(row["queue"], []).append(row["id"])
+    for queue, ids in by_queue.items():  # one count per queue and batch: the new jobs are the newest queued
+        ids.sort()
+        ahead = int(conn.scalar(_POSITION, {"queue": queue, "job_id": ids[0]}) or 0)
+        positions.update({job_id: ahead + rank + 1 for rank, job_id in enumerate(ids)})
+    return positions
 
 
 def counts_by_state(session: Session) -> dict[str, int]:

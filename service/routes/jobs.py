@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -8,20 +9,23 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import FileResponse, PlainTextResponse
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session, sessionmaker
 
-from service.admission import admit
-from service.broker import enqueue_job
+from service.admission import Admitted, admit
 from service.deps import CurrentUser, Principal, ReadSessionDep, SessionDep, SettingsDep
 from service.errors import ApiError, not_found
+from service.job_writer import KeyTaken
 from service.models import Checkpoint, Job
 from service.queries import checkpoints as cq
 from service.queries import history as hq
 from service.queries import jobs as q
 from service.schemas import (JOB_EXAMPLES, CheckpointOut, JobList, JobOut, MetricList, MetricOut,
                              error_responses)
+from service.settings import Settings
 from service.states import ALL_STATES, CANCELLED, CANCELLING, QUEUED, RUNNING, IllegalTransition, transition
+from service.teachers import TeacherCheckCache
+from ttm.spec import SpecError
 
 log = logging.getLogger("ttm.service")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -59,35 +63,50 @@ def _replay(session: Session, prior: Job, owner: str, request_hash: str) -> JobO
              responses={200: {"model": JobOut, "description": "replay of an earlier request with this "
                                                                "Idempotency-Key"},
                         **error_responses(400, 401, 409, 422)})
-def submit_job(body: Annotated[dict[str, Any], Body()], request: Request, response: Response, who: CurrentUser,
-               session: SessionDep, settings: SettingsDep,
-               idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
-               ) -> JobOut:
+async def submit_job(body: Annotated[dict[str, Any], Body()], request: Request, response: Response,
+                     who: CurrentUser, settings: SettingsDep,
+                     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
+                     ) -> JobOut:
     """Submit a job spec. It is validated (architectures, γ/β/T, dataset, the teacher loading into the declared
     architecture) before it is queued; any refusal is a 422 that names the field."""
+    # Async, so that a request waiting for its batch to commit holds no thread; what may touch the database or load
+    # a teacher runs in the thread pool, with a session of its own (no session dependency: most submits need none).
     request_hash = _request_hash(body) if idempotency_key else None
-    if idempotency_key:
-        prior = q.find_idempotent(session, who.id, idempotency_key)
-        if prior is not None:
-            response.status_code = 200
-            return _replay(session, prior, who.name, request_hash or "")
-    admitted = admit(session, who, body, settings, request.app.state.teacher_checks)
-    job = q.insert_job(session, who.id, name=admitted.spec.name, spec=admitted.spec_json, queue=admitted.queue,
-                       idempotency_key=idempotency_key, request_hash=request_hash)
-    try:
-        session.commit()
-    except IntegrityError:  # the same key raced in from a concurrent request
-        session.rollback()
-        prior = q.find_idempotent(session, who.id, idempotency_key) if idempotency_key else None
-        if prior is None:
-            raise
+    make_session = request.app.state.sessionmaker
+    admitted = await run_in_threadpool(_admit_or_replay, make_session, who, body, settings,
+                                       request.app.state.teacher_checks, idempotency_key, request_hash)
+    if isinstance(admitted, JobOut):
         response.status_code = 200
-        return _replay(session, prior, who.name, request_hash or "")
-    try:
-        enqueue_job(job.id, job.queue, request.app.state.celery)
-    except Exception:  # the job is safe in the database; the reconciler sends its message again
-        log.exception("could not enqueue %s; it stays queued for the reconciler", job.id)
-    return job_out(job, who.name, q.queue_position(session, job))
+        return admitted
+    row = q.new_job_row(who.id, name=admitted.spec.name, spec=admitted.spec_json, queue=admitted.queue,
+                        idempotency_key=idempotency_key, request_hash=request_hash)
+    try:  # committed in one transaction with the submits that arrived meanwhile (service/job_writer.py)
+        position = await asyncio.wrap_future(request.app.state.job_writer.submit(row))
+    except KeyTaken:  # no lookup before the insert: the unique (owner, key) decides, and a concurrent twin lost
+        response.status_code = 200
+        return await run_in_threadpool(_replay_key, make_session, who, idempotency_key or "", request_hash or "")
+    return job_out(Job(**row), who.name, position)
+
+
+def _admit_or_replay(make_session: sessionmaker[Session], who: Principal, body: dict[str, Any], settings: Settings,
+                     checks: TeacherCheckCache, idempotency_key: str | None,
+                     request_hash: str | None) -> Admitted | JobOut:
+    with make_session() as session:  # used only for a teacher, or a key to replay
+        try:
+            return admit(session, who, body, settings, checks)
+        except (ApiError, SpecError):
+            # a key replays its first answer even where the same body would no longer be admitted (teacher gone)
+            prior = q.find_idempotent(session, who.id, idempotency_key) if idempotency_key else None
+            if prior is None:
+                raise
+            return _replay(session, prior, who.name, request_hash or "")
+
+
+def _replay_key(make_session: sessionmaker[Session], who: Principal, key: str, request_hash: str) -> JobOut:
+    with make_session() as session:
+        prior = q.find_idempotent(session, who.id, key)
+        assert prior is not None, "a job holds the key: its insert was skipped for it"
+        return _replay(session, prior, who.name, request_hash)
 
 
 @router.get("", response_model=JobList, responses=error_responses(401, 422))
