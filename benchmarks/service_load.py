@@ -96,15 +96,31 @@ def postgres_redis(redis_db: int = 7) -> Iterator[dict[str, str]]:
 
 
 @contextmanager
-def server(workers: int, env: dict[str, str], port: int) -> Iterator[tuple[subprocess.Popen, str, str]]:
+def server(workers: int, env: dict[str, str], port: int, serve_args: tuple[str, ...] = (),
+           ) -> Iterator[tuple[subprocess.Popen, str, str]]:
     home = Path(tempfile.mkdtemp(prefix="ttm-load-"))
-    proc, token = start_server(home, free_port(port), workers, env=env, admin=False)
+    proc, token = start_server(home, free_port(port), workers, env=env, admin=False, serve_args=serve_args)
     url = f"http://127.0.0.1:{_port_of(proc)}"
+    proc.home = home  # type: ignore[attr-defined]  # where its serve.log is
     try:
         yield proc, url, token
     finally:
         stop_server(proc)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def wait_warm(proc: subprocess.Popen, processes: int, timeout: float = 180) -> float:
+    """Until every API process has logged the end of its warm-up (torch imported in a thread, the heap frozen);
+    returns the seconds waited. Measuring before that measures the import and the collector walking its objects."""
+    from service.app import WARM_UP_DONE
+
+    start = time.monotonic()
+    log = Path(proc.home) / "serve.log"  # type: ignore[attr-defined]
+    while log.read_text(errors="replace").count(WARM_UP_DONE) < processes:
+        if time.monotonic() - start > timeout:
+            raise SystemExit(f"the API processes did not finish their warm-up in {timeout:.0f} s; see {log}")
+        time.sleep(0.5)
+    return round(time.monotonic() - start, 1)
 
 
 def _port_of(proc: subprocess.Popen) -> str:
@@ -314,10 +330,12 @@ def api_part(args) -> dict[str, Any]:
     from ttm.client import Client
 
     out: dict[str, Any] = {}
-    with postgres_redis(args.redis_db) as env, server(0, env, args.port) as (proc, url, token):
+    serve_args = (f"--api-processes={args.api_processes}", "--access-log" if args.access_log else "--no-access-log")
+    out["serve_args"] = ["--workers=0", *serve_args]
+    with postgres_redis(args.redis_db) as env, server(0, env, args.port, serve_args) as (proc, url, token):
         with Client(url, token) as client:
             wait_ready(client, proc)
-            time.sleep(3)  # the server imports torch in a thread at start-up (teacher checks): let it finish
+            out["warm_up_wait_s"] = wait_warm(proc, args.api_processes)
             with tempfile.TemporaryDirectory(prefix="ttm-load-") as folder:
                 artifact = client.upload(make_teacher_file(Path(folder)))
             t0 = time.perf_counter()
@@ -327,7 +345,8 @@ def api_part(args) -> dict[str, Any]:
             client.submit(small_spec("load-second-teacher", teacher=artifact["id"]))
             out["second_submit_same_teacher_ms"] = round((time.perf_counter() - t0) * 1000, 1)
             ids = [first["id"]] + [client.submit(small_spec(f"load-pool-{i}"))["id"] for i in range(200)]
-        print(f"API on {url} (PostgreSQL + Redis, --workers 0); first submit with a new teacher "
+        print(f"API on {url} (PostgreSQL + Redis, ttm serve {' '.join(out['serve_args'])}); first submit with a "
+              f"new teacher "
               f"{out['first_submit_with_new_teacher_ms']} ms, the next {out['second_submit_same_teacher_ms']} ms",
               flush=True)
 
@@ -490,6 +509,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--parts", nargs="+", choices=("api", "worker"), default=["api", "worker"])
     ap.add_argument("--redis-db", type=int, default=7, help="Redis database number (flushed before and after)")
     ap.add_argument("--port", type=int, default=8020)
+    ap.add_argument("--api-processes", type=int, default=2,
+                    help="ttm serve --api-processes for the API part (one per core of this machine)")
+    ap.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=False,
+                    help="ttm serve --access-log (a line per request; off in the measured lab setup)")
     ap.add_argument("--out", help="result file (default benchmarks/results/service_load-cpu.json)")
     args = ap.parse_args(argv)
     load_before = os.getloadavg()

@@ -54,7 +54,7 @@ def ttm_command(*args: str) -> list[str]:
 
 
 def start_server(home: Path, port: int, workers: int, env: dict[str, str] | None = None,
-                 admin: bool = True) -> tuple[subprocess.Popen, str]:
+                 admin: bool = True, serve_args: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
     """`ttm serve` on the embedded defaults, plus `env` (e.g. TTM_DATABASE_URL and TTM_BROKER_URL for PostgreSQL
     and Redis); returns the server and the token of a new user (an admin unless `admin` is false)."""
     base = {**os.environ, "TTM_HOME": str(home)}
@@ -67,7 +67,8 @@ def start_server(home: Path, port: int, workers: int, env: dict[str, str] | None
     token = subprocess.run(ttm_command(*user), env=env, check=True, capture_output=True, text=True).stdout.strip()
     log = open(home / "serve.log", "ab")
     server = subprocess.Popen(ttm_command("serve", "--host", "127.0.0.1", "--port", str(port), "--workers",
-                                          str(workers)), env=env, stdout=log, stderr=log, start_new_session=True)
+                                          str(workers), *serve_args), env=env, stdout=log, stderr=log,
+                              start_new_session=True)
     return server, token
 
 

@@ -70,9 +70,10 @@ async def submit_job(body: Annotated[dict[str, Any], Body()], request: Request, 
     """Submit a job spec. It is validated (architectures, γ/β/T, dataset, the teacher loading into the declared
     architecture) before it is queued; any refusal is a 422 that names the field."""
     # Async, so that a request waiting for its batch to commit holds no thread; what may touch the database or load
-    # a teacher runs in the thread pool, with a session of its own (no session dependency: most submits need none).
+    # a teacher runs in the thread pool, with a session of its own (no session dependency: most submits need none);
+    # the rows themselves go to the job writer.
     request_hash = _request_hash(body) if idempotency_key else None
-    make_session = request.app.state.sessionmaker
+    make_session = request.app.state.read_sessionmaker  # admission and replays only read
     admitted = await run_in_threadpool(_admit_or_replay, make_session, who, body, settings,
                                        request.app.state.teacher_checks, idempotency_key, request_hash)
     if isinstance(admitted, JobOut):
