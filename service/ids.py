@@ -3,15 +3,26 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
 import time
 
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 
 
+_last_id = 0
+_id_lock = threading.Lock()
+
+
 def new_job_id() -> str:
     """`job_` + 26 Crockford base32 characters: 48 bits of milliseconds, then 80 random bits (ULID layout), so ids
-    sort by creation time and the list query orders by id alone."""
-    n = (time.time_ns() // 1_000_000) << 80 | secrets.randbits(80)
+    sort by creation time and the list query orders by id alone. Within a process they also sort in the order they
+    were made: an id that would not sort after the last one (the same millisecond, or the clock stepped back) is the
+    last one plus one. Queue positions count the jobs with smaller ids, so two submits of one millisecond keep their
+    order."""
+    global _last_id
+    with _id_lock:
+        n = max((time.time_ns() // 1_000_000) << 80 | secrets.randbits(80), _last_id + 1)
+        _last_id = n
     chars = []
     for _ in range(26):
         n, r = divmod(n, 32)

@@ -34,6 +34,10 @@ class KeyTaken(Exception):
     """The (owner, Idempotency-Key) of the row belongs to a job already stored."""
 
 
+class WriterClosed(RuntimeError):
+    """The server is shutting down: no new rows."""
+
+
 @dataclass
 class _Pending:
     row: dict[str, Any]
@@ -52,12 +56,13 @@ class JobWriter:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._closed = False
+        self.batches = self.rows = 0  # batches taken and rows in them, for tests and benchmarks
 
     def submit(self, row: dict[str, Any]) -> Future[int]:
         pending = _Pending(row)
         with self._lock:
             if self._closed:
-                raise RuntimeError("the job writer is closed (the server is shutting down)")
+                raise WriterClosed("the server is shutting down; submit again (with the same Idempotency-Key)")
             if self._thread is None:  # started on first use: most apps a test builds never submit
                 self._thread = threading.Thread(target=self._run, name="ttm-job-writer", daemon=True)
                 self._thread.start()
@@ -89,6 +94,8 @@ class JobWriter:
                     stopping = True
                     break
                 batch.append(more)
+            self.batches += 1
+            self.rows += len(batch)
             self._write(batch)
 
     def _write(self, batch: list[_Pending]) -> None:

@@ -57,6 +57,10 @@ _POSITION = select(func.count()).select_from(Job).where(
     Job.state == QUEUED, Job.queue == bindparam("queue"), Job.id < bindparam("job_id"))
 
 
+_QUEUE_TAIL = select(Job.id).where(Job.state == QUEUED, Job.queue == bindparam("queue"),
+                                   Job.id >= bindparam("job_id")).order_by(Job.id)
+
+
 def queue_position(session: Session, job: Job) -> int | None:
     """1 for the next job its queue will run; None when the job is not queued."""
     if job.state != QUEUED:
@@ -125,10 +129,14 @@ def insert_jobs(conn: Connection, rows: list[dict[str, Any]]) -> dict[str, int]:
     by_queue: dict[str, list[str]] = {}
     for row in new:
         by_queue.setdefault(row["queue"], []).append(row["id"])
-    for queue, ids in by_queue.items():  # one count per queue and batch: the new jobs are the newest queued
-        ids.sort()
-        ahead = int(conn.scalar(_POSITION, {"queue": queue, "job_id": ids[0]}) or 0)
-        positions.update({job_id: ahead + rank + 1 for rank, job_id in enumerate(ids)})
+    for queue, ids in by_queue.items():
+        # The new jobs are the newest queued, but ids made in the same millisecond order by their random part, so
+        # the queue's tail from the oldest new id on (the batch, and what committed meanwhile) is ranked in full.
+        first = min(ids)
+        ahead = int(conn.scalar(_POSITION, {"queue": queue, "job_id": first}) or 0)
+        tail = conn.scalars(_QUEUE_TAIL, {"queue": queue, "job_id": first}).all()
+        mine = set(ids)
+        positions.update({job_id: ahead + rank + 1 for rank, job_id in enumerate(tail) if job_id in mine})
     return positions
 
 

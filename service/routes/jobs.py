@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.admission import Admitted, admit
 from service.deps import CurrentUser, Principal, ReadSessionDep, SessionDep, SettingsDep
 from service.errors import ApiError, not_found
-from service.job_writer import KeyTaken
+from service.job_writer import KeyTaken, WriterClosed
 from service.models import Checkpoint, Job
 from service.queries import checkpoints as cq
 from service.queries import history as hq
@@ -83,6 +83,8 @@ async def submit_job(body: Annotated[dict[str, Any], Body()], request: Request, 
                         idempotency_key=idempotency_key, request_hash=request_hash)
     try:  # committed in one transaction with the submits that arrived meanwhile (service/job_writer.py)
         position = await asyncio.wrap_future(request.app.state.job_writer.submit(row))
+    except WriterClosed as err:
+        raise ApiError(503, str(err), code="shutting_down", headers={"Retry-After": "1"}) from None
     except KeyTaken:  # no lookup before the insert: the unique (owner, key) decides, and a concurrent twin lost
         response.status_code = 200
         return await run_in_threadpool(_replay_key, make_session, who, idempotency_key or "", request_hash or "")
