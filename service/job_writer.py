@@ -2,9 +2,9 @@
 
 Every accepted job is one committed transaction before its 201 (nothing accepted may be lost), and a commit waits
 for the database to flush its log. Under load, one transaction per request makes the database's per-statement and
-per-commit work the bottleneck. Here the requests hand their rows to one writer thread per API process,
-which inserts whatever has gathered while the previous batch was committing (one INSERT for the jobs, one for their
-first events, one count per queue for the positions) and commits once. With one client a batch is one job, and the
+per-commit work the bottleneck. Here the requests hand their rows to one writer thread per API process, which
+inserts whatever has gathered while the previous batch was committing (one INSERT for the jobs, one for their first
+events, and per queue one count and one look at the queue's tail for the positions) and commits once. With one client a batch is one job, and the
 latency is that of a plain insert; with 32 clients the batches grow and each job costs a fraction of a commit.
 
 After the commit each request gets its answer, then the writer sends the batch's "run job <id>" messages while the

@@ -116,6 +116,16 @@ class Job(Base):
     out_dir: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
+class QueueDepth(Base):
+    """Queued jobs per queue, kept by triggers on jobs (migrations/versions/0002): a new job's queue position
+    without counting the queue."""
+
+    __tablename__ = "queue_depths"
+
+    queue: Mapped[str] = mapped_column(String(16), primary_key=True)
+    depth: Mapped[int] = mapped_column(BigInteger)
+
+
 class JobEvent(Base):
     __tablename__ = "job_events"
     __table_args__ = (Index("ix_job_events_job_seq", "job_id", "id"),)

@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session, aliased
 
 from service.deps import Principal
 from service.ids import new_job_id
-from service.models import Job, JobEvent, User, utcnow
+from service.models import Job, JobEvent, QueueDepth, User, utcnow
 from service.states import QUEUED
 
 
@@ -57,6 +57,7 @@ _POSITION = select(func.count()).select_from(Job).where(
     Job.state == QUEUED, Job.queue == bindparam("queue"), Job.id < bindparam("job_id"))
 
 
+_DEPTH = select(QueueDepth.depth).where(QueueDepth.queue == bindparam("queue"))
 _QUEUE_TAIL = select(Job.id).where(Job.state == QUEUED, Job.queue == bindparam("queue"),
                                    Job.id >= bindparam("job_id")).order_by(Job.id)
 
@@ -119,6 +120,8 @@ def insert_jobs(conn: Connection, rows: list[dict[str, Any]]) -> dict[str, int]:
     """Insert new jobs (`new_job_row`) and their first events in the caller's transaction, in one statement per
     table. A row whose (owner, Idempotency-Key) is taken already is skipped, not an error: the caller replays the
     job that holds the key. Returns {inserted job id: its queue position}."""
+    # sorted by queue: the triggers lock each queue's depth row in the same order in every batch (no deadlock)
+    rows = sorted(rows, key=lambda row: (row["queue"], row["id"]))
     inserted = set(conn.execute(_INSERT_NEW_KEYS[conn.dialect.name], rows).scalars())
     if not inserted:
         return {}
@@ -130,13 +133,14 @@ def insert_jobs(conn: Connection, rows: list[dict[str, Any]]) -> dict[str, int]:
     for row in new:
         by_queue.setdefault(row["queue"], []).append(row["id"])
     for queue, ids in by_queue.items():
-        # The new jobs are the newest queued, but ids made in the same millisecond order by their random part, so
-        # the queue's tail from the oldest new id on (the batch, and what committed meanwhile) is ranked in full.
-        first = min(ids)
-        ahead = int(conn.scalar(_POSITION, {"queue": queue, "job_id": first}) or 0)
-        tail = conn.scalars(_QUEUE_TAIL, {"queue": queue, "job_id": first}).all()
+        # The queue's depth (this transaction's inserts included; the trigger holds its row until the commit, so no
+        # other submit changes it meanwhile) minus the queued jobs behind each new one: the new jobs and the few
+        # that committed since the oldest of them was made.
+        depth = conn.scalar(_DEPTH, {"queue": queue}) or 0
+        tail = conn.scalars(_QUEUE_TAIL, {"queue": queue, "job_id": min(ids)}).all()
         mine = set(ids)
-        positions.update({job_id: ahead + rank + 1 for rank, job_id in enumerate(tail) if job_id in mine})
+        positions.update({job_id: depth - (len(tail) - 1 - rank) for rank, job_id in enumerate(tail)
+                          if job_id in mine})
     return positions
 
 

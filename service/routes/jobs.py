@@ -62,7 +62,7 @@ def _replay(session: Session, prior: Job, owner: str, request_hash: str) -> JobO
 @router.post("", status_code=201, response_model=JobOut, openapi_extra=JOB_BODY,
              responses={200: {"model": JobOut, "description": "replay of an earlier request with this "
                                                                "Idempotency-Key"},
-                        **error_responses(400, 401, 409, 422)})
+                        **error_responses(400, 401, 409, 422, 503)})
 async def submit_job(body: Annotated[dict[str, Any], Body()], request: Request, response: Response,
                      who: CurrentUser, settings: SettingsDep,
                      idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,

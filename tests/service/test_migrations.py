@@ -58,5 +58,26 @@ def test_fresh_database_refused_then_migrated_by_cli(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""
     assert is_at_head(settings)
-    assert head_revisions(settings) == {"0001"}
+    assert head_revisions(settings) == {"0002"}
     create_app(settings, host="127.0.0.1")
+
+
+def test_0002_counts_the_jobs_already_queued(db_url, tmp_path):
+    """Upgrading a database that has queued jobs starts queue_depths at their count."""
+    from sqlalchemy import text
+
+    from service.db import session_scope
+    from service.queries.jobs import insert_job
+    from service.queries.users import create_user
+
+    settings = make_settings(tmp_path, db_url)
+    downgrade_to(settings, "0001")
+    engine = get_engine(settings)
+    assert "queue_depths" not in inspect(engine).get_table_names()
+    with session_scope(settings) as session:
+        user, _ = create_user(session, "carol")
+        for queue in ("cpu", "cpu", "gpu"):
+            insert_job(session, user.id, name="old", spec={}, queue=queue, idempotency_key=None, request_hash=None)
+    upgrade_to_head(settings)
+    with engine.connect() as conn:
+        assert dict(conn.execute(text("SELECT queue, depth FROM queue_depths")).all()) == {"cpu": 2, "gpu": 1}
