@@ -109,10 +109,17 @@ def reconcile(
 
     _configure_logging()
     settings = get_settings()
-    if not loop:
-        summary = reconcile_and_send(settings)
-        typer.echo(f"requeued {len(summary.requeued)}, failed {len(summary.failed)}, cancelled "
-                   f"{len(summary.cancelled)}, re-sent {len(summary.resent)}", err=True)
+    if not loop:  # one pass over everything: page after page of the queued jobs
+        totals = {"requeued": 0, "failed": 0, "cancelled": 0, "resent": 0}
+        after = None
+        while True:
+            summary = reconcile_and_send(settings, after=after)
+            for key in totals:
+                totals[key] += len(getattr(summary, key))
+            if (after := summary.resume_after) is None:
+                break
+        typer.echo(f"requeued {totals['requeued']}, failed {totals['failed']}, cancelled {totals['cancelled']}, "
+                   f"re-sent {totals['resent']}", err=True)
         return
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

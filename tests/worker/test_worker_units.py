@@ -239,3 +239,18 @@ def test_gpu_auto_claims_a_free_gpu_per_worker(tmp_path: Path, monkeypatch):
         cli.claim_gpu(tmp_path)
     cli._held_locks.pop(0).close()  # a worker on GPU 0 exits
     assert cli.claim_gpu(tmp_path) == "0"
+
+
+def test_reconciler_looks_for_lost_messages_a_page_at_a_time(settings):
+    """A deep queue is read a page per pass, from where the last pass stopped, and every job gets its turn."""
+    ids = sorted(insert_job(settings, spec_data()) for _ in range(7))
+    later = utcnow() + timedelta(seconds=2 * settings.lease_seconds + 1)
+    seen, after = [], None
+    for _ in range(3):
+        with session_scope(settings) as session:
+            summary = reconcile_once(session, settings, now=later, after=after, page=3)
+        seen.append(summary.resent)
+        after = summary.resume_after
+    assert seen == [ids[:3], ids[3:6], ids[6:]] and after is None
+    with session_scope(settings) as session:  # round again: all were just re-sent, none is due
+        assert not reconcile_once(session, settings, now=later, after=None, page=3).resent
