@@ -60,16 +60,18 @@ def enqueue_job(job_id: str, queue: str, app: Celery | None = None) -> None:
 
 
 def enqueue_jobs(jobs: list[tuple[str, str]], app: Celery) -> list[tuple[str, BaseException]]:
-    """`enqueue_job` for each (job id, queue) over one producer (a pool checkout per message is a tenth of the
-    cost of sending it). Returns the jobs that could not be sent, with why; the others are sent."""
-    failed: list[tuple[str, BaseException]] = []
-    with app.producer_or_acquire() as producer:
-        for job_id, queue in jobs:
-            try:
+    """`enqueue_job` for each (job id, queue), as one batch: kombu's `Producer.batch` sends the messages in one
+    Redis pipeline (half the CPU of sending them one by one, where kombu makes a Redis client per message);
+    transports without batches (the filesystem one) send them one by one. Returns the jobs that may not have been
+    sent, with why: all of them when the batch fails (the reconciler sends them again; a second message is
+    harmless)."""
+    try:
+        with app.producer_or_acquire() as producer, producer.batch():
+            for job_id, queue in jobs:
                 app.send_task(RUN_JOB_TASK, args=[job_id], queue=queue, producer=producer)
-            except Exception as err:  # noqa: BLE001 - kombu raises transport-specific errors
-                failed.append((job_id, err))
-    return failed
+    except Exception as err:  # noqa: BLE001 - kombu raises transport-specific errors
+        return [(job_id, err) for job_id, _ in jobs]
+    return []
 
 
 def broker_reachable(app: Celery, timeout: float = 2.0) -> str | None:

@@ -115,10 +115,11 @@ class JobWriter:
                 pending.answer.set_exception(KeyTaken(pending.row["idempotency_key"]))
             else:
                 pending.answer.set_result(position)
+        sent = [(p.row["id"], p.row["queue"]) for p in batch if p.row["id"] in positions]
         try:
-            failed = self.send([(p.row["id"], p.row["queue"]) for p in batch if p.row["id"] in positions])
-        except Exception as err:  # noqa: BLE001 - no broker connection at all
-            failed = [(p.row["id"], err) for p in batch if p.row["id"] in positions]
+            failed = self.send(sent)
+        except Exception as err:  # noqa: BLE001 - the thread must live on: the next batch waits for it
+            failed = [(job_id, err) for job_id, _ in sent]
         for job_id, err in failed:  # committed all the same: the reconciler sends them again
             log.error("could not enqueue %s (%s: %s); it stays queued for the reconciler", job_id,
                       type(err).__name__, err)

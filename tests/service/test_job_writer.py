@@ -188,3 +188,32 @@ def test_job_ids_sort_in_the_order_they_were_made():
     ids = [new_job_id() for _ in range(2000)]  # many share a millisecond
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     assert len({i[:14] for i in ids}) < len(ids)  # (the time part repeats: the test saw same-millisecond ids)
+
+
+def test_a_batch_of_messages_goes_to_redis_in_one_pipeline(settings, users):
+    """With Redis, a batch's messages go out together (kombu's Producer.batch): all of them, in order, each a
+    `ttm.run_job` task a worker reads; a Redis that does not answer gets them all reported unsent."""
+    import base64
+    import json
+
+    import redis
+
+    url = "redis://127.0.0.1:6379/14"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    try:
+        celery = make_celery(settings.model_copy(update={"broker_url": url}))
+        jobs = [(f"job_{i:03d}", "cpu") for i in range(40)] + [("job_gpu", "gpu")]
+        assert enqueue_jobs(jobs, celery) == []
+        assert client.llen("cpu") == 40 and client.llen("gpu") == 1
+        bodies = [json.loads(m) for m in reversed(client.lrange("cpu", 0, -1))]  # LPUSH: the newest first
+        assert [json.loads(base64.b64decode(b["body"]))[0][0] for b in bodies] == [j for j, _ in jobs[:40]]
+        assert {b["headers"]["task"] for b in bodies} == {"ttm.run_job"}
+    finally:
+        client.flushdb()
+    away = make_celery(settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"}))
+    away.conf.broker_connection_retry = False
+    away.conf.task_publish_retry = False
+    failed = enqueue_jobs(jobs[:3], away)
+    assert [job_id for job_id, _ in failed] == [j for j, _ in jobs[:3]]
+    assert all(isinstance(err, Exception) for _, err in failed)
