@@ -74,6 +74,26 @@ def enqueue_jobs(jobs: list[tuple[str, str]], app: Celery) -> list[tuple[str, Ba
     return []
 
 
+def waiting_messages(app: Celery, queues: list[str]) -> dict[str, int] | None:
+    """How many messages wait in each queue of the broker (not counting those a worker holds), or None when the
+    broker cannot say (the reconciler then assumes nothing)."""
+    from kombu.exceptions import ChannelError
+
+    counts: dict[str, int] = {}
+    try:
+        with app.connection_for_read() as conn:
+            channel = conn.default_channel
+            for queue in queues:
+                try:
+                    counts[queue] = channel.queue_declare(queue=queue, passive=True).message_count
+                except ChannelError:  # no such queue yet: nothing was ever sent to it, or all was taken
+                    counts[queue] = 0
+    except Exception:  # noqa: BLE001 - kombu raises transport-specific errors
+        log.warning("could not count the broker's messages", exc_info=True)
+        return None
+    return counts
+
+
 def broker_reachable(app: Celery, timeout: float = 2.0) -> str | None:
     """None when the broker answers, else why not (for /readyz)."""
     try:

@@ -22,7 +22,7 @@ from typing import Callable
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from service.models import Job, JobEvent, utcnow
+from service.models import Job, JobEvent, QueueDepth, utcnow
 from service.settings import Settings
 from service.states import CANCELLED, CANCELLING, FAILED, QUEUED, RUNNING, IllegalTransition, transition
 
@@ -51,13 +51,16 @@ class ReconcileSummary:
 
 
 def reconcile_once(session: Session, settings: Settings, now: datetime | None = None, after: str | None = None,
-                   page: int = LOST_MESSAGE_PAGE) -> ReconcileSummary:
+                   page: int = LOST_MESSAGE_PAGE,
+                   count_messages: Callable[[list[str]], dict[str, int] | None] | None = None) -> ReconcileSummary:
     """One pass over the jobs table; the caller commits, then sends `summary.to_send` (see `reconcile_and_send`).
-    Lost messages are looked for among `page` queued jobs after `after` (the last pass's `resume_after`)."""
+    Lost messages are looked for among `page` queued jobs after `after` (the last pass's `resume_after`), in the
+    queues where `count_messages` (the broker's waiting messages per queue; None: unknown) finds fewer messages
+    than queued jobs."""
     now = now or utcnow()
     summary = ReconcileSummary()
     _expired_leases(session, settings, now, summary)
-    _lost_messages(session, settings, now, summary, after, page)
+    _lost_messages(session, settings, now, summary, after, page, count_messages)
     return summary
 
 
@@ -90,9 +93,21 @@ def _expired_leases(session: Session, settings: Settings, now: datetime, summary
 
 
 def _lost_messages(session: Session, settings: Settings, now: datetime, summary: ReconcileSummary,
-                   after: str | None, page: int) -> None:
+                   after: str | None, page: int,
+                   count_messages: Callable[[list[str]], dict[str, int] | None] | None) -> None:
     first_wait = timedelta(seconds=RESEND_LEASES * settings.lease_seconds)
     query = select(Job.id, Job.queue, Job.created_at).where(Job.state == QUEUED, Job.created_at < now - first_wait)
+    if count_messages is not None:
+        # A queue whose broker holds at least as many messages as it has queued jobs has lost none that matter
+        # now: a long queue waiting for GPUs is not re-sent, message by message, every few minutes. (Messages of
+        # cancelled jobs can hide a lost one until the workers have drained them; then the counts tell.)
+        depths = {q: d for q, d in session.execute(select(QueueDepth.queue, QueueDepth.depth)) if d > 0}
+        waiting = count_messages(sorted(depths)) if depths else {}
+        if waiting is not None:
+            short = [q for q, depth in depths.items() if waiting.get(q, 0) < depth]
+            if not short:
+                return
+            query = query.where(Job.queue.in_(short))
     if after is not None:
         query = query.where(Job.id > after)
     queued = session.execute(query.order_by(Job.id).limit(page)).all()
@@ -136,10 +151,14 @@ def reconcile_and_send(settings: Settings, enqueue: Callable[[str, str], None] |
     """One pass in its own transaction, then the messages (after the commit, so a worker sees the new state)."""
     from service.db import session_scope
 
-    if enqueue is None:
-        from service.broker import enqueue_job as enqueue
+    count_messages = None
+    if enqueue is None:  # the broker of the settings: ask it what it holds, and send to it
+        from service.broker import default_celery, enqueue_job as enqueue, waiting_messages
+
+        def count_messages(queues: list[str]) -> dict[str, int] | None:
+            return waiting_messages(default_celery(), queues)
     with session_scope(settings) as session:
-        summary = reconcile_once(session, settings, after=after)
+        summary = reconcile_once(session, settings, after=after, count_messages=count_messages)
     for job_id, queue in summary.to_send:
         try:
             enqueue(job_id, queue)

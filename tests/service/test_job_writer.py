@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from service.broker import enqueue_jobs, make_celery
+from service.broker import enqueue_jobs, make_celery, waiting_messages
 from service.db import get_engine, session_scope
 from service.job_writer import JobWriter, KeyTaken, WriterClosed
 from service.models import Job, JobEvent, User
@@ -209,6 +209,7 @@ def test_a_batch_of_messages_goes_to_redis_in_one_pipeline(settings, users):
         bodies = [json.loads(m) for m in reversed(client.lrange("cpu", 0, -1))]  # LPUSH: the newest first
         assert [json.loads(base64.b64decode(b["body"]))[0][0] for b in bodies] == [j for j, _ in jobs[:40]]
         assert {b["headers"]["task"] for b in bodies} == {"ttm.run_job"}
+        assert waiting_messages(celery, ["cpu", "gpu", "never-used"]) == {"cpu": 40, "gpu": 1, "never-used": 0}
     finally:
         client.flushdb()
     away = make_celery(settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"}))

@@ -1,5 +1,5 @@
-"""The worker's parts against a real database (SQLite and PostgreSQL), no broker: the lease, the reconciler's
-decisions, the upserts, the spec resolution and the mapping of a trainer's end to a reason."""
+"""The worker's parts against a real database (SQLite and PostgreSQL), no broker but kombu's filesystem transport
+where messages are counted: the lease, the reconciler's decisions, the upserts, the spec resolution and the mapping of a trainer's end to a reason."""
 from __future__ import annotations
 
 import json
@@ -254,3 +254,28 @@ def test_reconciler_looks_for_lost_messages_a_page_at_a_time(settings):
     assert seen == [ids[:3], ids[3:6], ids[6:]] and after is None
     with session_scope(settings) as session:  # round again: all were just re-sent, none is due
         assert not reconcile_once(session, settings, now=later, after=None, page=3).resent
+
+
+def test_reconciler_resends_only_where_the_broker_lacks_messages(settings):
+    """A long queue whose messages all wait in the broker is left alone; once one message is lost (its file gone
+    from the filesystem transport), that queue's due jobs are re-sent."""
+    from service.broker import enqueue_job, make_celery, waiting_messages
+
+    celery = make_celery(settings)
+    ids = sorted(insert_job(settings, spec_data()) for _ in range(3))
+    for job_id in ids:
+        enqueue_job(job_id, "cpu", celery)
+    later = utcnow() + timedelta(seconds=2 * settings.lease_seconds + 1)
+
+    def count(queues: list[str]) -> dict[str, int] | None:
+        return waiting_messages(celery, queues)
+
+    assert count(["cpu", "gpu"]) == {"cpu": 3, "gpu": 0}
+    with session_scope(settings) as session:
+        assert not reconcile_once(session, settings, now=later, count_messages=count)
+    next(p for p in (settings.broker_dir / "queue").iterdir() if p.is_file()).unlink()  # a message lost
+    with session_scope(settings) as session:
+        summary = reconcile_once(session, settings, now=later, count_messages=count)
+    assert summary.resent == ids  # which one is missing the counts cannot say: the due ones go again
+    with session_scope(settings) as session:  # a broker that cannot say: every due job is looked at, as before
+        assert reconcile_once(session, settings, now=later + timedelta(days=1), count_messages=lambda q: None).resent
