@@ -4,12 +4,14 @@ Every accepted job is one committed transaction before its 201 (nothing accepted
 for the database to flush its log. Under load, one transaction per request makes the database's per-statement and
 per-commit work the bottleneck. Here the requests hand their rows to one writer thread per API process, which
 inserts whatever has gathered while the previous batch was committing (one INSERT for the jobs, one for their first
-events, and per queue one count and one look at the queue's tail for the positions) and commits once. With one client a batch is one job, and the
-latency is that of a plain insert; with 32 clients the batches grow and each job costs a fraction of a commit.
+events, and per queue the depth and a look at the queue's tail for the positions) and commits once. With one client
+a batch is one job, and the latency is that of a plain insert; with 32 clients the batches grow and each job costs
+a fraction of a commit.
 
-After the commit each request gets its answer, then the writer sends the batch's "run job <id>" messages while the
-next submits gather into the next batch. (A separate sending thread was tried: batches got smaller, and every job
-dearer.) A message that cannot be sent leaves its job queued for the reconciler to send again.
+After the commit each request gets its answer, then the writer sends the batch's "run job <id>" messages (one Redis
+pipeline: service.broker.enqueue_jobs) while the next submits gather into the next batch. (A separate sending
+thread was tried: batches got smaller, and every job dearer.) A message that cannot be sent leaves its job queued
+for the reconciler to send again.
 """
 from __future__ import annotations
 

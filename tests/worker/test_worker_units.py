@@ -1,5 +1,6 @@
-"""The worker's parts against a real database (SQLite and PostgreSQL), no broker but kombu's filesystem transport
-where messages are counted: the lease, the reconciler's decisions, the upserts, the spec resolution and the mapping of a trainer's end to a reason."""
+"""The worker's parts against a real database (SQLite and PostgreSQL), with no broker but kombu's filesystem
+transport where messages are counted: the lease, the reconciler's decisions, the upserts, the spec resolution and
+the mapping of a trainer's end to a reason."""
 from __future__ import annotations
 
 import json
