@@ -1,12 +1,13 @@
 """The reconciler: puts back on the queue what a lost worker or a lost message left behind.
 
-One pass (`reconcile_once`) looks at the jobs table only:
+One pass (`reconcile_once`) looks at the jobs table, and at how many messages the broker holds per queue:
 - a running job whose lease expired lost its worker (killed, out of host memory, its machine gone): back to queued
   and re-sent, until it has used TTM_MAX_ATTEMPTS leases; then failed, with the reason;
 - a cancelling job whose lease expired has no worker left to stop it: cancelled;
 - a queued job whose message may have been lost (a broker restarted without persistence, a worker killed holding a
-  message of the filesystem transport) is re-sent after RESEND_LEASES leases, then at doubling intervals. Sending
-  a job twice is harmless: the second delivery finds the lease taken and does nothing.
+  message of the filesystem transport) is re-sent after RESEND_LEASES leases, then at doubling intervals, while
+  its queue's broker holds fewer messages than the queue has queued jobs. Sending a job twice is harmless: the
+  second delivery finds the lease taken and does nothing.
 
 Several reconcilers may run at once: every state change is a conditional UPDATE (`states.transition`), so only one
 of them acts on a job. `ttm serve` runs the loop in a thread; a lab runs `ttm reconcile --loop` (or `ttm serve`).
