@@ -144,7 +144,7 @@ def serve(
                                        "serves about one core; a lab's API host uses one per core")] = 1,
     access_log: Annotated[bool, typer.Option(
         "--access-log/--no-access-log", help="a line on stdout per request (Prometheus' /metrics counts them "
-                                             "either way; the line costs a fifth of a busy API's CPU)")] = True,
+                                             "either way; the line costs a sixth of a busy API's CPU)")] = True,
 ) -> None:
     """The API, N workers and the reconciler on this machine; the database is migrated first. Ctrl-C stops all:
     a running job goes back to the queue and resumes from its last epoch checkpoint next time."""
