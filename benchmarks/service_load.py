@@ -346,9 +346,8 @@ def api_part(args) -> dict[str, Any]:
             out["second_submit_same_teacher_ms"] = round((time.perf_counter() - t0) * 1000, 1)
             ids = [first["id"]] + [client.submit(small_spec(f"load-pool-{i}"))["id"] for i in range(200)]
         print(f"API on {url} (PostgreSQL + Redis, ttm serve {' '.join(out['serve_args'])}); first submit with a "
-              f"new teacher "
-              f"{out['first_submit_with_new_teacher_ms']} ms, the next {out['second_submit_same_teacher_ms']} ms",
-              flush=True)
+              f"new teacher {out['first_submit_with_new_teacher_ms']} ms, the next "
+              f"{out['second_submit_same_teacher_ms']} ms", flush=True)
 
         plain = small_spec("load-post")
         with_teacher = small_spec("load-post-teacher", teacher=artifact["id"])

@@ -18,6 +18,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Callable
 
 from sqlalchemy import func, or_, select
@@ -156,8 +157,7 @@ def reconcile_and_send(settings: Settings, enqueue: Callable[[str, str], None] |
     if enqueue is None:  # the broker of the settings: ask it what it holds, and send to it
         from service.broker import default_celery, enqueue_job as enqueue, waiting_messages
 
-        def count_messages(queues: list[str]) -> dict[str, int] | None:
-            return waiting_messages(default_celery(), queues)
+        count_messages = partial(waiting_messages, default_celery())
     with session_scope(settings) as session:
         summary = reconcile_once(session, settings, after=after, count_messages=count_messages)
     for job_id, queue in summary.to_send:

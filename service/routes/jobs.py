@@ -3,14 +3,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import logging
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import FileResponse, PlainTextResponse
-from starlette.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from service.admission import Admitted, admit
 from service.deps import CurrentUser, Principal, ReadSessionDep, SessionDep, SettingsDep
@@ -27,7 +26,6 @@ from service.states import ALL_STATES, CANCELLED, CANCELLING, QUEUED, RUNNING, I
 from service.teachers import TeacherCheckCache
 from ttm.spec import SpecError
 
-log = logging.getLogger("ttm.service")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 LOG_CHUNK = 4 * 1024 * 1024
@@ -99,17 +97,23 @@ def _admit_or_replay(make_session: sessionmaker[Session], who: Principal, body: 
             return admit(session, who, body, settings, checks)
         except (ApiError, SpecError):
             # a key replays its first answer even where the same body would no longer be admitted (teacher gone)
-            prior = q.find_idempotent(session, who.id, idempotency_key) if idempotency_key else None
-            if prior is None:
+            replay = _replay_of_key(session, who, idempotency_key, request_hash) if idempotency_key else None
+            if replay is None:
                 raise
-            return _replay(session, prior, who.name, request_hash or "")
+            return replay
 
 
 def _replay_key(make_session: sessionmaker[Session], who: Principal, key: str, request_hash: str) -> JobOut:
     with make_session() as session:
-        prior = q.find_idempotent(session, who.id, key)
-        assert prior is not None, "a job holds the key: its insert was skipped for it"
-        return _replay(session, prior, who.name, request_hash)
+        replay = _replay_of_key(session, who, key, request_hash)
+        assert replay is not None, "a job holds the key: its insert was skipped for it"
+        return replay
+
+
+def _replay_of_key(session: Session, who: Principal, key: str, request_hash: str | None) -> JobOut | None:
+    """The answer of the job that holds `who`'s key (a 409 for another body), or None when no job holds it."""
+    prior = q.find_idempotent(session, who.id, key)
+    return None if prior is None else _replay(session, prior, who.name, request_hash or "")
 
 
 @router.get("", response_model=JobList, responses=error_responses(401, 422))
