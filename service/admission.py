@@ -3,6 +3,7 @@ data root, and the teacher exists, belongs to the caller, and loads into the dec
 dataset's classes. Every refusal names its field."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,8 +52,9 @@ def _imagefolder_classes(path: Path) -> int | None:
     return sum(1 for p in train.iterdir() if p.is_dir()) or None
 
 
-def admit(session: Session, who: Principal, body: dict[str, Any], settings: Settings,
+def admit(make_session: Callable[[], Session], who: Principal, body: dict[str, Any], settings: Settings,
           checks: TeacherCheckCache) -> Admitted:
+    """The admitted job, or an ApiError/SpecError naming the field. Opens a session only for a teacher."""
     spec = parse_spec(body)  # SpecError → 422 naming the field (errors.py)
     data = spec.dataset
     if data.root is not None:
@@ -66,8 +68,17 @@ def admit(session: Session, who: Principal, body: dict[str, Any], settings: Sett
         if num_classes is None:
             num_classes = _imagefolder_classes(path)
     if spec.teacher is not None:
-        _check_teacher(session, who, spec, num_classes, checks)
+        with make_session() as session:
+            _check_teacher(session, who, spec, num_classes, checks)
     return Admitted(spec, spec.model_dump(mode="json"), choose_queue(spec))
+
+
+def admission_blocks(body: dict[str, Any]) -> bool:
+    """Whether admitting this body may wait on the disk or the database (a teacher to look up and load, a dataset
+    folder to list): such bodies are admitted in the thread pool, the others on the event loop (parsing a spec
+    takes some 50 µs; a thread-pool hop costs more than that)."""
+    dataset = body.get("dataset")
+    return body.get("teacher") is not None or (isinstance(dataset, dict) and dataset.get("path") is not None)
 
 
 def _check_teacher(session: Session, who: Principal, spec: JobSpec, num_classes: int | None,

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import json
+from datetime import UTC
 from typing import Any
 
-from sqlalchemy import Connection, Insert, bindparam, case, func, insert, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, bindparam, case, func, insert, select
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session, aliased
 
 from service.deps import Principal
@@ -111,23 +113,54 @@ def insert_job(session: Session, owner_id: int, *, name: str, spec: dict[str, An
     return job
 
 
-_INSERT_NEW_KEYS: dict[str, Insert] = {
-    name: dialect.insert(Job).on_conflict_do_nothing(index_elements=[Job.owner_id, Job.idempotency_key])
-    .returning(Job.id) for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))}
+_INSERT_NEW_KEYS = sqlite.insert(Job).on_conflict_do_nothing(
+    index_elements=[Job.owner_id, Job.idempotency_key]).returning(Job.id)
+
+# PostgreSQL: the jobs and their first events in one statement whose text does not change with the batch's size
+# (the rows travel as one JSON array), so psycopg prepares it once, neither side parses a VALUES list per batch, and
+# the client encodes the batch with one json.dumps. A CTE's rows are inserted before the statement's foreign-key
+# checks run, so the events may point at jobs of the same statement.
+_PG_INSERT_JOBS = """
+WITH new AS (
+  INSERT INTO jobs (id, owner_id, name, spec, state, queue, attempts, idempotency_key, request_hash, created_at)
+  SELECT r->>'id', (r->>'owner_id')::int, r->>'name', r->'spec', %(state)s, r->>'queue', 0, r->>'idempotency_key',
+         r->>'request_hash', (r->>'created_at')::timestamptz
+  FROM jsonb_array_elements(%(rows)s::jsonb) WITH ORDINALITY AS t(r, n)
+  ORDER BY n
+  ON CONFLICT (owner_id, idempotency_key) DO NOTHING
+  RETURNING id, created_at)
+INSERT INTO job_events (job_id, at, kind, state, reason)
+SELECT id, created_at, 'state', %(state)s, %(reason)s FROM new ORDER BY id
+RETURNING job_id"""
+_PG_COLUMNS = ("id", "owner_id", "name", "spec", "queue", "idempotency_key", "request_hash")
+# The queue's depth and its tail from the oldest new job on, in one round trip.
+_PG_DEPTH_AND_TAIL = """
+SELECT (SELECT depth FROM queue_depths WHERE queue = %(queue)s), id FROM jobs
+WHERE state = %(state)s AND queue = %(queue)s AND id >= %(first)s ORDER BY id"""
 
 
 def insert_jobs(conn: Connection, rows: list[dict[str, Any]]) -> dict[str, int]:
     """Insert new jobs (`new_job_row`) and their first events in the caller's transaction, in one statement per
-    table. A row whose (owner, Idempotency-Key) is taken already is skipped, not an error: the caller replays the
-    job that holds the key. Returns {inserted job id: its queue position}."""
+    batch on PostgreSQL (one per table on SQLite). A row whose (owner, Idempotency-Key) is taken already is skipped,
+    not an error: the caller replays the job that holds the key. Returns {inserted job id: its queue position}."""
     # sorted by queue: the triggers lock each queue's depth row in the same order in every batch (no deadlock)
     rows = sorted(rows, key=lambda row: (row["queue"], row["id"]))
-    inserted = set(conn.execute(_INSERT_NEW_KEYS[conn.dialect.name], rows).scalars())
+    if any(row["state"] != QUEUED for row in rows):
+        raise ValueError("insert_jobs inserts new (queued) jobs only")
+    postgres = conn.dialect.name == "postgresql"
+    if postgres:
+        batch = json.dumps([{**{name: row[name] for name in _PG_COLUMNS},
+                             "created_at": row["created_at"].astimezone(UTC).isoformat()} for row in rows])
+        params = {"rows": batch, "state": QUEUED, "reason": SUBMITTED}
+        inserted = {job_id for (job_id,) in conn.exec_driver_sql(_PG_INSERT_JOBS, params)}
+    else:
+        inserted = set(conn.execute(_INSERT_NEW_KEYS, rows).scalars())
     if not inserted:
         return {}
     new = [row for row in rows if row["id"] in inserted]
-    conn.execute(insert(JobEvent), [{"job_id": row["id"], "at": row["created_at"], "kind": "state", "state": QUEUED,
-                                     "reason": SUBMITTED} for row in new])
+    if not postgres:
+        conn.execute(insert(JobEvent), [{"job_id": row["id"], "at": row["created_at"], "kind": "state",
+                                         "state": QUEUED, "reason": SUBMITTED} for row in new])
     positions: dict[str, int] = {}
     by_queue: dict[str, list[str]] = {}
     for row in new:
@@ -136,8 +169,13 @@ def insert_jobs(conn: Connection, rows: list[dict[str, Any]]) -> dict[str, int]:
         # The queue's depth (this transaction's inserts included; the trigger holds its row until the commit, so no
         # other submit changes it meanwhile) minus the queued jobs behind each new one: the new jobs and the few
         # that committed since the oldest of them was made.
-        depth = conn.scalar(_DEPTH, {"queue": queue}) or 0
-        tail = conn.scalars(_QUEUE_TAIL, {"queue": queue, "job_id": min(ids)}).all()
+        if postgres:
+            found = conn.exec_driver_sql(_PG_DEPTH_AND_TAIL, {"queue": queue, "state": QUEUED,
+                                                              "first": min(ids)}).all()
+            depth, tail = (found[0][0] or 0) if found else 0, [job_id for _, job_id in found]
+        else:
+            depth = conn.scalar(_DEPTH, {"queue": queue}) or 0
+            tail = conn.scalars(_QUEUE_TAIL, {"queue": queue, "job_id": min(ids)}).all()
         mine = set(ids)
         positions.update({job_id: depth - (len(tail) - 1 - rank) for rank, job_id in enumerate(tail)
                           if job_id in mine})

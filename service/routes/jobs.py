@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse, PlainTextResponse
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from service.admission import Admitted, admit
+from service.admission import admission_blocks, admit
 from service.deps import CurrentUser, Principal, ReadSessionDep, SessionDep, SettingsDep
 from service.errors import ApiError, not_found
 from service.job_writer import KeyTaken, WriterClosed
@@ -21,9 +21,7 @@ from service.queries import history as hq
 from service.queries import jobs as q
 from service.schemas import (JOB_EXAMPLES, CheckpointOut, JobList, JobOut, MetricList, MetricOut,
                              error_responses)
-from service.settings import Settings
 from service.states import ALL_STATES, CANCELLED, CANCELLING, QUEUED, RUNNING, IllegalTransition, transition
-from service.teachers import TeacherCheckCache
 from ttm.spec import SpecError
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -67,53 +65,47 @@ async def submit_job(body: Annotated[dict[str, Any], Body()], request: Request, 
                      ) -> JobOut:
     """Submit a job spec. It is validated (architectures, γ/β/T, dataset, the teacher loading into the declared
     architecture) before it is queued; any refusal is a 422 that names the field."""
-    # Async, so that a request waiting for its batch to commit holds no thread; what may touch the database or load
-    # a teacher runs in the thread pool, with a session of its own (no session dependency: most submits need none);
-    # the rows themselves go to the job writer.
+    # Async, so that a request waiting for its batch to commit holds no thread. Admission runs on the event loop
+    # unless it may wait on the disk or the database (a teacher, a dataset folder: then in the thread pool, with
+    # a session of its own); the rows themselves go to the job writer.
     request_hash = _request_hash(body) if idempotency_key else None
-    make_session = request.app.state.read_sessionmaker  # admission and replays only read
-    admitted = await run_in_threadpool(_admit_or_replay, make_session, who, body, settings,
-                                       request.app.state.teacher_checks, idempotency_key, request_hash)
-    if isinstance(admitted, JobOut):
+    state = request.app.state
+    make_session = state.read_sessionmaker  # admission and replays only read
+    try:
+        if admission_blocks(body):
+            admitted = await run_in_threadpool(admit, make_session, who, body, settings, state.teacher_checks)
+        else:
+            admitted = admit(make_session, who, body, settings, state.teacher_checks)
+    except (ApiError, SpecError):
+        if not idempotency_key:
+            raise
+        # a key replays its first answer even where the same body would no longer be admitted (teacher gone)
+        replay = await run_in_threadpool(_replay_key, make_session, who, idempotency_key, request_hash or "")
+        if replay is None:
+            raise
         response.status_code = 200
-        return admitted
+        return replay
     row = q.new_job_row(who.id, name=admitted.spec.name, spec=admitted.spec_json, queue=admitted.queue,
                         idempotency_key=idempotency_key, request_hash=request_hash)
     try:  # committed in one transaction with the submits that arrived meanwhile (service/job_writer.py)
-        position = await asyncio.wrap_future(request.app.state.job_writer.submit(row))
+        position = await asyncio.wrap_future(state.job_writer.submit(row))
     except WriterClosed as err:
         raise ApiError(503, str(err), code="shutting_down", headers={"Retry-After": "1"}) from None
     except KeyTaken:  # no lookup before the insert: the unique (owner, key) decides, and a concurrent twin lost
         response.status_code = 200
-        return await run_in_threadpool(_replay_key, make_session, who, idempotency_key or "", request_hash or "")
-    return job_out(Job(**row), who.name, position)
-
-
-def _admit_or_replay(make_session: sessionmaker[Session], who: Principal, body: dict[str, Any], settings: Settings,
-                     checks: TeacherCheckCache, idempotency_key: str | None,
-                     request_hash: str | None) -> Admitted | JobOut:
-    with make_session() as session:  # used only for a teacher, or a key to replay
-        try:
-            return admit(session, who, body, settings, checks)
-        except (ApiError, SpecError):
-            # a key replays its first answer even where the same body would no longer be admitted (teacher gone)
-            replay = _replay_of_key(session, who, idempotency_key, request_hash) if idempotency_key else None
-            if replay is None:
-                raise
-            return replay
-
-
-def _replay_key(make_session: sessionmaker[Session], who: Principal, key: str, request_hash: str) -> JobOut:
-    with make_session() as session:
-        replay = _replay_of_key(session, who, key, request_hash)
+        replay = await run_in_threadpool(_replay_key, make_session, who, idempotency_key or "", request_hash or "")
         assert replay is not None, "a job holds the key: its insert was skipped for it"
         return replay
+    return JobOut(id=row["id"], name=row["name"], state=row["state"], queue=row["queue"], queue_position=position,
+                  attempts=row["attempts"], reason=None, owner=who.name, created_at=row["created_at"],
+                  started_at=None, finished_at=None, best_top1=None, spec=row["spec"])
 
 
-def _replay_of_key(session: Session, who: Principal, key: str, request_hash: str | None) -> JobOut | None:
+def _replay_key(make_session: sessionmaker[Session], who: Principal, key: str, request_hash: str) -> JobOut | None:
     """The answer of the job that holds `who`'s key (a 409 for another body), or None when no job holds it."""
-    prior = q.find_idempotent(session, who.id, key)
-    return None if prior is None else _replay(session, prior, who.name, request_hash or "")
+    with make_session() as session:
+        prior = q.find_idempotent(session, who.id, key)
+        return None if prior is None else _replay(session, prior, who.name, request_hash)
 
 
 @router.get("", response_model=JobList, responses=error_responses(401, 422))

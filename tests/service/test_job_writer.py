@@ -181,6 +181,25 @@ def test_every_message_names_a_committed_job(settings, writer):
     assert sent == ids
 
 
+def test_the_stored_job_is_the_row_given(settings, writer):
+    """Every column survives the batch insert (on PostgreSQL the rows travel as one JSON array): the spec's nested
+    values and types, the creation time to the microsecond, the key and the hash; a job without a key has none."""
+    owner = alice_id(settings)
+    spec = {"name": "ünïcode ✓", "loss": {"kind": "wttm", "gamma": 0.1, "beta": 1.5}, "train": {"epochs": 3},
+            "flags": [True, None, 2, "x\"y"]}
+    keyed = new_job_row(owner, name="ünïcode ✓", spec=spec, queue="gpu", idempotency_key="ci/42",
+                        request_hash="ab" * 32)
+    plain = new_job_row(owner, name="plain", spec={"name": "plain"}, queue="cpu", idempotency_key=None,
+                        request_hash=None)
+    assert writer.submit(keyed).result(timeout=30) == 1 and writer.submit(plain).result(timeout=30) == 1
+    with session_scope(settings) as session:
+        for given in (keyed, plain):
+            job = session.get(Job, given["id"])
+            assert job is not None
+            stored = {column: getattr(job, column) for column in given}
+            assert stored == given
+
+
 def test_job_ids_sort_in_the_order_they_were_made():
     """Queue positions count the jobs with smaller ids: ids of one millisecond must keep their order too."""
     from service.ids import new_job_id
@@ -210,6 +229,21 @@ def test_a_batch_of_messages_goes_to_redis_in_one_pipeline(settings, users):
         assert [json.loads(base64.b64decode(b["body"]))[0][0] for b in bodies] == [j for j, _ in jobs[:40]]
         assert {b["headers"]["task"] for b in bodies} == {"ttm.run_job"}
         assert waiting_messages(celery, ["cpu", "gpu", "never-used"]) == {"cpu": 40, "gpu": 1, "never-used": 0}
+        client.delete("cpu")
+        # the message is the one Celery's own send_task makes (but for its ids and the result it does not ask for)
+        celery.send_task("ttm.run_job", args=["job_by_celery"], queue="cpu", task_id="job_by_celery")
+        assert enqueue_jobs([("job_ours", "cpu")], celery) == []
+        theirs, ours = (json.loads(m) for m in reversed(client.lrange("cpu", 0, 1)))
+
+        def comparable(message: dict, job_id: str) -> dict:
+            varying = {"id", "root_id", "correlation_id", "delivery_tag", "reply_to", "ignore_result"}
+            body = json.loads(base64.b64decode(message["body"]))
+            assert body[0] == [job_id] and message["headers"]["argsrepr"] == repr([job_id])
+            headers = {k: v for k, v in message["headers"].items() if k not in varying | {"argsrepr"}}
+            properties = {k: v for k, v in message["properties"].items() if k not in varying}
+            return {**message, "body": body[1:], "headers": headers, "properties": properties}
+        assert comparable(ours, "job_ours") == comparable(theirs, "job_by_celery")
+        assert ours["headers"]["ignore_result"] is True  # no result backend: nothing to store
     finally:
         client.flushdb()
     away = make_celery(settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"}))
