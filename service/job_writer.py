@@ -3,10 +3,10 @@
 Every accepted job is one committed transaction before its 201 (nothing accepted may be lost), and a commit waits
 for the database to flush its log. Under load, one transaction per request makes the database's per-statement and
 per-commit work the bottleneck. Here the requests hand their rows to one writer thread per API process, which
-inserts whatever has gathered while the previous batch was committing (one INSERT for the jobs, one for their first
-events, and per queue the depth and a look at the queue's tail for the positions) and commits once. With one client
-a batch is one job, and the latency is that of a plain insert; with 32 clients the batches grow and each job costs
-a fraction of a commit.
+inserts whatever has gathered while the previous batch was committing and commits once (service.queries.jobs.
+insert_jobs: on PostgreSQL one statement for the jobs and their first events and one per queue for the positions,
+sent with the COMMIT in one round trip). With one client a batch is one job, and the latency is that of a plain
+insert; with 32 clients the batches grow and each job costs a fraction of a commit.
 
 After the commit each request gets its answer, then the writer sends the batch's "run job <id>" messages (one Redis
 pipeline: service.broker.enqueue_jobs) while the next submits gather into the next batch. (A separate sending
@@ -102,8 +102,8 @@ class JobWriter:
 
     def _write(self, batch: list[_Pending]) -> None:
         try:
-            with self.engine.begin() as conn:
-                positions = insert_jobs(conn, [p.row for p in batch])
+            with self.engine.connect() as conn:
+                positions = insert_jobs(conn, [p.row for p in batch])  # commits
         except Exception as err:  # noqa: BLE001 - every waiting request gets an answer
             if len(batch) > 1:  # one bad row (a user deleted meanwhile, say) must not fail the others
                 for pending in batch:

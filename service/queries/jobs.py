@@ -4,8 +4,10 @@ import json
 from datetime import UTC
 from typing import Any
 
+import psycopg
 from sqlalchemy import Connection, bindparam, case, func, insert, select
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, aliased
 
 from service.deps import Principal
@@ -140,45 +142,70 @@ WHERE state = %(state)s AND queue = %(queue)s AND id >= %(first)s ORDER BY id"""
 
 
 def insert_jobs(conn: Connection, rows: list[dict[str, Any]]) -> dict[str, int]:
-    """Insert new jobs (`new_job_row`) and their first events in the caller's transaction, in one statement per
-    batch on PostgreSQL (one per table on SQLite). A row whose (owner, Idempotency-Key) is taken already is skipped,
-    not an error: the caller replays the job that holds the key. Returns {inserted job id: its queue position}."""
+    """Insert new jobs (`new_job_row`) and their first events, and commit. A row whose (owner, Idempotency-Key) is
+    taken already is skipped, not an error: the caller replays the job that holds the key. Returns {inserted job id:
+    its queue position}. `conn` must have no transaction of its own open."""
     # sorted by queue: the triggers lock each queue's depth row in the same order in every batch (no deadlock)
     rows = sorted(rows, key=lambda row: (row["queue"], row["id"]))
     if any(row["state"] != QUEUED for row in rows):
         raise ValueError("insert_jobs inserts new (queued) jobs only")
-    postgres = conn.dialect.name == "postgresql"
-    if postgres:
-        batch = json.dumps([{**{name: row[name] for name in _PG_COLUMNS},
-                             "created_at": row["created_at"].astimezone(UTC).isoformat()} for row in rows])
-        params = {"rows": batch, "state": QUEUED, "reason": SUBMITTED}
-        inserted = {job_id for (job_id,) in conn.exec_driver_sql(_PG_INSERT_JOBS, params)}
-    else:
+    if conn.dialect.name == "postgresql":
+        return _insert_jobs_postgres(conn.connection.driver_connection, rows)
+    with conn.begin():
         inserted = set(conn.execute(_INSERT_NEW_KEYS, rows).scalars())
-    if not inserted:
-        return {}
-    new = [row for row in rows if row["id"] in inserted]
-    if not postgres:
+        new = [row for row in rows if row["id"] in inserted]
+        if not new:
+            return {}
         conn.execute(insert(JobEvent), [{"job_id": row["id"], "at": row["created_at"], "kind": "state",
                                          "state": QUEUED, "reason": SUBMITTED} for row in new])
+        tails = {queue: (conn.scalar(_DEPTH, {"queue": queue}) or 0,
+                         conn.scalars(_QUEUE_TAIL, {"queue": queue, "job_id": first}).all())
+                 for queue, first in _first_of_each_queue(new).items()}
+    return _positions(inserted, tails)
+
+
+def _insert_jobs_postgres(pg: psycopg.Connection[Any], rows: list[dict[str, Any]]) -> dict[str, int]:
+    """On a psycopg connection, in one round trip: BEGIN, the insert, each queue's depth and tail, and COMMIT go out
+    together in pipeline mode (four round trips otherwise, each a wake-up of the server's backend and of this
+    thread)."""
+    batch = json.dumps([{**{name: row[name] for name in _PG_COLUMNS},
+                         "created_at": row["created_at"].astimezone(UTC).isoformat()} for row in rows])
+    try:
+        with pg.pipeline():
+            insert_cursor = pg.execute(_PG_INSERT_JOBS, {"rows": batch, "state": QUEUED, "reason": SUBMITTED})
+            # from the first id of all the rows: those whose key was taken are not in the table
+            tail_cursors = {queue: pg.execute(_PG_DEPTH_AND_TAIL, {"queue": queue, "state": QUEUED, "first": first})
+                            for queue, first in _first_of_each_queue(rows).items()}
+            pg.commit()
+    except BaseException as err:
+        pg.rollback()
+        if isinstance(err, psycopg.Error):  # as SQLAlchemy would have raised it (IntegrityError, ...)
+            raise DBAPIError.instance(_PG_INSERT_JOBS, None, err, psycopg.Error) from err
+        raise
+    inserted = {job_id for (job_id,) in insert_cursor.fetchall()}
+    tails = {}
+    for queue, cursor in tail_cursors.items():
+        found = cursor.fetchall()
+        tails[queue] = ((found[0][0] or 0) if found else 0, [job_id for _, job_id in found])
+    return _positions(inserted, tails)
+
+
+def _first_of_each_queue(rows: list[dict[str, Any]]) -> dict[str, str]:
+    firsts: dict[str, str] = {}
+    for row in rows:
+        if row["id"] < firsts.get(row["queue"], "\uffff"):
+            firsts[row["queue"]] = row["id"]
+    return firsts
+
+
+def _positions(inserted: set[str], tails: dict[str, tuple[int, list[str]]]) -> dict[str, int]:
+    """Each inserted job's position from its queue's depth (the batch's inserts included; the trigger held the
+    depth row until the commit, so no other submit changed it meanwhile) minus the queued jobs behind it: the tail
+    holds the queue's jobs from the batch's first on (the batch's and the few that committed since it was made)."""
     positions: dict[str, int] = {}
-    by_queue: dict[str, list[str]] = {}
-    for row in new:
-        by_queue.setdefault(row["queue"], []).append(row["id"])
-    for queue, ids in by_queue.items():
-        # The queue's depth (this transaction's inserts included; the trigger holds its row until the commit, so no
-        # other submit changes it meanwhile) minus the queued jobs behind each new one: the new jobs and the few
-        # that committed since the oldest of them was made.
-        if postgres:
-            found = conn.exec_driver_sql(_PG_DEPTH_AND_TAIL, {"queue": queue, "state": QUEUED,
-                                                              "first": min(ids)}).all()
-            depth, tail = (found[0][0] or 0) if found else 0, [job_id for _, job_id in found]
-        else:
-            depth = conn.scalar(_DEPTH, {"queue": queue}) or 0
-            tail = conn.scalars(_QUEUE_TAIL, {"queue": queue, "job_id": min(ids)}).all()
-        mine = set(ids)
+    for depth, tail in tails.values():
         positions.update({job_id: depth - (len(tail) - 1 - rank) for rank, job_id in enumerate(tail)
-                          if job_id in mine})
+                          if job_id in inserted})
     return positions
 
 
