@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from service.admission import admission_blocks, admit
-from service.deps import CurrentUser, Principal, ReadSessionDep, SessionDep
+from service.deps import CurrentUser, Principal, authenticate, ReadSessionDep, SessionDep
 from service.errors import ApiError, not_found
 from service.job_writer import KeyTaken, WriterClosed
 from service.models import Checkpoint, Job
@@ -56,7 +56,7 @@ def _replay(session: Session, prior: Job, owner: str, request_hash: str) -> JobO
 
 
 IDEMPOTENCY_KEY_MAX = 200
-SUBMIT_DOCS = {**JOB_BODY, "parameters": [{
+SUBMIT_DOCS = {**JOB_BODY, "security": [{"HTTPBearer": []}], "parameters": [{
     "name": "Idempotency-Key", "in": "header", "required": False,
     "schema": {"type": "string", "maxLength": IDEMPOTENCY_KEY_MAX},
     "description": "the same key with the same body gives the same job (200) instead of a second one; with "
@@ -67,14 +67,15 @@ SUBMIT_DOCS = {**JOB_BODY, "parameters": [{
              responses={200: {"model": JobOut, "description": "replay of an earlier request with this "
                                                                "Idempotency-Key"},
                         **error_responses(400, 401, 409, 422, 503)})
-async def submit_job(request: Request, who: CurrentUser) -> Response:
+async def submit_job(request: Request) -> Response:
     """Submit a job spec. It is validated (architectures, γ/β/T, dataset, the teacher loading into the declared
     architecture) before it is queued; any refusal is a 422 that names the field."""
-    # The busiest route, so it reads its body and header itself and answers with the serialized model: FastAPI's
-    # parameter solving and its re-validation of the returned model cost a fifth of a submit, and the spec is
-    # validated by its own model anyway (ttm.spec.parse_spec). Async, so that a request waiting for its batch to
+    # The busiest route, so it authenticates, reads its body and header itself and answers with the serialized
+    # model: FastAPI's parameter solving and its re-validation of the returned model cost a sixth of a submit, and
+    # the spec is validated by its own model anyway (ttm.spec.parse_spec). Async, so that a request waiting for its batch to
     # commit holds no thread. Admission runs on the event loop unless it may wait on the disk or the database (a
     # teacher, a dataset folder: then in the thread pool, with a session of its own); the rows go to the job writer.
+    who = await authenticate(request)
     body = await _json_object(request)
     idempotency_key = request.headers.get("idempotency-key")
     if idempotency_key is not None and not 0 < len(idempotency_key) <= IDEMPOTENCY_KEY_MAX:

@@ -75,6 +75,13 @@ def test_malformed_bodies(client, users):
     r = client.post("/v1/jobs", content=b"{nope", headers={**bearer(users.alice), "content-type": "application/json"})
     assert _error(r, 400)["code"] == "invalid_json"
     assert _error(client.post("/v1/jobs", json=[1, 2], headers=bearer(users.alice)), 422)["field"] == "body"
+    r = client.post("/v1/jobs", content="{\"name\": \"x\"".encode("utf-16"),
+                    headers={**bearer(users.alice), "content-type": "application/json"})
+    assert _error(r, 400)["code"] == "invalid_json"  # not UTF-8 either
+    for key in ("k" * 201, ""):
+        r = client.post("/v1/jobs", json=spec_ce(), headers={**bearer(users.alice), "Idempotency-Key": key})
+        assert _error(r, 422)["field"] == "Idempotency-Key"
+    assert client.get("/v1/jobs", headers=bearer(users.alice)).json()["items"] == []  # nothing was stored
 
 
 def test_dataset_under_the_data_root_is_stored_resolved(client, users, settings):

@@ -80,4 +80,11 @@ def test_openapi_has_an_example_for_every_body(client):
     assert job_body["schema"] == {"$ref": "#/components/schemas/JobSpec"}
     assert "JobSpec" in schema["components"]["schemas"] and "TeacherSpec" in schema["components"]["schemas"]
     assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    for path, ops in schema["paths"].items():  # every /v1 route says it takes the token, the hand-made one too
+        for method, op in ops.items():
+            if path.startswith("/v1/"):
+                assert op.get("security") == [{"HTTPBearer": []}], (method, path)
+    submit_params = schema["paths"]["/v1/jobs"]["post"]["parameters"]
+    assert [(p["name"], p["in"], p["schema"]["maxLength"]) for p in submit_params] == [("Idempotency-Key", "header",
+                                                                                         200)]
     assert "swagger" in client.get("/docs").text.lower()
