@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from celery import Celery
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
@@ -55,7 +56,7 @@ def create_app(settings: Settings | None = None, *, host: str | None = None) -> 
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        threading.Thread(target=_warm_up_and_freeze, name="ttm-warm-up", daemon=True).start()
+        threading.Thread(target=_warm_up_and_freeze, args=(celery,), name="ttm-warm-up", daemon=True).start()
         if settings.auth == "off":
             log.warning(AUTH_OFF_WARNING)
         yield
@@ -86,9 +87,18 @@ def create_app(settings: Settings | None = None, *, host: str | None = None) -> 
     return app
 
 
-def _warm_up_and_freeze() -> None:
+def _warm_up_and_freeze(celery: Celery) -> None:
     start = time.perf_counter()
     warm_up()
+    # What the first submit would import otherwise: Celery's message machinery, the broker's transport (for Redis,
+    # kombu's transport and redis-py: some 100 modules) and anyio's thread pool. Imported after the freeze below,
+    # their ~20,000 objects were walked by every full collection (15-25 ms pauses, several a minute under load).
+    import anyio._backends._asyncio  # noqa: F401
+    import encodings.idna  # noqa: F401 - a host name's first connect
+
+    _ = celery.amqp.queues
+    with celery.connection_for_write() as conn:
+        _ = conn.transport  # the transport class, without connecting
     # torch and the model zoo leave some 300,000 long-lived objects in the collector's oldest generation, and every
     # full collection walked them all: pauses of 50-220 ms under load, most of POST /v1/jobs' p99. Frozen, the
     # collector no longer scans them.
