@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from service.admission import admission_blocks, admit
-from service.deps import CurrentUser, Principal, authenticate, ReadSessionDep, SessionDep
+from service.deps import CurrentUser, Principal, ReadSessionDep, SessionDep, authenticate
 from service.errors import ApiError, not_found
 from service.job_writer import KeyTaken, WriterClosed
 from service.models import Checkpoint, Job
@@ -56,6 +56,7 @@ def _replay(session: Session, prior: Job, owner: str, request_hash: str) -> JobO
 
 
 IDEMPOTENCY_KEY_MAX = 200
+SPEC_BODY_MAX = 1024 * 1024  # a job spec is a few kB: a bigger body is refused (413) before it is read whole
 SUBMIT_DOCS = {**JOB_BODY, "security": [{"HTTPBearer": []}], "parameters": [{
     "name": "Idempotency-Key", "in": "header", "required": False,
     "schema": {"type": "string", "maxLength": IDEMPOTENCY_KEY_MAX},
@@ -66,15 +67,16 @@ SUBMIT_DOCS = {**JOB_BODY, "security": [{"HTTPBearer": []}], "parameters": [{
 @router.post("", status_code=201, response_model=JobOut, openapi_extra=SUBMIT_DOCS,
              responses={200: {"model": JobOut, "description": "replay of an earlier request with this "
                                                                "Idempotency-Key"},
-                        **error_responses(400, 401, 409, 422, 503)})
+                        **error_responses(400, 401, 409, 413, 422, 503)})
 async def submit_job(request: Request) -> Response:
     """Submit a job spec. It is validated (architectures, γ/β/T, dataset, the teacher loading into the declared
     architecture) before it is queued; any refusal is a 422 that names the field."""
     # The busiest route, so it authenticates, reads its body and header itself and answers with the serialized
     # model: FastAPI's parameter solving and its re-validation of the returned model cost a sixth of a submit, and
-    # the spec is validated by its own model anyway (ttm.spec.parse_spec). Async, so that a request waiting for its batch to
-    # commit holds no thread. Admission runs on the event loop unless it may wait on the disk or the database (a
-    # teacher, a dataset folder: then in the thread pool, with a session of its own); the rows go to the job writer.
+    # the spec is validated by its own model anyway (ttm.spec.parse_spec). Async, so that a request waiting for its
+    # batch to commit holds no thread. Admission runs on the event loop unless it may wait on the disk or the
+    # database (a teacher, a dataset folder: then in the thread pool, with a session of its own); the rows go to the
+    # job writer.
     who = await authenticate(request)
     body = await _json_object(request)
     idempotency_key = request.headers.get("idempotency-key")
@@ -113,8 +115,18 @@ async def submit_job(request: Request) -> Response:
 
 
 async def _json_object(request: Request) -> dict[str, Any]:
+    too_large = ApiError(413, f"a job spec's body may hold {SPEC_BODY_MAX} bytes at most", field="body")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > SPEC_BODY_MAX:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():  # a chunked body has no length to check first
+        size += len(chunk)
+        if size > SPEC_BODY_MAX:
+            raise too_large
+        chunks.append(chunk)
     try:
-        body = json.loads(await request.body())
+        body = json.loads(b"".join(chunks))
     except ValueError:  # also a body that is not UTF-8
         raise ApiError(400, "the body is not valid JSON", code="invalid_json") from None
     if not isinstance(body, dict):

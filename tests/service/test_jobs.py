@@ -81,6 +81,12 @@ def test_malformed_bodies(client, users):
     for key in ("k" * 201, ""):
         r = client.post("/v1/jobs", json=spec_ce(), headers={**bearer(users.alice), "Idempotency-Key": key})
         assert _error(r, 422)["field"] == "Idempotency-Key"
+    huge = {**spec_ce(), "name": "x" * (1024 * 1024)}  # a spec's body is bounded (a few kB are plenty)
+    err = _error(client.post("/v1/jobs", json=huge, headers=bearer(users.alice)), 413)
+    assert err["code"] == "payload_too_large", err
+    chunked = iter([b'{"name": "', b"x" * (1024 * 1024), b'"}'])  # no Content-Length: counted as it arrives
+    r = client.post("/v1/jobs", content=chunked, headers={**bearer(users.alice), "content-type": "application/json"})
+    assert _error(r, 413)["field"] == "body"
     assert client.get("/v1/jobs", headers=bearer(users.alice)).json()["items"] == []  # nothing was stored
 
 
