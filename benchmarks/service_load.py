@@ -15,7 +15,8 @@
     answer waits for the client's event loop: with 32 clients in one process that is part of what is measured).
     Throughput is the requests finished in the measuring window over its length (a second's warm-up first).
     The generator runs on the same two cores as the server and PostgreSQL: its CPU time, the server's and the
-    whole machine's busy share are recorded per level.
+    whole machine's busy share are recorded per level, with a speed probe
+    (the CPU time of a fixed pure-Python loop just before the level: this VM's speed varies by up to 2x).
 
 (2) Latency with a worker: `ttm serve --workers 1` on another fresh database. After a warm-up job (the worker idle
     again), TRIALS tiny jobs (digits, resnet8, CE, 3 epochs), one at a time:
@@ -287,9 +288,24 @@ def queued_jobs(database_url: str) -> int:
         return conn.execute("SELECT count(*) FROM jobs WHERE state = 'queued'").fetchone()[0]
 
 
+def speed_probe_ms() -> float:
+    """CPU milliseconds of a fixed pure-Python workload, taken before each level while the machine is otherwise
+    quiet: this shared VM's speed varies by up to 2x within an hour, so each level's figures come with it (smaller
+    is faster). The best of five, so that one preemption does not count."""
+    best = float("inf")
+    for _ in range(5):
+        start = time.process_time()
+        total = 0
+        for i in range(200_000):
+            total += i * i % 7
+        best = min(best, time.process_time() - start)
+    return round(best * 1000, 1)
+
+
 def measure_level(proc: subprocess.Popen, url: str, token: str, concurrency: int, duration: float, warmup: float,
                   make_request, generator: str, database_url: str) -> dict[str, Any]:
     depth = queued_jobs(database_url)
+    probe = speed_probe_ms()
     server0, self0, (busy0, total0) = tree_cpu_seconds(proc.pid), self_cpu_seconds(), machine_busy()
     wall0 = time.perf_counter()
     figures = asyncio.run(closed_loop(url, token, concurrency, duration, warmup, make_request, generator))
@@ -301,13 +317,13 @@ def measure_level(proc: subprocess.Popen, url: str, token: str, concurrency: int
         "generator_cpu_ms_per_request": round((self_cpu_seconds() - self0) * 1000 / n, 3),
         "machine_busy_share": round((busy1 - busy0) / max(1, total1 - total0), 3),
         "wall_s": round(wall, 1), "queued_jobs_at_start": depth,
-        "loadavg_1min_after": round(os.getloadavg()[0], 2)})
+        "loadavg_1min_after": round(os.getloadavg()[0], 2), "speed_probe_ms": probe})
     print(f"    {generator:5s} N={concurrency:2d}: {figures['throughput_rps']:7.1f} req/s  "
           f"p50 {figures['p50_ms']:7.2f} ms  "
           f"p99 {figures['p99_ms']:7.2f} ms  statuses {figures['statuses']}  server "
           f"{figures['server_cpu_ms_per_request']} ms CPU/req, generator {figures['generator_cpu_ms_per_request']} "
           f"ms CPU/req, machine busy {figures['machine_busy_share']:.0%}, load {figures['loadavg_1min_after']}, "
-          f"{depth} queued",
+          f"{depth} queued, speed probe {probe} ms",
           flush=True)
     return figures
 

@@ -52,15 +52,24 @@ def _imagefolder_classes(path: Path) -> int | None:
     return sum(1 for p in train.iterdir() if p.is_dir()) or None
 
 
+class WouldBlock(Exception):
+    """Admission needs the database or the disk (a teacher not seen lately, a dataset folder): run it again with
+    `may_block` in the thread pool."""
+
+
 def admit(make_session: Callable[[], Session], who: Principal, body: dict[str, Any], settings: Settings,
-          checks: TeacherCheckCache) -> Admitted:
-    """The admitted job, or an ApiError/SpecError naming the field. Opens a session only for a teacher."""
+          checks: TeacherCheckCache, *, may_block: bool = True) -> Admitted:
+    """The admitted job, or an ApiError/SpecError naming the field. Opens a session only for a teacher not seen in
+    the last seconds; without `may_block`, raises WouldBlock instead of touching the database or the disk (so that
+    most submits are admitted on the event loop: parsing a spec takes some 50 µs, a thread-pool hop more)."""
     spec = parse_spec(body)  # SpecError → 422 naming the field (errors.py)
     data = spec.dataset
     if data.root is not None:
         data.root = str(inside_data_root(data.root, "dataset.root", settings.data_root))
     num_classes = spec.num_classes
     if data.path is not None:
+        if not may_block:
+            raise WouldBlock
         path = inside_data_root(data.path, "dataset.path", settings.data_root)
         if not path.is_dir():
             raise _refuse("dataset.path", f"{data.path} is not a directory under the data root")
@@ -68,28 +77,27 @@ def admit(make_session: Callable[[], Session], who: Principal, body: dict[str, A
         if num_classes is None:
             num_classes = _imagefolder_classes(path)
     if spec.teacher is not None:
-        with make_session() as session:
-            _check_teacher(session, who, spec, num_classes, checks)
+        _check_teacher(make_session, who, spec, num_classes, checks, may_block)
     return Admitted(spec, spec.model_dump(mode="json"), choose_queue(spec))
 
 
-def admission_blocks(body: dict[str, Any]) -> bool:
-    """Whether admitting this body may wait on the disk or the database (a teacher to look up and load, a dataset
-    folder to list): such bodies are admitted in the thread pool, the others on the event loop (parsing a spec
-    takes some 50 µs; a thread-pool hop costs more than that)."""
-    dataset = body.get("dataset")
-    return body.get("teacher") is not None or (isinstance(dataset, dict) and dataset.get("path") is not None)
-
-
-def _check_teacher(session: Session, who: Principal, spec: JobSpec, num_classes: int | None,
-                   checks: TeacherCheckCache) -> None:
-    try:
-        source = resolve_teacher(session, spec, None if who.is_admin else who.id)
-    except TeacherProblem as err:
-        raise _refuse(err.field, str(err), code="invalid_teacher") from None
-    assert source is not None
-    field = "teacher.job" if spec.teacher and spec.teacher.job else (
-        "teacher.torchscript" if source.torchscript else "teacher.weights")
+def _check_teacher(make_session: Callable[[], Session], who: Principal, spec: JobSpec, num_classes: int | None,
+                   checks: TeacherCheckCache, may_block: bool) -> None:
+    assert spec.teacher is not None
+    owner = None if who.is_admin else who.id
+    key = (owner, spec.teacher.model_dump_json())
+    source = checks.known_source(key)
+    if source is None:
+        if not may_block:
+            raise WouldBlock
+        try:
+            with make_session() as session:
+                source = resolve_teacher(session, spec, owner)
+        except TeacherProblem as err:
+            raise _refuse(err.field, str(err), code="invalid_teacher") from None
+        assert source is not None
+        checks.remember_source(key, source)
+    field = "teacher.job" if spec.teacher.job else ("teacher.torchscript" if source.torchscript else "teacher.weights")
     if num_classes is None:
         raise _refuse("dataset.num_classes", "give num_classes (or a path whose train/ holds one folder per "
                                              "class): the teacher is checked against it")
@@ -100,6 +108,11 @@ def _check_teacher(session: Session, who: Principal, spec: JobSpec, num_classes:
     if source.in_channels is not None and source.in_channels != channels:
         raise _refuse(field, f"the teacher job's student takes {source.in_channels} input channels, this dataset "
                              f"has {channels}", code="invalid_teacher")
-    problem = checks.check(source, num_classes=num_classes, in_channels=channels, image_size=image_size_of(spec))
+    size = image_size_of(spec)
+    seen, problem = checks.known(source, num_classes=num_classes, in_channels=channels, image_size=size)
+    if not seen:
+        if not may_block:
+            raise WouldBlock
+        problem = checks.check(source, num_classes=num_classes, in_channels=channels, image_size=size)
     if problem is not None:
         raise _refuse(field, problem, code="invalid_teacher")

@@ -8,6 +8,7 @@ repeated submit costs a dictionary lookup. torch is imported on the first check,
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -99,13 +100,31 @@ def resolve_teacher(session: Session, spec: JobSpec, owner_id: int | None) -> Te
 
 class TeacherCheckCache:
     """Outcomes of teacher checks (None: it loads; a string: why not), least recently used out first. One check
-    runs at a time: a burst of submits with a new teacher loads it once, and the server's cores stay for requests."""
+    runs at a time: a burst of submits with a new teacher loads it once, and the server's cores stay for requests.
+
+    It also remembers, for SOURCE_TTL seconds, where a spec's teacher resolved to (the artifact or the job's best
+    checkpoint, for this owner), so that a run of submits naming the same teacher makes no query each: artifacts
+    and best checkpoints do not change, and a user deleted meanwhile can still submit for as long as their token
+    stays in the token cache anyway. With both cached, admission needs neither the database nor the disk."""
+
+    SOURCE_TTL = 10.0
 
     def __init__(self, size: int = 512):
         self.size = size
         self._items: OrderedDict[tuple[Any, ...], str | None] = OrderedDict()
+        self._sources: dict[tuple[Any, ...], tuple[float, TeacherSource]] = {}
         self._lock = threading.Lock()
         self._check_lock = threading.Lock()
+
+    def known_source(self, key: tuple[Any, ...]) -> TeacherSource | None:
+        hit = self._sources.get(key)
+        return hit[1] if hit is not None and hit[0] >= time.monotonic() else None
+
+    def remember_source(self, key: tuple[Any, ...], source: TeacherSource) -> None:
+        with self._lock:
+            if len(self._sources) >= 8 * self.size:
+                self._sources.clear()
+            self._sources[key] = (time.monotonic() + self.SOURCE_TTL, source)
 
     def _get(self, key: tuple[Any, ...]) -> tuple[bool, str | None]:
         with self._lock:
@@ -114,8 +133,17 @@ class TeacherCheckCache:
                 return True, self._items[key]
             return False, None
 
+    @staticmethod
+    def _key(source: TeacherSource, num_classes: int, in_channels: int, image_size: int) -> tuple[Any, ...]:
+        return source.sha256, source.arch, source.fmt, num_classes, in_channels, image_size
+
+    def known(self, source: TeacherSource, *, num_classes: int, in_channels: int,
+              image_size: int) -> tuple[bool, str | None]:
+        """(whether this check ran already, its outcome), without running it."""
+        return self._get(self._key(source, num_classes, in_channels, image_size))
+
     def check(self, source: TeacherSource, *, num_classes: int, in_channels: int, image_size: int) -> str | None:
-        key = (source.sha256, source.arch, source.fmt, num_classes, in_channels, image_size)
+        key = self._key(source, num_classes, in_channels, image_size)
         hit, outcome = self._get(key)
         if hit:
             return outcome

@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse, PlainTextResponse
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from service.admission import admission_blocks, admit
+from service.admission import WouldBlock, admit
 from service.deps import CurrentUser, Principal, ReadSessionDep, SessionDep, authenticate
 from service.errors import ApiError, not_found
 from service.job_writer import KeyTaken, WriterClosed
@@ -74,9 +74,9 @@ async def submit_job(request: Request) -> Response:
     # The busiest route, so it authenticates, reads its body and header itself and answers with the serialized
     # model: FastAPI's parameter solving and its re-validation of the returned model cost a sixth of a submit, and
     # the spec is validated by its own model anyway (ttm.spec.parse_spec). Async, so that a request waiting for its
-    # batch to commit holds no thread. Admission runs on the event loop unless it may wait on the disk or the
-    # database (a teacher, a dataset folder: then in the thread pool, with a session of its own); the rows go to the
-    # job writer.
+    # batch to commit holds no thread. Admission runs on the event loop unless it would wait on the database or the
+    # disk (a teacher not seen lately, a dataset folder: then in the thread pool, with a session of its own); the
+    # rows go to the job writer.
     who = await authenticate(request)
     body = await _json_object(request)
     idempotency_key = request.headers.get("idempotency-key")
@@ -86,10 +86,10 @@ async def submit_job(request: Request) -> Response:
     state = request.app.state
     make_session = state.read_sessionmaker  # admission and replays only read
     try:
-        if admission_blocks(body):
+        try:
+            admitted = admit(make_session, who, body, state.settings, state.teacher_checks, may_block=False)
+        except WouldBlock:
             admitted = await run_in_threadpool(admit, make_session, who, body, state.settings, state.teacher_checks)
-        else:
-            admitted = admit(make_session, who, body, state.settings, state.teacher_checks)
     except (ApiError, SpecError):
         if not idempotency_key:
             raise
