@@ -61,9 +61,17 @@ _POSITION = select(func.count()).select_from(Job).where(
     Job.state == QUEUED, Job.queue == bindparam("queue"), Job.id < bindparam("job_id"))
 
 
-_DEPTH = select(QueueDepth.depth).where(QueueDepth.queue == bindparam("queue"))
-_QUEUE_TAIL = select(Job.id).where(Job.state == QUEUED, Job.queue == bindparam("queue"),
-                                   Job.id >= bindparam("job_id")).order_by(Job.id)
+# A queue's depth and its queued jobs from `first` on, in one statement (one snapshot): a job's position is the
+# depth minus the queued jobs behind it, which costs the jobs newer than `first`, not the whole queue ahead.
+_DEPTH_AND_TAIL = (select(select(QueueDepth.depth).where(QueueDepth.queue == bindparam("queue")).scalar_subquery(),
+                          Job.id)
+                   .where(Job.state == QUEUED, Job.queue == bindparam("queue"), Job.id >= bindparam("first"))
+                   .order_by(Job.id))
+
+
+def _depth_and_tail(conn: Connection | Session, queue: str, first: str) -> tuple[int, list[str]]:
+    found = conn.execute(_DEPTH_AND_TAIL, {"queue": queue, "first": first}).all()
+    return (found[0][0] or 0) if found else 0, [job_id for _, job_id in found]
 
 
 def queue_position(session: Session, job: Job) -> int | None:
@@ -73,19 +81,34 @@ def queue_position(session: Session, job: Job) -> int | None:
     return int(session.scalar(_POSITION, {"queue": job.queue, "job_id": job.id}) or 0) + 1
 
 
+_behind = aliased(Job)
+_DEPTH_BEHIND_AND_RANGE = (
+    select(select(QueueDepth.depth).where(QueueDepth.queue == bindparam("queue")).scalar_subquery(),
+           select(func.count()).select_from(_behind).where(
+               _behind.state == QUEUED, _behind.queue == bindparam("queue"), _behind.id > bindparam("last"))
+           .scalar_subquery(),
+           Job.id)
+    .where(Job.state == QUEUED, Job.queue == bindparam("queue"), Job.id >= bindparam("first"),
+           Job.id <= bindparam("last"))
+    .order_by(Job.id))
+
+
 def queue_positions(session: Session, jobs: list[Job]) -> dict[str, int]:
-    """Positions for many queued jobs in one query per queue (a page of the job list)."""
-    out: dict[str, int] = {}
+    """Positions for many queued jobs in one query per queue (a page of the job list): the queue's depth, minus the
+    queued jobs newer than the page (an index count), minus those within the page's range behind each. The newest
+    pages, which are the ones read, cost a few rows however long the queue (90,000 queued: 90-130 ms for the first
+    page when the positions were counted from the front)."""
     by_queue: dict[str, list[str]] = {}
     for job in jobs:
         if job.state == QUEUED:
             by_queue.setdefault(job.queue, []).append(job.id)
+    positions: dict[str, int] = {}
     for queue, ids in by_queue.items():
-        ranked = (select(Job.id, func.row_number().over(order_by=Job.id).label("pos"))
-                  .where(Job.state == QUEUED, Job.queue == queue, Job.id <= max(ids)).subquery())
-        for job_id, pos in session.execute(select(ranked.c.id, ranked.c.pos).where(ranked.c.id.in_(ids))):
-            out[job_id] = int(pos)
-    return out
+        found = session.execute(_DEPTH_BEHIND_AND_RANGE, {"queue": queue, "first": min(ids), "last": max(ids)}).all()
+        if found:
+            depth, behind = found[0][0] or 0, found[0][1] or 0
+            positions.update(_positions(set(ids), {queue: (depth - behind, [job_id for _, _, job_id in found])}))
+    return positions
 
 
 def find_idempotent(session: Session, owner_id: int, key: str) -> Job | None:
@@ -158,9 +181,7 @@ def insert_jobs(conn: Connection, rows: list[dict[str, Any]]) -> dict[str, int]:
             return {}
         conn.execute(insert(JobEvent), [{"job_id": row["id"], "at": row["created_at"], "kind": "state",
                                          "state": QUEUED, "reason": SUBMITTED} for row in new])
-        tails = {queue: (conn.scalar(_DEPTH, {"queue": queue}) or 0,
-                         conn.scalars(_QUEUE_TAIL, {"queue": queue, "job_id": first}).all())
-                 for queue, first in _first_of_each_queue(new).items()}
+        tails = {queue: _depth_and_tail(conn, queue, first) for queue, first in _first_of_each_queue(new).items()}
     return _positions(inserted, tails)
 
 
@@ -198,14 +219,14 @@ def _first_of_each_queue(rows: list[dict[str, Any]]) -> dict[str, str]:
     return firsts
 
 
-def _positions(inserted: set[str], tails: dict[str, tuple[int, list[str]]]) -> dict[str, int]:
-    """Each inserted job's position from its queue's depth (the batch's inserts included; the trigger held the
-    depth row until the commit, so no other submit changed it meanwhile) minus the queued jobs behind it: the tail
-    holds the queue's jobs from the batch's first on (the batch's and the few that committed since it was made)."""
+def _positions(wanted: set[str], tails: dict[str, tuple[int, list[str]]]) -> dict[str, int]:
+    """Each wanted job's position from its queue's depth minus the queued jobs behind it: a tail holds the queue's
+    jobs from the first wanted one on. (For a batch being inserted, the depth counts the batch's own rows: the
+    trigger holds the depth row until the commit, so no other submit changes it meanwhile.)"""
     positions: dict[str, int] = {}
     for depth, tail in tails.values():
         positions.update({job_id: depth - (len(tail) - 1 - rank) for rank, job_id in enumerate(tail)
-                          if job_id in inserted})
+                          if job_id in wanted})
     return positions
 
 

@@ -73,3 +73,36 @@ def test_submit_positions_come_from_the_depth(client, users):
     assert later["queue_position"] == 3  # two ahead of it: the cancelled one no longer counts
     again = client.get(f"/v1/jobs/{later['id']}", headers=bearer(users.bob)).json()
     assert again["queue_position"] == 3  # the read path counts, the submit path subtracts: the same answer
+
+
+def test_list_positions_agree_with_counting_from_the_front(client, users):
+    """The job list takes positions from the depth and the jobs newer than the page; GET /v1/jobs/{id} counts the
+    jobs ahead. Two owners interleaved over two queues, some jobs cancelled, newer jobs of another owner after the
+    page: every page of alice's list gives every job the same position as its own GET."""
+    def post(token: str, name: str, gpus: int) -> str:
+        spec = {**spec_ce(name), "resources": {"gpus": gpus}}
+        r = client.post("/v1/jobs", json=spec, headers=bearer(token))
+        assert r.status_code == 201, r.text
+        return r.json()["id"]
+
+    mine = []
+    for i in range(12):
+        mine.append(post(users.alice, f"a{i}", i % 2))
+        post(users.bob, f"b{i}", (i + 1) % 2)
+    for job_id in mine[2::5]:
+        assert client.post(f"/v1/jobs/{job_id}/cancel", headers=bearer(users.alice)).status_code == 200
+    for i in range(4):  # newer than every job of alice's
+        post(users.bob, f"late{i}", i % 2)
+    seen, cursor = {}, None
+    while True:
+        page = client.get("/v1/jobs", params={"limit": 3, **({"cursor": cursor} if cursor else {})},
+                          headers=bearer(users.alice)).json()
+        seen.update({job["id"]: job["queue_position"] for job in page["items"]})
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert set(seen) == set(mine)
+    for job_id, position in seen.items():
+        alone = client.get(f"/v1/jobs/{job_id}", headers=bearer(users.alice)).json()
+        assert position == alone["queue_position"], (job_id, alone["state"])
+    assert sum(p is None for p in seen.values()) == len(mine[2::5]) == 2  # the cancelled ones
