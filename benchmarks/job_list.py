@@ -1,9 +1,11 @@
-"""A page of the job list (`GET /v1/jobs`) on a deep queue: the query the route runs, in-process.
+"""A page of the job list (`GET /v1/jobs`), and one job (`GET /v1/jobs/{id}`), on a deep queue: the queries the
+routes run, in-process.
 
 A fresh PostgreSQL database (dropped after) gets QUEUED queued jobs of one user (through the job writer's own
 insert, in batches of 1,000), then ANALYZE. For the newest page and for a page in the middle of the queue, the
 route's two steps are timed: the page itself (`list_jobs`, newest first, LIMIT 50) and its queue positions
-(`queue_positions`). Best of five, after one untimed run. Nothing else runs against the database meanwhile.
+(`queue_positions`); and GET /v1/jobs/{id}'s one statement (`get_job_with_position`) for the oldest, the middle
+and the newest job. Best of five, after one untimed run. Nothing else runs against the database meanwhile.
 
     .venv/bin/python -m benchmarks.job_list [--queued 90000]   # about 1 minute; benchmarks/results/job_list-cpu.json
 """
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     from service.db import get_engine, make_sessionmaker, session_scope
     from service.deps import Principal
     from service.migrate import upgrade_to_head
-    from service.queries.jobs import insert_jobs, list_jobs, new_job_row, queue_positions
+    from service.queries.jobs import get_job_with_position, insert_jobs, list_jobs, new_job_row, queue_positions
     from service.queries.users import create_user
     from service.settings import Settings
 
@@ -78,6 +80,13 @@ def main(argv: list[str] | None = None) -> None:
                     "positions": [min(positions.values()), max(positions.values())]}
                 print(f"{label}: page {figures[label]['list_ms']} ms, positions {figures[label]['positions_ms']} ms "
                       f"(positions {figures[label]['positions'][0]}-{figures[label]['positions'][1]})", flush=True)
+            for label, offset in (("oldest job", 0), ("middle job", args.queued // 2), ("newest job", args.queued - 1)):
+                job_id = session.scalar(text("SELECT id FROM jobs ORDER BY id OFFSET :n LIMIT 1"), {"n": offset})
+                found = get_job_with_position(session, who, job_id)
+                assert found is not None
+                figures[label] = {"get_ms": best_ms(lambda: get_job_with_position(session, who, job_id)),
+                                  "position": found[2]}
+                print(f"{label}: {figures[label]['get_ms']} ms (position {found[2]})", flush=True)
     finally:
         from service.db import dispose_engines
 

@@ -5,7 +5,7 @@ from datetime import UTC
 from typing import Any
 
 import psycopg
-from sqlalchemy import Connection, bindparam, case, func, insert, select
+from sqlalchemy import Connection, bindparam, case, func, insert, literal, select
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, aliased
@@ -25,11 +25,32 @@ def get_job(session: Session, who: Principal, job_id: str) -> tuple[Job, str] | 
     return (row[0], row[1]) if row else None
 
 
-_ahead = aliased(Job)
-_JOB_WITH_POSITION = (
-    select(Job, User.name, case((Job.state == QUEUED, select(func.count()).select_from(_ahead).where(
-        _ahead.state == QUEUED, _ahead.queue == Job.queue, _ahead.id < Job.id).correlate(Job).scalar_subquery() + 1)))
-    .join(User, User.id == Job.owner_id).where(Job.id == bindparam("job_id")))
+_ahead, _behind_job = aliased(Job), aliased(Job)
+POSITION_CAP = 1000  # jobs counted on either side before a position falls back to counting the whole queue ahead
+
+
+def _capped_count(other: Any, newer: bool) -> Any:
+    """The queued jobs of Job's queue older (newer) than Job, counted up to :cap."""
+    side = other.id > Job.id if newer else other.id < Job.id
+    inner = (select(literal(1)).select_from(other).where(other.state == QUEUED, other.queue == Job.queue, side)
+             .correlate(Job).limit(bindparam("cap")).subquery())
+    return select(func.count()).select_from(inner).scalar_subquery()
+
+
+_COUNT_AHEAD = select(func.count()).select_from(_ahead).where(
+    _ahead.state == QUEUED, _ahead.queue == Job.queue, _ahead.id < Job.id).correlate(Job).scalar_subquery()
+_DEPTH_OF_JOB = select(QueueDepth.depth).where(QueueDepth.queue == Job.queue).correlate(Job).scalar_subquery()
+# A queued job's position, counting the shorter side: the jobs ahead when there are few (the next to run), or the
+# queue's depth minus the jobs behind (one just submitted to a long queue, which its submitter polls); in the
+# middle of a long queue, all the jobs ahead. (A count of all the jobs ahead cost 5-10 ms at 90,000 queued.)
+_POSITION_OF_JOB = case(
+    (Job.state != QUEUED, None),
+    (_capped_count(_ahead, newer=False) < bindparam("cap"), _capped_count(_ahead, newer=False) + 1),
+    (_capped_count(_behind_job, newer=True) < bindparam("cap"),
+     func.coalesce(_DEPTH_OF_JOB, 0) - _capped_count(_behind_job, newer=True)),
+    else_=_COUNT_AHEAD + 1)
+_JOB_WITH_POSITION = (select(Job, User.name, _POSITION_OF_JOB).join(User, User.id == Job.owner_id)
+                      .where(Job.id == bindparam("job_id")))
 _OWN_JOB_WITH_POSITION = _JOB_WITH_POSITION.where(Job.owner_id == bindparam("owner_id"))
 
 
@@ -37,9 +58,10 @@ def get_job_with_position(session: Session, who: Principal, job_id: str) -> tupl
     """get_job and queue_position in one round trip, from a statement built once (GET /v1/jobs/{id} is the hot
     read)."""
     if who.is_admin:
-        row = session.execute(_JOB_WITH_POSITION, {"job_id": job_id}).first()
+        row = session.execute(_JOB_WITH_POSITION, {"job_id": job_id, "cap": POSITION_CAP}).first()
     else:
-        row = session.execute(_OWN_JOB_WITH_POSITION, {"job_id": job_id, "owner_id": who.id}).first()
+        row = session.execute(_OWN_JOB_WITH_POSITION, {"job_id": job_id, "owner_id": who.id,
+                                                       "cap": POSITION_CAP}).first()
     return (row[0], row[1], None if row[2] is None else int(row[2])) if row else None
 
 

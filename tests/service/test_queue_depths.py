@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+
 from sqlalchemy import delete, func, select, text, update
 
 from service.db import session_scope
@@ -75,10 +77,16 @@ def test_submit_positions_come_from_the_depth(client, users):
     assert again["queue_position"] == 3  # the read path counts, the submit path subtracts: the same answer
 
 
-def test_list_positions_agree_with_counting_from_the_front(client, users):
+@pytest.mark.parametrize("cap", [1000, 2])
+def test_list_positions_agree_with_counting_from_the_front(client, users, monkeypatch, cap):
     """The job list takes positions from the depth and the jobs newer than the page; GET /v1/jobs/{id} counts the
-    jobs ahead. Two owners interleaved over two queues, some jobs cancelled, newer jobs of another owner after the
-    page: every page of alice's list gives every job the same position as its own GET."""
+    shorter side (up to `cap` jobs ahead, or the depth minus up to `cap` behind, else all the jobs ahead: with a
+    cap of 2, each way is taken). Two owners interleaved over two queues, some jobs cancelled, newer jobs of
+    another owner after the page: every page of alice's list gives every job the same position as its own GET,
+    and the GETs give each queue the positions 1..n."""
+    import service.queries.jobs
+
+    monkeypatch.setattr(service.queries.jobs, "POSITION_CAP", cap)
     def post(token: str, name: str, gpus: int) -> str:
         spec = {**spec_ce(name), "resources": {"gpus": gpus}}
         r = client.post("/v1/jobs", json=spec, headers=bearer(token))
@@ -105,4 +113,10 @@ def test_list_positions_agree_with_counting_from_the_front(client, users):
     for job_id, position in seen.items():
         alone = client.get(f"/v1/jobs/{job_id}", headers=bearer(users.alice)).json()
         assert position == alone["queue_position"], (job_id, alone["state"])
+    everyone = client.get("/v1/jobs", params={"limit": 200, "state": "queued"}, headers=bearer(users.admin)).json()
+    by_queue: dict[str, list[int]] = {}
+    for job in everyone["items"]:
+        alone = client.get(f"/v1/jobs/{job['id']}", headers=bearer(users.admin)).json()
+        by_queue.setdefault(job["queue"], []).append(alone["queue_position"])
+    assert {q: sorted(p) for q, p in by_queue.items()} == {q: list(range(1, len(p) + 1)) for q, p in by_queue.items()}
     assert sum(p is None for p in seen.values()) == len(mine[2::5]) == 2  # the cancelled ones
