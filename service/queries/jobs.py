@@ -25,7 +25,7 @@ def get_job(session: Session, who: Principal, job_id: str) -> tuple[Job, str] | 
     return (row[0], row[1]) if row else None
 
 
-_ahead, _behind_job = aliased(Job), aliased(Job)
+_ahead, _behind = aliased(Job), aliased(Job)
 POSITION_CAP = 1000  # jobs counted on either side before a position falls back to counting the whole queue ahead
 
 
@@ -46,8 +46,8 @@ _DEPTH_OF_JOB = select(QueueDepth.depth).where(QueueDepth.queue == Job.queue).co
 _POSITION_OF_JOB = case(
     (Job.state != QUEUED, None),
     (_capped_count(_ahead, newer=False) < bindparam("cap"), _capped_count(_ahead, newer=False) + 1),
-    (_capped_count(_behind_job, newer=True) < bindparam("cap"),
-     func.coalesce(_DEPTH_OF_JOB, 0) - _capped_count(_behind_job, newer=True)),
+    (_capped_count(_behind, newer=True) < bindparam("cap"),
+     func.coalesce(_DEPTH_OF_JOB, 0) - _capped_count(_behind, newer=True)),
     else_=_COUNT_AHEAD + 1)
 _JOB_WITH_POSITION = (select(Job, User.name, _POSITION_OF_JOB).join(User, User.id == Job.owner_id)
                       .where(Job.id == bindparam("job_id")))
@@ -103,7 +103,6 @@ def queue_position(session: Session, job: Job) -> int | None:
     return int(session.scalar(_POSITION, {"queue": job.queue, "job_id": job.id}) or 0) + 1
 
 
-_behind = aliased(Job)
 _DEPTH_BEHIND_AND_RANGE = (
     select(select(QueueDepth.depth).where(QueueDepth.queue == bindparam("queue")).scalar_subquery(),
            select(func.count()).select_from(_behind).where(
