@@ -101,7 +101,8 @@ async def get_current_user(request: Request,
 
 async def authenticate(request: Request) -> Principal:
     """The caller of this request, from its bearer token (or the local admin when auth is off); 401 otherwise. Also
-    called directly by the busiest route, for which FastAPI's dependency solving was a tenth of the CPU."""
+    called directly by the busiest route (POST /v1/jobs), where solving it as a dependency cost ~5 % of the server's
+    CPU per submit (measured)."""
     # no session dependency: a cached token (most requests) needs none, and a generator dependency costs every
     # request a context manager
     state = request.app.state
