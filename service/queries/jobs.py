@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import UTC
 from typing import Any
 
 import psycopg
 from sqlalchemy import Connection, bindparam, case, func, insert, literal, select
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, aliased
 
@@ -83,17 +85,25 @@ _POSITION = select(func.count()).select_from(Job).where(
     Job.state == QUEUED, Job.queue == bindparam("queue"), Job.id < bindparam("job_id"))
 
 
+_DEPTH_OF_QUEUE = select(QueueDepth.depth).where(QueueDepth.queue == bindparam("queue")).scalar_subquery()
 # A queue's depth and its queued jobs from `first` on, in one statement (one snapshot): a job's position is the
 # depth minus the queued jobs behind it, which costs the jobs newer than `first`, not the whole queue ahead.
-_DEPTH_AND_TAIL = (select(select(QueueDepth.depth).where(QueueDepth.queue == bindparam("queue")).scalar_subquery(),
-                          Job.id)
+_DEPTH_AND_TAIL = (select(_DEPTH_OF_QUEUE, Job.id)
                    .where(Job.state == QUEUED, Job.queue == bindparam("queue"), Job.id >= bindparam("first"))
                    .order_by(Job.id))
+# The same for the writer's psycopg pipeline: compiled once, with its constants ({"queue": None, "first": None,
+# the state: "queued"}) to be completed per call.
+_PG_DEPTH_AND_TAIL = _DEPTH_AND_TAIL.compile(dialect=postgresql_psycopg.dialect())
+_PG_DEPTH_AND_TAIL_SQL, _PG_DEPTH_AND_TAIL_PARAMS = str(_PG_DEPTH_AND_TAIL), dict(_PG_DEPTH_AND_TAIL.params)
+
+
+def _depth_and_ids(found: Sequence[Sequence[Any]]) -> tuple[int, list[str]]:
+    """(the depth, the job ids) of _DEPTH_AND_TAIL's rows: the depth on every row, the id last."""
+    return (found[0][0] or 0) if found else 0, [row[-1] for row in found]
 
 
 def _depth_and_tail(conn: Connection | Session, queue: str, first: str) -> tuple[int, list[str]]:
-    found = conn.execute(_DEPTH_AND_TAIL, {"queue": queue, "first": first}).all()
-    return (found[0][0] or 0) if found else 0, [job_id for _, job_id in found]
+    return _depth_and_ids(conn.execute(_DEPTH_AND_TAIL, {"queue": queue, "first": first}).all())
 
 
 def queue_position(session: Session, job: Job) -> int | None:
@@ -104,7 +114,7 @@ def queue_position(session: Session, job: Job) -> int | None:
 
 
 _DEPTH_BEHIND_AND_RANGE = (
-    select(select(QueueDepth.depth).where(QueueDepth.queue == bindparam("queue")).scalar_subquery(),
+    select(_DEPTH_OF_QUEUE,
            select(func.count()).select_from(_behind).where(
                _behind.state == QUEUED, _behind.queue == bindparam("queue"), _behind.id > bindparam("last"))
            .scalar_subquery(),
@@ -127,8 +137,8 @@ def queue_positions(session: Session, jobs: list[Job]) -> dict[str, int]:
     for queue, ids in by_queue.items():
         found = session.execute(_DEPTH_BEHIND_AND_RANGE, {"queue": queue, "first": min(ids), "last": max(ids)}).all()
         if found:
-            depth, behind = found[0][0] or 0, found[0][1] or 0
-            positions.update(_positions(set(ids), {queue: (depth - behind, [job_id for _, _, job_id in found])}))
+            depth, tail = _depth_and_ids(found)
+            positions.update(_positions(set(ids), {queue: (depth - (found[0][1] or 0), tail)}))
     return positions
 
 
@@ -179,10 +189,6 @@ INSERT INTO job_events (job_id, at, kind, state, reason)
 SELECT id, created_at, 'state', %(state)s, %(reason)s FROM new ORDER BY id
 RETURNING job_id"""
 _PG_COLUMNS = ("id", "owner_id", "name", "spec", "queue", "idempotency_key", "request_hash")
-# The queue's depth and its tail from the oldest new job on, in one round trip.
-_PG_DEPTH_AND_TAIL = """
-SELECT (SELECT depth FROM queue_depths WHERE queue = %(queue)s), id FROM jobs
-WHERE state = %(state)s AND queue = %(queue)s AND id >= %(first)s ORDER BY id"""
 
 
 def insert_jobs(conn: Connection, rows: list[dict[str, Any]]) -> dict[str, int]:
@@ -216,7 +222,8 @@ def _insert_jobs_postgres(pg: psycopg.Connection[Any], rows: list[dict[str, Any]
         with pg.pipeline():
             insert_cursor = pg.execute(_PG_INSERT_JOBS, {"rows": batch, "state": QUEUED, "reason": SUBMITTED})
             # from the first id of all the rows: those whose key was taken are not in the table
-            tail_cursors = {queue: pg.execute(_PG_DEPTH_AND_TAIL, {"queue": queue, "state": QUEUED, "first": first})
+            tail_cursors = {queue: pg.execute(_PG_DEPTH_AND_TAIL_SQL,
+                                              {**_PG_DEPTH_AND_TAIL_PARAMS, "queue": queue, "first": first})
                             for queue, first in _first_of_each_queue(rows).items()}
             pg.commit()
     except BaseException as err:
@@ -225,11 +232,7 @@ def _insert_jobs_postgres(pg: psycopg.Connection[Any], rows: list[dict[str, Any]
             raise DBAPIError.instance(_PG_INSERT_JOBS, None, err, psycopg.Error) from err
         raise
     inserted = {job_id for (job_id,) in insert_cursor.fetchall()}
-    tails = {}
-    for queue, cursor in tail_cursors.items():
-        found = cursor.fetchall()
-        tails[queue] = ((found[0][0] or 0) if found else 0, [job_id for _, job_id in found])
-    return _positions(inserted, tails)
+    return _positions(inserted, {queue: _depth_and_ids(cursor.fetchall()) for queue, cursor in tail_cursors.items()})
 
 
 def _first_of_each_queue(rows: list[dict[str, Any]]) -> dict[str, str]:
