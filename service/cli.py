@@ -2,12 +2,14 @@
 everything else goes to stderr."""
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated
 
 import typer
 
 from service.db import session_scope
 from service.migrate import DatabaseNotAtHead, check_at_head, upgrade_to_head
+from service.models import Token
 from service.queries import users
 from service.settings import get_settings
 
@@ -31,6 +33,25 @@ def _require_head() -> None:
         raise typer.Exit(1) from None
 
 
+def _expiry(value: str | None) -> timedelta | None:
+    if value is None:
+        return None
+    try:
+        return users.parse_duration(value)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--expires-in") from None
+
+
+ExpiresIn = Annotated[str | None, typer.Option("--expires-in", metavar="DURATION",
+                                               help="the token stops working after this long: 30m, 12h, 90d, 2w "
+                                                    "(default: until revoked)")]
+
+
+def _describe(token: Token) -> str:
+    until = f"expires {token.expires_at:%Y-%m-%d %H:%M} UTC" if token.expires_at else "does not expire"
+    return f"token id {token.public_id} ({until}; revoke with `ttm admin token revoke {token.public_id}`)"
+
+
 @admin_app.command()
 def migrate() -> None:
     """Bring the database (TTM_DATABASE_URL) to the newest schema."""
@@ -41,17 +62,21 @@ def migrate() -> None:
 
 @user_app.command("create")
 def user_create(name: Annotated[str, typer.Argument(help="the user's name")],
-                admin: Annotated[bool, typer.Option("--admin", help="sees and acts on every job")] = False) -> None:
+                admin: Annotated[bool, typer.Option("--admin", help="sees and acts on every job")] = False,
+                expires_in: ExpiresIn = None) -> None:
     """Create a user and print its first API token (only its hash is stored: keep it)."""
+    lifetime = _expiry(expires_in)
     _require_head()
     try:
         with session_scope() as session:
-            _, token = users.create_user(session, name, is_admin=admin)
+            _, token = users.create_user(session, name, is_admin=admin, expires_in=lifetime)
+            described = _describe(users.find_token(session, token))
     except users.UserExists as err:
         _err(f"error: {err}")
         raise typer.Exit(1) from None
     typer.echo(token)
     _err(f"created {'admin' if admin else 'user'} {name!r}; the token above is shown once")
+    _err(described)
 
 
 @user_app.command("list")
@@ -64,16 +89,47 @@ def user_list() -> None:
 
 
 @token_app.command("create")
-def token_create(name: Annotated[str, typer.Argument(help="an existing user's name")]) -> None:
+def token_create(name: Annotated[str, typer.Argument(help="an existing user's name")],
+                 expires_in: ExpiresIn = None) -> None:
     """Print a new API token for an existing user."""
+    lifetime = _expiry(expires_in)
     _require_head()
     try:
         with session_scope() as session:
-            token = users.create_token(session, name)
+            token = users.create_token(session, name, lifetime)
+            described = _describe(users.find_token(session, token))
     except users.NoSuchUser as err:
         _err(f"error: {err}")
         raise typer.Exit(1) from None
     typer.echo(token)
+    _err(f"the token above is shown once; {described}")
+
+
+@token_app.command("list")
+def token_list(name: Annotated[str | None, typer.Argument(help="only this user's tokens")] = None) -> None:
+    """List tokens: id, user, created, expires, status (never the token: only its hash is stored)."""
+    _require_head()
+    with session_scope() as session:
+        for token, owner in users.list_tokens(session, name):
+            expires = f"{token.expires_at:%Y-%m-%d %H:%M}" if token.expires_at else "never"
+            typer.echo(f"{token.public_id}\t{owner}\t{token.created_at:%Y-%m-%d %H:%M}\t{expires}\t"
+                       f"{users.token_status(token)}")
+
+
+@token_app.command("revoke")
+def token_revoke(ident: Annotated[str, typer.Argument(
+        metavar="TOKEN_ID", help="the token's id (tok_..., as `token list` shows it; 6 hex digits or more "
+                                 "suffice when they name one token), or the token itself")]) -> None:
+    """Revoke a token: the server refuses it from the next request on (401 "token revoked")."""
+    _require_head()
+    try:
+        with session_scope() as session:
+            token, now = users.revoke_token(session, ident)
+            public_id = token.public_id
+    except (users.NoSuchToken, users.AmbiguousToken) as err:
+        _err(f"error: {err}")
+        raise typer.Exit(1) from None
+    _err(f"revoked {public_id}" if now else f"{public_id} was already revoked")
 
 
 def main() -> None:

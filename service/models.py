@@ -73,6 +73,18 @@ class Token(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex; the token itself is never stored
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)  # none: never
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    @property
+    def public_id(self) -> str:
+        """What names a token in `ttm admin token list/revoke`: its hash's first 12 hex digits, which say nothing
+        about the token itself (the hash of 256 random bits)."""
+        return public_token_id(self.token_hash)
+
+
+def public_token_id(token_hash: str) -> str:
+    return "tok_" + token_hash[:12]
 
 
 class Artifact(Base):
