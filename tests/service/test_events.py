@@ -114,3 +114,71 @@ def test_stream_refusals(client, users, caller, status):
     job = client.post("/v1/jobs", json=spec_ce(), headers=bearer(users.alice)).json()
     token = {"bob": users.bob, "bad": "ttm_bad", None: None}[caller]
     assert client.get(f"/v1/jobs/{job['id']}/events", headers=bearer(token)).status_code == status
+
+
+@pytest.mark.parametrize("value", [str(2**63) + "-0", "0-" + "9" * 30, "1-2\x00", "\x00", "1_0-2", "١-2", "-1-0"])
+def test_bad_last_event_id_is_400(client, users, value):
+    job = client.post("/v1/jobs", json=spec_ce(), headers=bearer(users.alice)).json()
+    r = client.get(f"/v1/jobs/{job['id']}/events", params={"after": value}, headers=bearer(users.alice))
+    assert r.status_code == 400 and r.json()["error"]["field"] == "Last-Event-ID", r.text
+    if value.isascii() and "\x00" not in value:  # a header carries neither a NUL nor non-ASCII here
+        r = client.get(f"/v1/jobs/{job['id']}/events", headers={**bearer(users.alice), "Last-Event-ID": value})
+        assert r.status_code == 400, r.text
+
+
+def test_nul_in_job_id_is_404(client, users):
+    assert client.get("/v1/jobs/job_%00/events", headers=bearer(users.alice)).status_code == 404
+
+
+def test_last_event_id_documented_as_a_pattern(client):
+    params = client.get("/openapi.json").json()["paths"]["/v1/jobs/{job_id}/events"]["get"]["parameters"]
+    for p in params:
+        if p["name"] in ("Last-Event-ID", "after"):
+            assert "pattern" in str(p["schema"]), p
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_200_streams_at_once_leave_the_server_answering(live_server, settings, users):
+    """Each open stream used to hold a pooled connection: 200 of them gave 500s (QueuePool limit) and /healthz
+    took 25-31 s. Now the streams wait holding none."""
+    import asyncio
+
+    with httpx.Client(base_url=live_server, timeout=20) as http:
+        job = http.post("/v1/jobs", json=spec_ce(), headers=bearer(users.alice)).json()
+    url = f"/v1/jobs/{job['id']}/events"
+
+    async def scenario() -> None:
+        limits = httpx.Limits(max_connections=300, max_keepalive_connections=300)
+        async with httpx.AsyncClient(base_url=live_server, timeout=60, limits=limits) as http:
+            opened = asyncio.Event()
+            first_events: list[dict] = []
+            count = 0
+
+            async def one_stream() -> None:
+                nonlocal count
+                async with http.stream("GET", url, headers=bearer(users.alice)) as r:
+                    assert r.status_code == 200, await r.aread()
+                    lines = r.aiter_lines()
+                    async for line in lines:  # the queued event: the stream is open and read
+                        if line.startswith("data:"):
+                            first_events.append(json.loads(line[5:]))
+                            break
+                    count += 1
+                    if count == 200:
+                        opened.set()
+                    async for line in lines:  # until the job ends
+                        if '"state":"failed"' in line:
+                            return
+
+            tasks = [asyncio.create_task(one_stream()) for _ in range(200)]
+            await asyncio.wait_for(opened.wait(), 60)
+            started = time.monotonic()
+            health = await http.get("/healthz")
+            assert health.status_code == 200 and time.monotonic() - started < 2.0
+            again = await http.get(f"/v1/jobs/{job['id']}", headers=bearer(users.alice))  # reads still get a connection
+            assert again.status_code == 200
+            await asyncio.to_thread(run_job, settings, job["id"], to="failed")
+            await asyncio.wait_for(asyncio.gather(*tasks), 60)  # every stream saw the end
+            assert len(first_events) == 200 and {e["state"] for e in first_events} == {"queued"}
+
+    asyncio.run(scenario())
