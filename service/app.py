@@ -16,6 +16,8 @@ from fastapi.openapi.utils import get_openapi
 from service.broker import enqueue_jobs, make_celery
 from service.db import get_engine, make_sessionmaker
 from service.deps import Principal, TokenCache, is_loopback
+from service.docs import install_offline_docs
+from service.local_guard import LocalOnlyMiddleware
 from service.errors import install_error_handlers
 from service.job_writer import JobWriter
 from service.migrate import check_at_head
@@ -83,6 +85,9 @@ def create_app(settings: Settings | None = None, *, host: str | None = None) -> 
         app.include_router(module.router)
     app.include_router(dashboard.router)  # the web UI: /ui/ (service/dashboard)
     app.add_middleware(LatencyMiddleware, histogram=histogram)
+    if settings.auth == "off":  # the machine's own user only: loopback Host, no foreign writes (service/local_guard)
+        app.add_middleware(LocalOnlyMiddleware)
+    install_offline_docs(app)  # /docs from bundled assets, nothing from a CDN
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
