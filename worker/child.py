@@ -5,8 +5,9 @@ session. With NPROC > 1 it becomes torchrun on this node, which starts NPROC cop
 (the arguments are all positional, so torchrun hands them on untouched); rank 0 evaluates, writes the checkpoints
 and reports, as in a 1-process run.
 
-Rank 0 writes each epoch's metric rows and checkpoint rows in one transaction as the epoch ends. Every process
-leaves `outcome-<rank>.json` in RUN_DIR: success with the best accuracy, or the reason it failed in words a user can
+The child holds no credentials (worker/runner.py starts it with an allow-listed environment): rank 0 appends each
+epoch's metrics to RUN_DIR/metrics.jsonl and writes the checkpoints there, and the worker records both in the
+database as they appear. Every process leaves `outcome-<rank>.json` in RUN_DIR: success with the best accuracy, or the reason it failed in words a user can
 act on. The worker turns that (or, when there is none, the exit code and the log's last lines) into the job's end.
 """
 from __future__ import annotations
@@ -34,10 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("nproc", type=int, nargs="?", default=1, help="processes for this job; > 1: torchrun")
     args = parser.parse_args(argv)
 
-    from worker.proc import die_with_parent, watch_supervisor
+    from worker.proc import die_with_parent, limit_resources, watch_supervisor
 
     under_torchrun = "LOCAL_RANK" in os.environ  # torchrun's protocol, which ttm.train.Dist reads too
     if not under_torchrun:
+        limit_resources()  # before anything a user sent is opened; torchrun and the ranks inherit the limits
         die_with_parent()
         if os.getppid() != args.supervisor:  # the worker died before the line above took effect
             return 128 + 9
@@ -66,62 +68,22 @@ def gpus_missing(nproc: int) -> str | None:
 
 
 def run_trainer(job_id: str, run_dir: Path, rank: int) -> int:
-    from service.settings import get_settings
+    """Train the run directory's spec.json. No database, no settings: the worker resolved every path into the spec,
+    and records the metrics.jsonl lines and checkpoint manifests this process writes (worker/record.py)."""
     from ttm.spec import parse_spec
     from ttm.train import train
 
-    settings = get_settings()
-    sink = MetricsSink(job_id, run_dir, settings) if rank == 0 else None
     try:
         spec = parse_spec(json.loads((run_dir / "spec.json").read_text()))
-        result = train(spec, run_dir, on_metrics=sink, resume=True, data_root=str(settings.data_root))
+        result = train(spec, run_dir, resume=True, data_root=spec.dataset.root)
     except Exception as err:  # every failure becomes a reason; the traceback goes to child.log
         reason = failure_reason(err)
         log.exception("training failed: %s", reason)
         write_outcome(run_dir, rank, {"ok": False, "reason": reason})
         return EXIT_TRAINING_FAILED
-    if sink is not None:
-        sink.flush()
     write_outcome(run_dir, rank, {"ok": True, "best_top1": result.best_top1, "best_epoch": result.best_epoch,
                                   "epochs_done": result.epochs_done})
     return 0
-
-
-class MetricsSink:
-    """ttm.train's on_metrics: one transaction per epoch with its metric rows, the checkpoint rows and the job's best
-    accuracy. A database hiccup does not stop training: the rows wait for the next epoch (and the worker sweeps
-    metrics.jsonl into the database when the run ends)."""
-
-    def __init__(self, job_id: str, run_dir: Path, settings: Any):
-        self.job_id, self.run_dir, self.settings = job_id, run_dir, settings
-        self.pending: list[tuple[int, dict[str, float]]] = []
-
-    def __call__(self, epoch: int, metrics: dict[str, float]) -> None:
-        self.pending.append((epoch, dict(metrics)))
-        self.flush()
-
-    def flush(self) -> None:
-        from sqlalchemy import update
-        from sqlalchemy.exc import SQLAlchemyError
-
-        from service.db import session_scope
-        from service.models import Job
-        from worker.record import sync_checkpoints, upsert_metrics
-
-        if not self.pending:
-            return
-        try:
-            with session_scope(self.settings) as session:
-                for epoch, metrics in self.pending:
-                    upsert_metrics(session, self.job_id, epoch, metrics)
-                best = sync_checkpoints(session, self.job_id, self.run_dir)
-                if best is not None:
-                    session.execute(update(Job).where(Job.id == self.job_id).values(best_top1=best["top1"]))
-        except SQLAlchemyError as err:
-            log.warning("could not write %d epoch(s) of metrics; retrying after the next epoch: %s",
-                        len(self.pending), err)
-            return
-        self.pending.clear()
 
 
 def failure_reason(err: BaseException) -> str:

@@ -8,7 +8,6 @@ and one `ttm worker --gpu I` per GPU.
 """
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import shutil
@@ -19,12 +18,11 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO, Annotated, Callable, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
 
 log = logging.getLogger("ttm.worker")
-_held_locks: list[IO[str]] = []  # GPU claims live as long as the process
 
 
 def _configure_logging(level: str = "info") -> None:
@@ -48,14 +46,28 @@ def worker(
     name: Annotated[Optional[str], typer.Option(
         "--name", "-n", help="node name; %h is the host name [default: gpu<I>@%h or worker@%h]")] = None,
     loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "info",
+    slot: Annotated[Optional[int], typer.Option(
+        "--slot", min=0, help="CPU worker slot of this host to hold (lock file cpu<I>.lock); `ttm serve` numbers its "
+                              "workers this way; GPU workers hold gpu<I>.lock per device instead")] = None,
+    lifeline_fd: Annotated[Optional[int], typer.Option("--lifeline-fd", hidden=True,
+                                                       help="exit when this pipe closes (set by ttm serve)")] = None,
 ) -> None:
     """Start one worker: it takes one job at a time from its queues and trains it in a child process."""
     from service.settings import get_settings
+    from worker import slots
 
     _configure_logging(loglevel)
     settings = get_settings()
+    if lifeline_fd is not None:
+        slots.watch_lifeline(lifeline_fd, _supervisor_lost)
+    locks = slots.lock_dir(settings.home)
     if gpu == "auto":
-        gpu = claim_gpu(settings.home / "gpu-locks")
+        gpu = claim_gpu(locks)
+    elif gpu is not None:
+        for index in [d.strip() for d in gpu.split(",") if d.strip()]:
+            slots.claim(locks, f"gpu{index}")  # one GPU never holds two trainers of this host's workers
+    elif slot is not None:
+        slots.claim(locks, f"cpu{slot}")
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # the trainer child inherits it
     queues = queues or ("gpu" if gpu is not None else "gpu,cpu")
@@ -69,21 +81,26 @@ def worker(
 
 
 def claim_gpu(lock_dir: Path) -> str:
-    """The index of a GPU no other worker on this host has claimed (a lock file held for this process's life)."""
+    """The index of a GPU no other worker on this host has claimed (its lock file, held for this process's life)."""
+    from worker import slots
+
     count = visible_gpu_count()
     if count == 0:
         raise typer.BadParameter("no GPU visible on this host", param_hint="--gpu auto")
-    lock_dir.mkdir(parents=True, exist_ok=True)
     for index in range(count):
-        handle = open(lock_dir / f"gpu{index}.lock", "a")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            continue
-        _held_locks.append(handle)
-        return str(index)
+        if slots.try_claim(lock_dir, f"gpu{index}"):
+            return str(index)
     raise typer.BadParameter(f"all {count} GPUs of this host are claimed by other workers", param_hint="--gpu auto")
+
+
+def _supervisor_lost() -> None:
+    """`ttm serve` is gone (killed, even with -9): hand the job back as on SIGTERM (Celery's warm shutdown), and
+    if that has not ended this process in STOP_TIMEOUT_S, exit anyway (the trainer dies by its parent-death
+    signal)."""
+    log.warning("ttm serve, which started this process, is gone; shutting down")
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(WorkerPool.STOP_TIMEOUT_S)
+    os._exit(1)
 
 
 def visible_gpu_count() -> int:
@@ -162,7 +179,10 @@ def serve(
     if api_processes > 1:
         _listening_socket(host, port, reuse_port=True, listen=False).close()  # the port is free, or say so now
     devices = [d.strip() for d in gpus.split(",") if d.strip()] if gpus else []
-    pool = WorkerPool([_worker_command(i, queues, devices[i % len(devices)] if devices else None)
+    if devices and workers > len(devices):
+        raise typer.BadParameter(f"{workers} workers on {len(devices)} GPUs: a GPU takes one worker (one trainer "
+                                 "at a time); give --workers at most the number of --gpus", param_hint="--workers")
+    pool = WorkerPool([_worker_command(i, queues, devices[i] if devices else None)
                        for i in range(workers)], env=_cpu_share_env(workers, devices))
     pool.start()
     stop_reconciler = None
@@ -204,6 +224,8 @@ def api(
                              "spreads the connections over them")] = False,
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log",
                                              help="a line on stdout per request")] = True,
+    lifeline_fd: Annotated[Optional[int], typer.Option("--lifeline-fd", hidden=True,
+                                                       help="exit when this pipe closes (set by ttm serve)")] = None,
 ) -> None:
     """One API server process, nothing else (no migration, no reconciler, no workers); `ttm serve
     --api-processes N` starts N of them."""
@@ -213,6 +235,10 @@ def api(
     from service.settings import get_settings
 
     _configure_logging()
+    if lifeline_fd is not None:
+        from worker import slots
+
+        slots.watch_lifeline(lifeline_fd, _supervisor_lost)
     app = create_app(get_settings(), host=host)
     sock = _listening_socket(host, port, reuse_port)
     uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", access_log=access_log)).run(
@@ -269,7 +295,7 @@ def _cpu_share_env(workers: int, devices: list[str]) -> dict[str, str]:
 
 def _worker_command(index: int, queues: str, gpu: str | None) -> list[str]:
     cmd = [sys.executable, "-m", "worker.cli", "worker", f"--queues={queues}", f"--name=worker{index + 1}@%h"]
-    return cmd + [f"--gpu={gpu}"] if gpu is not None else cmd
+    return cmd + ([f"--gpu={gpu}"] if gpu is not None else [f"--slot={index}"])
 
 
 class WorkerPool:
@@ -277,6 +303,8 @@ class WorkerPool:
 
     RESTART_DELAY_S = 2.0
     STOP_TIMEOUT_S = 30.0  # a warm shutdown stops the trainer child (3 s grace) and hands the job back
+
+    _lifeline: int | None = None  # the read end of a pipe whose write end only this process holds
 
     def __init__(self, commands: list[list[str]], env: dict[str, str] | None = None):
         self.commands = commands
@@ -292,7 +320,15 @@ class WorkerPool:
             self._thread.start()
 
     def _spawn(self, i: int) -> None:
-        self.procs[i] = subprocess.Popen(self.commands[i], stdin=subprocess.DEVNULL, env=self.env)
+        """Each process gets the read end of this server's lifeline: when this process dies, however (kill -9),
+        the pipe reads end-of-file and they stop (a parent-death signal would fire when the spawning *thread* ends,
+        which for a restart is the pool's watcher thread)."""
+        if WorkerPool._lifeline is None:
+            WorkerPool._lifeline, _write_end = os.pipe()  # both not inheritable; the write end stays here, open
+            WorkerPool._lifeline_write = _write_end
+        fd = WorkerPool._lifeline
+        self.procs[i] = subprocess.Popen([*self.commands[i], f"--lifeline-fd={fd}"], stdin=subprocess.DEVNULL,
+                                         env=self.env, pass_fds=(fd,))
 
     def _watch(self) -> None:
         while not self._stopping.wait(1.0):

@@ -25,6 +25,43 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
         libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
 
 
+# Resource limits of a trainer child. No RLIMIT_AS: CUDA maps tens of GB of virtual address space at initialisation
+# (and torch alone ~3 GB), so an address-space cap breaks GPU jobs; host memory is the OOM killer's (or a cgroup's).
+CHILD_MAX_OPEN_FILES = 16384  # DataLoader workers pass tensors as file descriptors: room for many, not unbounded
+CHILD_MAX_FILE_BYTES = 64 * 1024**3  # one file (a checkpoint, a log) the child writes
+# What a trainer child's environment may hold: nothing of the server's (no TTM_*: database and broker URLs carry
+# passwords). Prefixes end in "_".
+CHILD_ENV_ALLOWED = ("PATH", "LANG", "LANGUAGE", "TZ", "PYTHONPATH", "LD_LIBRARY_PATH", "OMP_NUM_THREADS",
+                     "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "LC_", "NCCL_",
+                     "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
+
+
+def child_environment(environ: dict[str, str], run_dir: Path, project_root: Path) -> dict[str, str]:
+    """The trainer's environment: the allow-listed variables of `environ`, HOME and TMPDIR in the run directory,
+    and this project on PYTHONPATH (the child starts with the run directory as its working directory)."""
+    env = {k: v for k, v in environ.items()
+           if any(k == name or (name.endswith("_") and k.startswith(name)) for name in CHILD_ENV_ALLOWED)}
+    env.setdefault("PATH", os.defpath)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(project_root), env.get("PYTHONPATH")) if p)
+    env.update(HOME=str(run_dir), TMPDIR=str(run_dir / "tmp"), PYTHONUNBUFFERED="1")
+    return env
+
+
+def limit_resources() -> None:
+    """Lower this process's limits (the trainer child calls it first thing; set in the child rather than in a
+    preexec_fn, which is unsafe in the worker: it runs threads). No core files: they would hold the model."""
+    import resource
+
+    def lower(which: int, value: int) -> None:
+        soft, hard = resource.getrlimit(which)
+        value = value if hard == resource.RLIM_INFINITY else min(value, hard)
+        resource.setrlimit(which, (value, value))
+
+    lower(resource.RLIMIT_CORE, 0)
+    lower(resource.RLIMIT_NOFILE, CHILD_MAX_OPEN_FILES)
+    lower(resource.RLIMIT_FSIZE, CHILD_MAX_FILE_BYTES)
+
+
 def process_alive(pid: int) -> bool:
     """True while `pid` runs; a zombie (killed, not yet reaped by its own parent) counts as gone."""
     try:

@@ -109,3 +109,59 @@ def sync_checkpoints(session: Session, job_id: str, run_dir: Path) -> dict[str, 
 def heartbeat(session: Session, worker_name: str, queues: str) -> None:
     upsert(session, Worker.__table__, [{"name": worker_name, "queue": queues[:100], "last_seen": utcnow()}],
            ("name",), update=("queue", "last_seen"))
+
+
+class RunRecorder:
+    """What the trainer child wrote since the last look, into the database: the new lines of metrics.jsonl (an epoch
+    run again overwrites its values) and, when best.json or last.json changed, the checkpoint rows and the job's best
+    accuracy. The worker calls it each tick of its supervision, so the child needs no database credentials."""
+
+    def __init__(self, job_id: str, run_dir: Path):
+        self.job_id, self.run_dir = job_id, run_dir
+        path = run_dir / "metrics.jsonl"
+        self.offset = path.stat().st_size if path.exists() else 0  # earlier attempts' lines: backfilled already
+        self.manifests: tuple[float, ...] = ()
+        self._undo: tuple[int, tuple[float, ...]] | None = None
+
+    def record_new(self, session: Session) -> None:
+        self._undo = (self.offset, self.manifests)
+        path = self.run_dir / "metrics.jsonl"
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        if size > self.offset:
+            with open(path, "rb") as f:
+                f.seek(self.offset)
+                chunk = f.read(size - self.offset)
+            complete = chunk[:chunk.rfind(b"\n") + 1]  # a line still being written waits for the next tick
+            self.offset += len(complete)
+            for line in complete.decode("utf-8", "replace").splitlines():
+                try:
+                    entry = json.loads(line)
+                    upsert_metrics(session, self.job_id, int(entry["epoch"]), entry["metrics"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+        manifests = tuple(_mtime(self.run_dir / f"{which}.json") for which in CHECKPOINT_KINDS)
+        if manifests != self.manifests:
+            self.manifests = manifests
+            best = sync_checkpoints(session, self.job_id, self.run_dir)
+            if best is not None:
+                from sqlalchemy import update
+
+                from service.models import Job
+
+                session.execute(update(Job).where(Job.id == self.job_id).values(best_top1=best["top1"]))
+
+    def undo(self) -> None:
+        """The transaction of the last record_new did not commit: read the same lines again next time."""
+        if self._undo is not None:
+            self.offset, self.manifests = self._undo
+            self._undo = None
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return 0.0

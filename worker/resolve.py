@@ -3,7 +3,8 @@
 - the teacher (an artifact id in `weights` / `torchscript`, or `{job: job_...}`: that job's best student) becomes
   files in the artifact store, through `service.teachers.resolve_teacher`, the function the API admits jobs with;
 - a dataset `root` / `path` relative to TTM_DATA_ROOT becomes an absolute path, which must stay inside the data root
-  (DESIGN decision 5: datasets are named, or under the admin's data root, never arbitrary server paths).
+  (DESIGN decision 5), checked by `service.paths.inside_data_root`, the function the API admits jobs with; checked
+  again here because the tree may have changed since (a `train/` turned into a symlink).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from service.paths import PathRefused, inside_data_root
 from service.settings import Settings
 from service.teachers import TeacherProblem, resolve_teacher
 from ttm.spec import JobSpec, parse_spec
@@ -35,17 +37,13 @@ def resolve_spec(session: Session, spec_data: dict[str, Any], settings: Settings
         teacher = spec.teacher.model_copy(update={"job": None, "arch": source.arch, "weights": source.weights,
                                                   "torchscript": source.torchscript, "format": source.fmt})
         spec = spec.model_copy(update={"teacher": teacher})
-    spec.dataset.root = _under_data_root(spec.dataset.root, settings, "dataset.root")
-    spec.dataset.path = _under_data_root(spec.dataset.path, settings, "dataset.path")
+    data = spec.dataset
+    try:
+        # the trainer child does not see the settings: a named dataset without a root gets the data root itself
+        data.root = str(inside_data_root(data.root, "dataset.root", settings.data_root) if data.root is not None
+                        else settings.data_root.resolve())
+        if data.path is not None:
+            data.path = str(inside_data_root(data.path, "dataset.path", settings.data_root, image_folder=True))
+    except PathRefused as err:
+        raise ResolveError(f"{err.field}: {err}") from None
     return spec
-
-
-def _under_data_root(value: str | None, settings: Settings, field: str) -> str | None:
-    if value is None:
-        return None
-    root = settings.data_root.resolve()
-    path = Path(value).expanduser()
-    path = (path if path.is_absolute() else root / path).resolve()
-    if not path.is_relative_to(root):
-        raise ResolveError(f"{field}: {value!r} lies outside the server's data root {root} (TTM_DATA_ROOT)")
-    return str(path)

@@ -28,14 +28,16 @@ from service.models import Job
 from service.settings import Settings
 from service.states import CANCELLED, CANCELLING, FAILED, QUEUED, SUCCEEDED, IllegalTransition, transition
 from worker.lease import HELD_STATES, held_state, lease_job, renew_lease
-from worker.proc import signal_name, stop_process_group
-from worker.record import backfill_metrics, heartbeat, sync_checkpoints
+from worker.proc import child_environment, signal_name, stop_process_group
+from worker.record import RunRecorder, backfill_metrics, heartbeat, sync_checkpoints
+from worker.slots import held_slot_fds
 
 log = logging.getLogger("ttm.worker")
 
 POLL_S = 0.5  # how often the worker looks at its child and at the job row: a cancel is seen within this
 STOP_GRACE_S = 3.0  # between SIGTERM and SIGKILL when stopping a child
 LOG_TAIL_LINES = 5
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 REQUEUE = "requeue"  # not a state: the worker is shutting down and hands the job back
 
 
@@ -109,11 +111,15 @@ def _start(job_id: str, spec_data: dict, run_dir: Path, settings: Settings) -> s
     for stale in run_dir.glob("outcome-*.json"):  # a previous attempt's
         stale.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "worker.child", job_id, str(run_dir), str(os.getpid()), str(nproc)]
+    (run_dir / "tmp").mkdir(exist_ok=True)
+    # no credentials in the child: it may run a teacher's code (TorchScript); the worker records what it writes
+    env = child_environment(dict(os.environ), run_dir, PROJECT_ROOT)
     with open(run_dir / "child.log", "ab") as log_file:
         log_file.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n".encode())
         log_file.flush()
+        # the slot's lock goes along: the slot stays taken while any process of this job lives
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                                start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                start_new_session=True, env=env, cwd=run_dir, pass_fds=held_slot_fds())
     log.info("job %s: trainer started (pid %d, %d process%s)", job_id, proc.pid, nproc, "es" if nproc > 1 else "")
     return proc
 
@@ -122,6 +128,7 @@ def _supervise(proc: subprocess.Popen, job_id: str, worker_name: str, settings: 
                queues: str, should_stop: Callable[[], bool]) -> Outcome:
     renew_every = max(POLL_S, settings.lease_seconds / 3)
     next_renewal = time.monotonic() + renew_every
+    recorder = RunRecorder(job_id, run_dir)
     while True:
         try:
             code = proc.wait(timeout=POLL_S)
@@ -141,7 +148,10 @@ def _supervise(proc: subprocess.Popen, job_id: str, worker_name: str, settings: 
                     next_renewal = time.monotonic() + renew_every
                 else:
                     state = held_state(session, job_id, worker_name)
+                if state is not None:
+                    recorder.record_new(session)  # the epochs and checkpoints the child wrote since the last tick
         except SQLAlchemyError as err:  # the database is away: keep training, try again next tick
+            recorder.undo()
             log.warning("job %s: could not reach the database: %s", job_id, err)
             continue
         if state is None:

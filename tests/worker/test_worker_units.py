@@ -231,14 +231,16 @@ def test_metric_rows_unique_per_epoch_and_name(settings):
 def test_gpu_auto_claims_a_free_gpu_per_worker(tmp_path: Path, monkeypatch):
     import typer
 
-    from worker import cli
+    from worker import cli, slots
 
     monkeypatch.setattr(cli, "visible_gpu_count", lambda: 2)
-    monkeypatch.setattr(cli, "_held_locks", [])
+    monkeypatch.setattr(slots, "_held", [])
     assert [cli.claim_gpu(tmp_path), cli.claim_gpu(tmp_path)] == ["0", "1"]  # flock: one claim per open file
     with pytest.raises(typer.BadParameter, match="all 2 GPUs"):
         cli.claim_gpu(tmp_path)
-    cli._held_locks.pop(0).close()  # a worker on GPU 0 exits
+    with pytest.raises(TimeoutError, match="slot gpu1"):  # an explicit --gpu 1 waits for it
+        slots.claim(tmp_path, "gpu1", wait_s=0.5)
+    slots._held.pop(0).close()  # a worker on GPU 0 exits
     assert cli.claim_gpu(tmp_path) == "0"
 
 
