@@ -1,20 +1,32 @@
-"""What POST /v1/jobs checks before a job is accepted, beyond the spec model itself: the dataset lies inside the
-data root, and the teacher exists, belongs to the caller, and loads into the declared architecture with the
-dataset's classes. Every refusal names its field."""
+"""What POST /v1/jobs checks before a job is accepted, beyond the spec model itself: the server's limits on what one
+job may ask for, the dataset lies inside the data root, the student can take the dataset's input, and the teacher
+exists, belongs to the caller and fits its declared architecture. Every refusal names its field (and the limit).
+
+Nothing here imports torch or opens a teacher: architectures and files are described by the inspection subprocess
+(service/inspection.py), and admission compares what it recorded.
+"""
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service.deps import Principal
 from service.errors import ApiError
+from service.inspection import InspectionFailed, InspectionRefused, inspect_arch
+from service.models import Job
+from service.paths import PathRefused, inside_data_root
 from service.settings import Settings
-from service.teachers import TeacherCheckCache, TeacherProblem, image_size_of, resolve_teacher
+from service.states import QUEUED
+from service.teachers import TeacherProblem, TeacherSource, image_size_of, resolve_teacher, weights_problem
 from ttm.spec import JobSpec, parse_spec
+
+# (train, test) images of the named datasets as the trainer splits them (ttm.data): a subset may not ask for more.
+DATASET_SIZES = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000), "mnist": (60_000, 10_000),
+                 "fashion_mnist": (60_000, 10_000), "svhn": (73_257, 26_032), "digits": (1_500, 297)}
 
 
 @dataclass(frozen=True)
@@ -24,25 +36,53 @@ class Admitted:
     queue: str
 
 
-def _refuse(field: str, message: str, code: str = "invalid_spec") -> ApiError:
-    return ApiError(422, f"{field}: {message}", code=code, field=field,
+def _refuse(field: str, message: str, code: str = "invalid_spec", status: int = 422) -> ApiError:
+    return ApiError(status, f"{field}: {message}", code=code, field=field,
                     errors=[{"field": field, "message": message}])
-
-
-def inside_data_root(value: str, field: str, data_root: Path) -> Path:
-    root = data_root.resolve()
-    path = Path(value).expanduser()
-    path = (path if path.is_absolute() else root / path).resolve()
-    if not path.is_relative_to(root):
-        raise _refuse(field, f"{value} is outside the data root {root}; datasets are named, or lie under the "
-                             "server's data root (TTM_DATA_ROOT)")
-    return path
 
 
 def choose_queue(spec: JobSpec) -> str:
     if spec.resources.queue != "auto":
         return spec.resources.queue
     return "gpu" if spec.resources.gpus > 0 else "cpu"
+
+
+def check_limits(spec: JobSpec, queue: str, settings: Settings) -> None:
+    """The server's bounds on one job (TTM_LIMITS_*), each refusal naming the field, the value and the limit."""
+    def over(field: str, value: int, limit: int, setting: str) -> None:
+        if value > limit:
+            raise _refuse(field, f"{value} is over this server's limit of {limit} (TTM_LIMITS_{setting})",
+                          code="over_limit")
+
+    over("train.epochs", spec.train.epochs, settings.limits_max_epochs, "MAX_EPOCHS")
+    over("train.batch_size", spec.train.batch_size, settings.limits_max_batch_size, "MAX_BATCH_SIZE")
+    over("train.num_workers", spec.train.num_workers, settings.limits_max_num_workers, "MAX_NUM_WORKERS")
+    over("resources.gpus", spec.resources.gpus, settings.limits_max_gpus_per_job, "MAX_GPUS_PER_JOB")
+    if queue == "cpu" and spec.resources.gpus > 1:
+        raise _refuse("resources.gpus", f"{spec.resources.gpus} GPUs on the cpu queue: its workers run one "
+                                        "process per job; give gpus ≤ 1, or queue gpu", code="over_limit")
+    if spec.dataset.name in ("imagefolder", "synthetic"):
+        over("dataset.image_size", spec.dataset.image_size, settings.limits_max_image_size, "MAX_IMAGE_SIZE")
+    classes = spec.num_classes
+    if classes is not None:
+        field = "student.num_classes" if spec.student.num_classes else "dataset.num_classes"
+        over(field, classes, settings.limits_max_num_classes, "MAX_NUM_CLASSES")
+    sizes, subset = DATASET_SIZES.get(spec.dataset.name), spec.dataset.subset
+    if sizes is not None and subset is not None:
+        for split, asked, has in (("train", subset.train, sizes[0]), ("test", subset.test, sizes[1])):
+            if asked is not None and asked > has:
+                raise _refuse(f"dataset.subset.{split}", f"{asked} samples asked, but {spec.dataset.name}'s "
+                                                         f"{split} split has {has}")
+
+
+def check_queued_limit(session: Session, who: Principal, settings: Settings) -> None:
+    queued = session.scalar(select(func.count()).select_from(Job)
+                            .where(Job.owner_id == who.id, Job.state == QUEUED)) or 0
+    limit = settings.limits_max_queued_per_user
+    if queued >= limit:
+        raise ApiError(429, f"you have {queued} queued jobs, this server's limit per user "
+                            f"(TTM_LIMITS_MAX_QUEUED_PER_USER = {limit}); wait for some to start, or cancel some",
+                       code="too_many_queued", headers={"Retry-After": "60"})
 
 
 def _imagefolder_classes(path: Path) -> int | None:
@@ -52,55 +92,58 @@ def _imagefolder_classes(path: Path) -> int | None:
     return sum(1 for p in train.iterdir() if p.is_dir()) or None
 
 
-class WouldBlock(Exception):
-    """Admission needs the database or the disk (a teacher not seen lately, a dataset folder): run it again with
-    `may_block` in the thread pool."""
+def _arch(arch: str, field: str, num_classes: int, channels: int, size: int, settings: Settings):  # noqa: ANN202
+    try:
+        info = inspect_arch(arch, num_classes, channels, size, settings)
+    except InspectionFailed as err:
+        raise ApiError(503, f"{field}: could not check {arch} now ({err}); try again",
+                       code="unavailable", field=field, headers={"Retry-After": "5"}) from None
+    except InspectionRefused as err:
+        raise _refuse(field, str(err)) from None
+    if info.params > settings.limits_max_params:
+        raise _refuse(field, f"{arch} has {info.params:,} parameters, over this server's limit of "
+                             f"{settings.limits_max_params:,} (TTM_LIMITS_MAX_PARAMS)", code="over_limit")
+    if info.output != [2, num_classes]:
+        raise _refuse(field, f"{arch} outputs {info.output} for a batch of 2, expected [2, {num_classes}] logits")
+    return info
 
 
-def admit(make_session: Callable[[], Session], who: Principal, body: dict[str, Any], settings: Settings,
-          checks: TeacherCheckCache, *, may_block: bool = True) -> Admitted:
-    """The admitted job, or an ApiError/SpecError naming the field. Opens a session only for a teacher not seen in
-    the last seconds; without `may_block`, raises WouldBlock instead of touching the database or the disk (so that
-    most submits are admitted on the event loop: parsing a spec takes some 50 µs, a thread-pool hop more)."""
+def admit(session: Session, who: Principal, body: dict[str, Any], settings: Settings) -> Admitted:
+    """The admitted job, or an ApiError/SpecError naming the field."""
     spec = parse_spec(body)  # SpecError → 422 naming the field (errors.py)
+    queue = choose_queue(spec)
+    check_limits(spec, queue, settings)
+    check_queued_limit(session, who, settings)
     data = spec.dataset
-    if data.root is not None:
-        data.root = str(inside_data_root(data.root, "dataset.root", settings.data_root))
     num_classes = spec.num_classes
-    if data.path is not None:
-        if not may_block:
-            raise WouldBlock
-        path = inside_data_root(data.path, "dataset.path", settings.data_root)
-        if not path.is_dir():
-            raise _refuse("dataset.path", f"{data.path} is not a directory under the data root")
-        data.path = str(path)
-        if num_classes is None:
-            num_classes = _imagefolder_classes(path)
-    if spec.teacher is not None:
-        _check_teacher(make_session, who, spec, num_classes, checks, may_block)
-    return Admitted(spec, spec.model_dump(mode="json"), choose_queue(spec))
-
-
-def _check_teacher(make_session: Callable[[], Session], who: Principal, spec: JobSpec, num_classes: int | None,
-                   checks: TeacherCheckCache, may_block: bool) -> None:
-    assert spec.teacher is not None
-    owner = None if who.is_admin else who.id
-    key = (owner, spec.teacher.model_dump_json())
-    source = checks.known_source(key)
-    if source is None:
-        if not may_block:
-            raise WouldBlock
-        try:
-            with make_session() as session:
-                source = resolve_teacher(session, spec, owner)
-        except TeacherProblem as err:
-            raise _refuse(err.field, str(err), code="invalid_teacher") from None
-        assert source is not None
-        checks.remember_source(key, source)
-    field = "teacher.job" if spec.teacher.job else ("teacher.torchscript" if source.torchscript else "teacher.weights")
+    try:
+        if data.root is not None:
+            data.root = str(inside_data_root(data.root, "dataset.root", settings.data_root))
+        if data.path is not None:
+            path = inside_data_root(data.path, "dataset.path", settings.data_root, image_folder=True)
+            data.path = str(path)
+            if num_classes is None:
+                num_classes = _imagefolder_classes(path)
+    except PathRefused as err:
+        raise _refuse(err.field, str(err)) from None
     if num_classes is None:
         raise _refuse("dataset.num_classes", "give num_classes (or a path whose train/ holds one folder per "
-                                             "class): the teacher is checked against it")
+                                             "class)")
+    channels, size = data.channels, image_size_of(spec)
+    _arch(spec.student.arch, "student.arch", num_classes, channels, size, settings)
+    if spec.teacher is not None:
+        _check_teacher(session, who, spec, num_classes, settings)
+    return Admitted(spec, spec.model_dump(mode="json"), queue)
+
+
+def _check_teacher(session: Session, who: Principal, spec: JobSpec, num_classes: int, settings: Settings) -> None:
+    assert spec.teacher is not None
+    try:
+        source = resolve_teacher(session, spec, None if who.is_admin else who.id, settings)
+    except TeacherProblem as err:
+        raise _refuse(err.field, str(err), code="invalid_teacher") from None
+    assert source is not None
+    field = _teacher_field(spec, source)
     channels = spec.dataset.channels
     if source.num_classes is not None and source.num_classes != num_classes:
         raise _refuse(field, f"the teacher job's student has {source.num_classes} classes, this dataset "
@@ -108,11 +151,14 @@ def _check_teacher(make_session: Callable[[], Session], who: Principal, spec: Jo
     if source.in_channels is not None and source.in_channels != channels:
         raise _refuse(field, f"the teacher job's student takes {source.in_channels} input channels, this dataset "
                              f"has {channels}", code="invalid_teacher")
-    size = image_size_of(spec)
-    seen, problem = checks.known(source, num_classes=num_classes, in_channels=channels, image_size=size)
-    if not seen:
-        if not may_block:
-            raise WouldBlock
-        problem = checks.check(source, num_classes=num_classes, in_channels=channels, image_size=size)
+    if source.arch is None:  # TorchScript (allowed by an admin): only its trainer child may run it
+        return
+    expected = _arch(source.arch, "teacher.arch", num_classes, channels, image_size_of(spec), settings)
+    problem = weights_problem(source, expected.tensors)
     if problem is not None:
         raise _refuse(field, problem, code="invalid_teacher")
+
+
+def _teacher_field(spec: JobSpec, source: TeacherSource) -> str:
+    assert spec.teacher is not None
+    return "teacher.job" if spec.teacher.job else ("teacher.torchscript" if source.torchscript else "teacher.weights")

@@ -1,36 +1,31 @@
 """The FastAPI application: `create_app(settings, host=...)`, and `run_server` for `ttm serve`."""
 from __future__ import annotations
 
-import gc
 import logging
-import threading
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from celery import Celery
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from service.broker import enqueue_jobs, make_celery
+from service.broker import make_celery
 from service.db import get_engine, make_sessionmaker
-from service.deps import Principal, TokenCache, is_loopback
+from service.deps import Principal
+from service.local_guard import is_loopback
 from service.docs import install_offline_docs
 from service.local_guard import LocalOnlyMiddleware
 from service.errors import install_error_handlers
-from service.job_writer import JobWriter
 from service.migrate import check_at_head
+from service.limits import BodyLimitMiddleware
 from service.observability import LatencyMiddleware, make_registry
 from service.queries.users import local_admin
 from service.routes import artifacts, events, health, jobs
 from service import dashboard
 from service.settings import Settings, get_settings
-from service.teachers import TeacherCheckCache, warm_up
 from ttm.spec import JobSpec
 
 log = logging.getLogger("ttm.service")
-WARM_UP_DONE = "warm-up done"  # benchmarks wait for this line from every API process
 AUTH_OFF_WARNING = "auth is OFF (loopback only): every request acts as the admin user 'local'"
 
 DESCRIPTION = """Distillation as a service: upload teacher weights, submit TTM/WTTM (and CE, KD, DKD, DIST) jobs,
@@ -58,20 +53,15 @@ def create_app(settings: Settings | None = None, *, host: str | None = None) -> 
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        threading.Thread(target=_warm_up_and_freeze, args=(celery,), name="ttm-warm-up", daemon=True).start()
         if settings.auth == "off":
             log.warning(AUTH_OFF_WARNING)
         yield
-        app.state.job_writer.close()  # the jobs accepted so far are committed and sent before the process ends
 
     app = FastAPI(title="ttm job server", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.sessionmaker = make_session
     app.state.read_sessionmaker = make_sessionmaker(get_engine(settings, autocommit=True))
-    app.state.celery = celery = make_celery(settings)
-    app.state.job_writer = JobWriter(engine, lambda jobs: enqueue_jobs(jobs, celery))
-    app.state.teacher_checks = TeacherCheckCache()
-    app.state.token_cache = TokenCache()
+    app.state.celery = make_celery(settings)
     app.state.local_user = None
     if settings.auth == "off":
         with make_session() as session:
@@ -84,6 +74,7 @@ def create_app(settings: Settings | None = None, *, host: str | None = None) -> 
     for module in (artifacts, jobs, events, health):
         app.include_router(module.router)
     app.include_router(dashboard.router)  # the web UI: /ui/ (service/dashboard)
+    app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(LatencyMiddleware, histogram=histogram)
     if settings.auth == "off":  # the machine's own user only: loopback Host, no foreign writes (service/local_guard)
         app.add_middleware(LocalOnlyMiddleware)
@@ -92,31 +83,9 @@ def create_app(settings: Settings | None = None, *, host: str | None = None) -> 
     return app
 
 
-def _warm_up_and_freeze(celery: Celery) -> None:
-    start = time.perf_counter()
-    warm_up()
-    # What the first submit would import otherwise: Celery's message machinery, the broker's transport (for Redis,
-    # kombu's transport and redis-py: some 100 modules) and anyio's thread pool. Imported after the freeze below,
-    # their ~20,000 objects were walked by every full collection (pauses of up to 26 ms, 12 in 17 s under load).
-    try:
-        import anyio._backends._asyncio  # noqa: F401
-        import encodings.idna  # noqa: F401 - a host name's first connect
-
-        _ = celery.amqp.queues
-        with celery.connection_for_write() as conn:
-            _ = conn.transport  # the transport class, without connecting
-    except Exception:  # noqa: BLE001 - only a head start: the first submit imports what is missing
-        log.warning("warm-up: could not load the broker's transport ahead of the first submit", exc_info=True)
-    # torch and the model zoo leave some 300,000 long-lived objects in the collector's oldest generation, and every
-    # full collection walked them all: pauses of 50-220 ms under load, most of POST /v1/jobs' p99. Frozen, the
-    # collector no longer scans them.
-    gc.freeze()
-    log.info("%s in %.1f s (torch and the model zoo imported; %d objects frozen)", WARM_UP_DONE,
-             time.perf_counter() - start, gc.get_freeze_count())
-
-
 def _openapi(app: FastAPI) -> dict[str, Any]:
-    """The generated schema plus the JobSpec model, which POST /v1/jobs validates itself (ttm.spec.parse_spec)."""
+    """The generated schema plus the JobSpec model, which POST /v1/jobs validates with ttm.spec.parse_spec (presets
+    fill what a body leaves out, so the body itself is a plain object to FastAPI)."""
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         spec = JobSpec.model_json_schema(ref_template="#/components/schemas/{model}")

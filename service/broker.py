@@ -5,8 +5,6 @@ import logging
 import threading
 
 from celery import Celery
-from kombu import Producer
-from kombu.utils.uuid import uuid
 
 from service.settings import Settings, get_settings
 
@@ -58,41 +56,7 @@ def default_celery() -> Celery:
 
 def enqueue_job(job_id: str, queue: str, app: Celery | None = None) -> None:
     """Send "run job <id>" to `queue`. The reconciler re-sends for queued jobs whose message was lost."""
-    app = app or default_celery()
-    with app.producer_or_acquire() as producer:
-        _publish(app, producer, job_id, queue)
-
-
-def enqueue_jobs(jobs: list[tuple[str, str]], app: Celery) -> list[tuple[str, BaseException]]:
-    """`enqueue_job` for each (job id, queue), as one batch: kombu's `Producer.batch` sends the messages in one
-    Redis pipeline (half the CPU of sending them one by one, where kombu makes a Redis client per message);
-    transports without batches (the filesystem one) send them one by one. Returns the jobs that may not have been
-    sent, with why: all of them when the batch fails (the reconciler sends them again; a second message is
-    harmless)."""
-    try:
-        with app.producer_or_acquire() as producer, producer.batch():
-            declared: set[str] = set()
-            for job_id, queue in jobs:
-                _publish(app, producer, job_id, queue, declare=queue not in declared)
-                declared.add(queue)
-    except Exception as err:  # noqa: BLE001 - kombu raises transport-specific errors
-        return [(job_id, err) for job_id, _ in jobs]
-    return []
-
-
-def _publish(app: Celery, producer: Producer, job_id: str, queue: str, declare: bool = True) -> None:
-    """The message `app.send_task(RUN_JOB_TASK, args=[job_id], queue=queue)` sends (Celery's own constructor of
-    task messages, `amqp.as_task_v2`), published straight to the queue: send_task's routing, signals and result
-    object took half of a message's CPU, which the submit path pays per job. `declare`: make sure the queue exists
-    (kombu remembers per connection; checking that costs a few percent of a submit, so a batch asks once per
-    queue)."""
-    amqp = app.amqp
-    message = amqp.as_task_v2(uuid(), RUN_JOB_TASK, args=[job_id], kwargs={}, argsrepr=repr([job_id]),
-                              kwargsrepr="{}", ignore_result=True)
-    producer.publish(message.body, exchange="", routing_key=queue, serializer="json", headers=message.headers,
-                     declare=[amqp.queues[queue]] if declare else None, delivery_mode=2,
-                     retry=app.conf.task_publish_retry, retry_policy=app.conf.task_publish_retry_policy,
-                     **message.properties)
+    (app or default_celery()).send_task(RUN_JOB_TASK, args=[job_id], queue=queue)
 
 
 def waiting_messages(app: Celery, queues: list[str]) -> dict[str, int] | None:

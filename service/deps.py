@@ -58,11 +58,6 @@ ReadSessionDep = Annotated[Session, Depends(get_read_session)]
 _bearer = HTTPBearer(auto_error=False, description="an API token: `ttm admin user create NAME` prints one")
 
 
-class TokenCache:
-    """Unused: a token's revocation or expiry takes effect at once, so every request reads its token row (one
-    indexed query). Kept only while service/app.py still makes one; delete with that line."""
-
-
 def _unauthorized(message: str) -> ApiError:
     return ApiError(401, message, headers={"WWW-Authenticate": "Bearer"})
 

@@ -98,6 +98,8 @@ class Artifact(Base):
     format: Mapped[str] = mapped_column(String(20))  # state_dict | safetensors | torchscript
     path: Mapped[str] = mapped_column(Text)  # artifact_dir/blobs/<sha[:2]>/<sha>, shared by all owners
     filename: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # key → shape of each tensor, as the inspection recorded them (service/inspection.py); None for TorchScript
+    tensors: Mapped[dict[str, list[int]] | None] = mapped_column(JSONType, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -107,6 +109,7 @@ class Job(Base):
         UniqueConstraint("owner_id", "idempotency_key"),
         Index("ix_jobs_owner_created", "owner_id", "id"),  # id sorts by creation time
         Index("ix_jobs_state_queue", "state", "queue", "id"),  # queue positions, the reconciler, /metrics
+        Index("ix_jobs_owner_id_state", "owner_id", "state"),  # a user's queued count (a limit, per submit)
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)  # job_<time-sortable>
@@ -126,16 +129,6 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     best_top1: Mapped[float | None] = mapped_column(Float, nullable=True)
     out_dir: Mapped[str | None] = mapped_column(Text, nullable=True)
-
-
-class QueueDepth(Base):
-    """Queued jobs per queue, kept by triggers on jobs (migrations/versions/0002): a new job's queue position
-    without counting the queue."""
-
-    __tablename__ = "queue_depths"
-
-    queue: Mapped[str] = mapped_column(String(16), primary_key=True)
-    depth: Mapped[int] = mapped_column(BigInteger)
 
 
 class JobEvent(Base):

@@ -21,7 +21,8 @@ class JobOut(BaseModel):
     name: str
     state: str = Field(description="queued | running | cancelling | succeeded | failed | cancelled")
     queue: str = Field(description="gpu | cpu")
-    queue_position: int | None = Field(description="1 = next to run in its queue; null unless queued")
+    queue_position: int | str | None = Field(
+        description='1 = next to run in its queue; "1000+" past the first 1000; null unless queued')
     attempts: int
     reason: str | None
     owner: str

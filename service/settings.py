@@ -28,6 +28,26 @@ class Settings(BaseSettings):
     lease_seconds: int = Field(60, gt=0)
     sse_ping_seconds: float = Field(15, gt=0)
 
+    # Files that carry code (TorchScript archives) are programs: refused unless an admin of a trusted lab allows
+    # them, and then loaded only by a job's trainer child, never by the API (DESIGN decision 8).
+    allow_code_teachers: bool = False
+    # The inspection subprocess of uploads and architectures (service/inspection.py). torch alone maps ~3 GB of
+    # address space, so the memory limit is on address space with room above that.
+    inspect_timeout_seconds: float = Field(60, gt=0)
+    inspect_memory_bytes: int = Field(6 * 1024**3, gt=0)
+    inspect_concurrency: int = Field(2, gt=0)
+    max_inflated_bytes: int = Field(4 * 1024**3, gt=0, description="what an uploaded archive may inflate to")
+
+    # What one job may ask for (TTM_LIMITS_*): a refusal is a 422 naming the field and the limit.
+    limits_max_epochs: int = Field(1000, gt=0)
+    limits_max_batch_size: int = Field(4096, gt=0)
+    limits_max_image_size: int = Field(1024, gt=0)
+    limits_max_num_workers: int = Field(16, ge=0)
+    limits_max_gpus_per_job: int = Field(8, ge=0)
+    limits_max_num_classes: int = Field(100_000, gt=1)
+    limits_max_params: int = Field(200_000_000, gt=0, description="parameters of the student or the teacher")
+    limits_max_queued_per_user: int = Field(500, gt=0, description="a user's queued jobs; past it, 429")
+
     @field_validator("home", mode="after")
     @classmethod
     def _expand_home(cls, v: Path) -> Path:

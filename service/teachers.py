@@ -1,29 +1,30 @@
-"""Where a job's teacher comes from, and whether it loads into the declared architecture.
+"""Where a job's teacher comes from, and whether it fits the declared architecture, without loading it.
 
 A spec names its teacher by artifact id (`art_...` in weights or torchscript) or by job (`{"job": "job_..."}`: the
-best student of a succeeded job). `resolve_teacher` turns that into files on disk (the worker uses it too);
-`check_teacher_cached` runs ttm.teacher.check_teacher once per (sha256, arch, classes, channels, size, format), so a
-repeated submit costs a dictionary lookup. torch is imported on the first check, or at startup by `warm_up`.
+best student of a succeeded job). `resolve_teacher` turns that into files on disk (the worker uses it too).
+`teacher_problem` compares the artifact's recorded tensor shapes with those the architecture expects (both from
+the inspection subprocess, service/inspection.py): the API never loads a teacher.
 """
 from __future__ import annotations
 
-import threading
-import time
-from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.models import Artifact, Job
 from service.queries.checkpoints import best_weights
+from service.settings import Settings, get_settings
 from service.states import SUCCEEDED
 from ttm.registry import DATASET_CHANNELS
+from ttm.shapes import shape_mismatch
 from ttm.spec import JobSpec, SpecError, parse_spec
 
 # Input sizes of the trainer's batches for the named datasets (ttm.data); image folders give their own.
 IMAGE_SIZES = {"mnist": 28, "fashion_mnist": 28, "digits": 8}
+CODE_REFUSED = ("is a TorchScript archive: a program, which can read and write files when it runs. This server "
+                "refuses teachers that carry code (an admin of a trusted lab may allow them with "
+                "TTM_ALLOW_CODE_TEACHERS=1); upload a state_dict or safetensors file with teacher.arch instead")
 
 
 class TeacherProblem(ValueError):
@@ -41,10 +42,13 @@ class TeacherSource:
     sha256: str
     num_classes: int | None = None  # a job teacher's class count (must match the new job's)
     in_channels: int | None = None
+    tensors: dict[str, list[int]] | None = None  # an artifact's recorded shapes (None: a job's own checkpoint)
+    label: str = "the teacher weights"  # what messages call it: the user's file name, or the job
 
 
 def image_size_of(spec: JobSpec) -> int:
-    return spec.dataset.image_size if spec.dataset.name == "imagefolder" else IMAGE_SIZES.get(spec.dataset.name, 32)
+    return spec.dataset.image_size if spec.dataset.name in ("imagefolder", "synthetic") \
+        else IMAGE_SIZES.get(spec.dataset.name, 32)
 
 
 def _artifact(session: Session, ref: str, field: str, owner_id: int | None) -> Artifact:
@@ -60,8 +64,14 @@ def _artifact(session: Session, ref: str, field: str, owner_id: int | None) -> A
     return artifact
 
 
-def resolve_teacher(session: Session, spec: JobSpec, owner_id: int | None) -> TeacherSource | None:
-    """The teacher's files; `owner_id` limits artifacts and jobs to that user's (None: any, e.g. for admins)."""
+def _label(art: Artifact) -> str:
+    return f"teacher weights {art.filename or art.id}"
+
+
+def resolve_teacher(session: Session, spec: JobSpec, owner_id: int | None,
+                    settings: Settings | None = None) -> TeacherSource | None:
+    """The teacher's files; `owner_id` limits artifacts and jobs to that user's (None: any, e.g. for admins). A
+    TorchScript teacher is refused unless the settings allow code teachers."""
     t = spec.teacher
     if t is None:
         return None
@@ -70,13 +80,15 @@ def resolve_teacher(session: Session, spec: JobSpec, owner_id: int | None) -> Te
         if art.format == "torchscript":
             raise TeacherProblem("teacher.weights", f"artifact {art.id} is a TorchScript archive: give it as "
                                                     "teacher.torchscript (without arch)")
-        return TeacherSource(t.arch, art.path, None, t.format, art.sha256)
+        return TeacherSource(t.arch, art.path, None, t.format, art.sha256, tensors=art.tensors, label=_label(art))
     if t.torchscript:
         art = _artifact(session, t.torchscript, "teacher.torchscript", owner_id)
         if art.format != "torchscript":
             raise TeacherProblem("teacher.torchscript", f"artifact {art.id} is {art.format}, not TorchScript: give "
                                                         "it as teacher.weights with teacher.arch")
-        return TeacherSource(None, None, art.path, "auto", art.sha256)
+        if not (settings or get_settings()).allow_code_teachers:
+            raise TeacherProblem("teacher.torchscript", f"{art.filename or art.id} {CODE_REFUSED}")
+        return TeacherSource(None, None, art.path, "auto", art.sha256, label=_label(art))
     assert t.job is not None
     query = select(Job).where(Job.id == t.job)
     if owner_id is not None:
@@ -95,90 +107,13 @@ def resolve_teacher(session: Session, spec: JobSpec, owner_id: int | None) -> Te
         raise TeacherProblem("teacher.job", f"job {t.job} has a spec this server no longer reads: {err}") from None
     fmt = "safetensors" if ckpt.format == "safetensors" else "state_dict"
     return TeacherSource(parent.student.arch, ckpt.path, None, fmt, ckpt.sha256,
-                         num_classes=parent.num_classes, in_channels=DATASET_CHANNELS.get(parent.dataset.name, 3))
+                         num_classes=parent.num_classes, in_channels=DATASET_CHANNELS.get(parent.dataset.name, 3),
+                         label=f"the best student of job {job.id}")
 
 
-class TeacherCheckCache:
-    """Outcomes of teacher checks (None: it loads; a string: why not), least recently used out first. One check
-    runs at a time: a burst of submits with a new teacher loads it once, and the server's cores stay for requests.
-
-    It also remembers, for SOURCE_TTL seconds, where a spec's teacher resolved to (the artifact or the job's best
-    checkpoint, for this owner), so that a run of submits naming the same teacher makes no query each: artifacts
-    and best checkpoints do not change, and a user deleted meanwhile can still submit for as long as their token
-    stays in the token cache anyway. With both cached, admission needs neither the database nor the disk."""
-
-    SOURCE_TTL = 10.0
-
-    def __init__(self, size: int = 512):
-        self.size = size
-        self._items: OrderedDict[tuple[Any, ...], str | None] = OrderedDict()
-        self._sources: dict[tuple[Any, ...], tuple[float, TeacherSource]] = {}
-        self._lock = threading.Lock()
-        self._check_lock = threading.Lock()
-
-    def known_source(self, key: tuple[Any, ...]) -> TeacherSource | None:
-        hit = self._sources.get(key)
-        return hit[1] if hit is not None and hit[0] >= time.monotonic() else None
-
-    def remember_source(self, key: tuple[Any, ...], source: TeacherSource) -> None:
-        with self._lock:
-            if len(self._sources) >= 8 * self.size:
-                self._sources.clear()
-            self._sources[key] = (time.monotonic() + self.SOURCE_TTL, source)
-
-    def _get(self, key: tuple[Any, ...]) -> tuple[bool, str | None]:
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return True, self._items[key]
-            return False, None
-
-    @staticmethod
-    def _key(source: TeacherSource, num_classes: int, in_channels: int, image_size: int) -> tuple[Any, ...]:
-        return source.sha256, source.arch, source.fmt, num_classes, in_channels, image_size
-
-    def known(self, source: TeacherSource, *, num_classes: int, in_channels: int,
-              image_size: int) -> tuple[bool, str | None]:
-        """(whether this check ran already, its outcome), without running it."""
-        return self._get(self._key(source, num_classes, in_channels, image_size))
-
-    def check(self, source: TeacherSource, *, num_classes: int, in_channels: int, image_size: int) -> str | None:
-        key = self._key(source, num_classes, in_channels, image_size)
-        hit, outcome = self._get(key)
-        if hit:
-            return outcome
-        with self._check_lock:
-            hit, outcome = self._get(key)
-            if hit:
-                return outcome
-            outcome = _run_check(source, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
-            with self._lock:
-                self._items[key] = outcome
-                while len(self._items) > self.size:
-                    self._items.popitem(last=False)
-        return outcome
-
-
-def _run_check(source: TeacherSource, *, num_classes: int, in_channels: int, image_size: int) -> str | None:
-    from ttm.teacher import WeightsError, check_teacher
-
-    try:
-        check_teacher(arch=source.arch, weights=source.weights, torchscript=source.torchscript,
-                      num_classes=num_classes, in_channels=in_channels, image_size=image_size, fmt=source.fmt)
-    except WeightsError as err:
-        return str(err)
-    except (ValueError, RuntimeError) as err:  # e.g. an architecture that cannot take this input at all
-        return f"the teacher cannot be built or run: {str(err).splitlines()[0][:300]}"
-    return None
-
-
-def warm_up() -> None:
-    """Import torch and the model zoo before the first request needs them (called in a thread at startup)."""
-    import ttm.teacher  # noqa: F401
-    from ttm.registry import torchvision_archs
-
-    torchvision_archs()
-    try:
-        import ttm.models  # noqa: F401
-    except ImportError:
-        pass
+def weights_problem(source: TeacherSource, expected: dict[str, list[int]]) -> str | None:
+    """Why the artifact's recorded tensors do not fit `expected` (the architecture's), or None. A job's own
+    checkpoint was written by the trainer for its architecture: it fits by construction."""
+    if source.tensors is None:
+        return None
+    return shape_mismatch(expected, source.tensors, source.label)

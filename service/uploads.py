@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import IO
 
 from fastapi import Request
+from python_multipart.exceptions import ParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from service.errors import ApiError
@@ -30,14 +31,28 @@ class _Sink:
     """The temporary file, its running hash and size, and the limit."""
 
     def __init__(self, f: IO[bytes], limit: int):
-        self.f, self.limit, self.size, self.hash = f, limit, 0, hashlib.sha256()
+        self.f, self.limit, self.size, self.seen, self.hash = f, limit, 0, 0, hashlib.sha256()
+
+    def count(self, data: bytes) -> None:
+        """Bytes of the body that count against the limit without being the file (a form's other parts)."""
+        self.seen += len(data)
+        if self.seen > self.limit:
+            raise too_large(self.limit)
 
     def write(self, data: bytes) -> None:
+        self.count(data)
         self.size += len(data)
-        if self.size > self.limit:
-            raise too_large(self.limit)
         self.hash.update(data)
         self.f.write(data)
+
+
+def clean_filename(name: str | None) -> str | None:
+    """What is kept of a client's file name: its last path component, printable, at most 255 characters."""
+    if name is None:
+        return None
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    kept = "".join(c for c in base if c.isprintable())[:255].strip()
+    return kept or None
 
 
 def too_large(limit: int) -> ApiError:
@@ -64,11 +79,18 @@ class _FilePart:
 
     def _hfield(self, data: bytes, start: int, end: int) -> None:
         self._field += data[start:end]
+        self._bounded()
 
     def _hvalue(self, data: bytes, start: int, end: int) -> None:
         self._value += data[start:end]
+        self._bounded()
+
+    def _bounded(self) -> None:
+        if len(self.headers) > 32 or len(self._field) + len(self._value) > 8192:
+            raise ApiError(400, "a multipart part has too many or too long headers")
 
     def _hend(self) -> None:
+        self._bounded()
         self.headers[self._field.decode("latin-1").lower()] = self._value.decode("latin-1")
         self._field = self._value = b""
 
@@ -78,11 +100,13 @@ class _FilePart:
         filename = params.get(b"filename")
         if not self.done and (name == "file" or filename is not None):
             self.writing = True
-            self.filename = filename.decode("utf-8", "replace") if filename else None
+            self.filename = clean_filename(filename.decode("utf-8", "replace")) if filename else None
 
     def _data(self, data: bytes, start: int, end: int) -> None:
         if self.writing:
             self.sink.write(data[start:end])
+        else:
+            self.sink.count(data[start:end])
 
     def _end(self) -> None:
         if self.writing:
@@ -105,18 +129,23 @@ async def receive_upload(request: Request, tmp_dir: Path, limit: int, filename: 
             sink = _Sink(f, limit)
             part = _FilePart(sink) if multipart else None
             parser = MultipartParser(params[b"boundary"], part.callbacks()) if part else None  # type: ignore[arg-type]
-            async for chunk in request.stream():
+            try:
+                async for chunk in request.stream():
+                    if parser is not None:
+                        parser.write(chunk)
+                    else:
+                        sink.write(chunk)
                 if parser is not None:
-                    parser.write(chunk)
-                else:
-                    sink.write(chunk)
-            if parser is not None:
-                parser.finalize()
+                    parser.finalize()
+            except ParseError as err:
+                raise ApiError(400, f"malformed multipart body ({err}); send the weights as the form field "
+                                    "`file` (curl -F file=@teacher.pt) or as the raw body") from None
         if part is not None and not part.done:
             raise ApiError(422, "no file in the form: send the weights as the field `file`", field="file")
         if sink.size == 0:
             raise ApiError(422, "empty upload", field="file")
-        return Received(path, sink.hash.hexdigest(), sink.size, (part.filename if part else None) or filename)
+        return Received(path, sink.hash.hexdigest(), sink.size,
+                        (part.filename if part else None) or clean_filename(filename))
     except BaseException:
         path.unlink(missing_ok=True)
         raise

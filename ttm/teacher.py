@@ -1,18 +1,20 @@
 """Loading teacher weights safely (DESIGN decision 5: untrusted files stay data).
 
 Accepted: a plain state_dict, a `{"model": state_dict, ...}` checkpoint (CRD/RepDistiller, mdistiller releases),
-safetensors, and TorchScript archives (an explicit format that carries its architecture). Pickles always load
-with `weights_only=True`: one that needs code to load is refused and none of its code runs.
+safetensors, and TorchScript archives (an explicit format that carries its architecture: a program, which only a
+job's trainer child loads, and only where an admin allows it). Pickles always load with `weights_only=True`: one
+that needs code to load is refused and none of its code runs. The server inspects uploads with ttm.inspection.
 """
 from __future__ import annotations
 
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
 from torch import nn
+
+from ttm.shapes import shape_mismatch
 
 Format = Literal["state_dict", "safetensors", "torchscript"]
 _WRAPPER_KEYS = ("model", "state_dict", "model_state_dict", "net", "student")
@@ -22,31 +24,21 @@ class WeightsError(ValueError):
     """A weights file that cannot become a teacher; the message says why and what to do."""
 
 
-@dataclass(frozen=True)
-class ArtifactInfo:
-    format: Format
-    tensors: int  # number of tensors (0 for TorchScript, whose contents are a program)
-
-
 def detect_format(path: str | Path) -> Format:
-    path = Path(path)
-    with path.open("rb") as f:
-        head = f.read(16)
-    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
-        return "safetensors"
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as z:
-            names = z.namelist()
-        if any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names):
-            return "torchscript"
-    return "state_dict"
+    from ttm.inspection import sniff_format
+
+    return sniff_format(Path(path))  # type: ignore[return-value]
 
 
-def load_state_dict_file(path: str | Path, fmt: str = "auto") -> dict[str, torch.Tensor]:
-    """The tensors of a weights file as a flat state_dict on the CPU, never running code from the file."""
+def load_state_dict_file(path: str | Path, fmt: str = "auto", *, mmap: bool = False,
+                         label: str | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file as a flat state_dict on the CPU, never running code from the file. `mmap`: map
+    a torch.save zip's storages instead of reading them (memory stays bounded); `label`: what messages call the
+    file (default: its name)."""
     path = Path(path)
+    label = label or path.name
     if not path.is_file():
-        raise WeightsError(f"weights file not found: {path}")
+        raise WeightsError(f"weights file not found: {label}")
     fmt = detect_format(path) if fmt == "auto" else fmt
     if fmt == "torchscript":
         return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
@@ -56,20 +48,20 @@ def load_state_dict_file(path: str | Path, fmt: str = "auto") -> dict[str, torch
         try:
             return load_file(str(path), device="cpu")
         except Exception as err:  # safetensors raises its own error types for corrupt headers
-            raise WeightsError(f"{path.name} is not a valid safetensors file: {err}") from None
+            raise WeightsError(f"{label} is not a valid safetensors file: {err}") from None
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # pickle.UnpicklingError for code or odd opcodes; RuntimeError/EOFError for junk
         needs = _pickled_globals(path)
         if needs is None:
-            raise WeightsError(f"{path.name} is not a PyTorch weights file (neither a pickle, a torch.save zip, "
+            raise WeightsError(f"{label} is not a PyTorch weights file (neither a pickle, a torch.save zip, "
                                "safetensors nor TorchScript)") from None
         detail = str(err).split("WeightsUnpickler error:")[-1].strip().splitlines()[0][:200]
         raise WeightsError(
-            f"{path.name} is a pickle that needs code to load, refused (weights_only=True); it references "
+            f"{label} is a pickle that needs code to load, refused (weights_only=True); it references "
             f"{', '.join(needs[:3]) or 'objects beyond tensors and containers'} ({detail}). Nothing in it ran. "
             "Save a state_dict (torch.save(model.state_dict(), f)) or safetensors instead.") from None
-    return _unwrap(obj, path.name)
+    return _unwrap(obj, label)
 
 
 def _pickled_globals(path: Path) -> list[str] | None:
@@ -115,33 +107,11 @@ def _unwrap(obj: object, name: str) -> dict[str, torch.Tensor]:
 
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], what: str = "weights") -> None:
     """Strict load whose error names the first mismatching key and both shapes."""
-    own = model.state_dict()
-    for key, tensor in own.items():
-        if key in state and tuple(state[key].shape) != tuple(tensor.shape):
-            raise WeightsError(f"{what} do not fit the architecture: first mismatch at {key!r}: file has "
-                               f"{tuple(state[key].shape)}, model expects {tuple(tensor.shape)}")
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (first: {missing[0]!r})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (first: {unexpected[0]!r})")
-        raise WeightsError(f"{what} do not fit the architecture: keys " + ", ".join(parts))
+    problem = shape_mismatch({k: tuple(t.shape) for k, t in model.state_dict().items()},
+                             {k: tuple(t.shape) for k, t in state.items()}, what)
+    if problem is not None:
+        raise WeightsError(problem)
     model.load_state_dict(state, strict=True)
-
-
-def inspect_artifact(path: str | Path) -> ArtifactInfo:
-    """What an uploaded file is; raises WeightsError for anything that is not safe, loadable weights."""
-    fmt = detect_format(path)
-    if fmt == "torchscript":
-        try:
-            torch.jit.load(str(path), map_location="cpu")
-        except Exception as err:
-            raise WeightsError(f"not a loadable TorchScript archive: {str(err).splitlines()[0][:300]}") from None
-        return ArtifactInfo("torchscript", 0)
-    return ArtifactInfo(fmt, len(load_state_dict_file(path, fmt)))
 
 
 def load_teacher(*, arch: str | None, weights: str | None = None, torchscript: str | None = None,
@@ -160,20 +130,3 @@ def load_teacher(*, arch: str | None, weights: str | None = None, torchscript: s
     for p in model.parameters():
         p.requires_grad_(False)
     return model
-
-
-def check_teacher(*, arch: str | None, weights: str | None = None, torchscript: str | None = None,
-                  num_classes: int, in_channels: int, image_size: int = 32, fmt: str = "auto") -> int:
-    """Load the teacher and run one sample through it; returns its parameter count. For the API's validation."""
-    model = load_teacher(arch=arch, weights=weights, torchscript=torchscript, num_classes=num_classes,
-                         in_channels=in_channels, fmt=fmt)
-    with torch.no_grad():
-        try:
-            out = model(torch.zeros(2, in_channels, image_size, image_size))
-        except Exception as err:
-            raise WeightsError(f"the teacher fails on a {in_channels}×{image_size}×{image_size} input: "
-                               f"{str(err).splitlines()[0][:300]}") from None
-    if not isinstance(out, torch.Tensor) or out.shape != (2, num_classes):
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise WeightsError(f"the teacher outputs {shape} for a batch of 2, expected (2, {num_classes}) logits")
-    return sum(p.numel() for p in model.parameters())

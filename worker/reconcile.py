@@ -24,7 +24,8 @@ from typing import Callable
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from service.models import Job, JobEvent, QueueDepth, utcnow
+from service.models import Job, JobEvent, utcnow
+from service.queries.jobs import queue_depths
 from service.settings import Settings
 from service.states import CANCELLED, CANCELLING, FAILED, QUEUED, RUNNING, IllegalTransition, transition
 
@@ -103,7 +104,7 @@ def _lost_messages(session: Session, settings: Settings, now: datetime, summary:
         # A queue whose broker holds at least as many messages as it has queued jobs has lost none that matter
         # now: a long queue waiting for GPUs is not re-sent, message by message, every few minutes. (Messages of
         # cancelled jobs can hide a lost one until the workers have drained them; then the counts tell.)
-        depths = {q: d for q, d in session.execute(select(QueueDepth.queue, QueueDepth.depth)) if d > 0}
+        depths = queue_depths(session)
         waiting = count_messages(sorted(depths)) if depths else {}
         if waiting is not None:
             short = [q for q, depth in depths.items() if waiting.get(q, 0) < depth]

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -11,19 +10,22 @@ from starlette.concurrency import run_in_threadpool
 
 from service.deps import CurrentUser, Principal, ReadSessionDep, SessionDep, SettingsDep
 from service.errors import ApiError, not_found
+from service.inspection import InspectionRefused, inspect_file
 from service.queries import artifacts as q
 from service.schemas import ArtifactOut, error_responses
 from service.settings import Settings
+from service.teachers import CODE_REFUSED
 from service.uploads import Received, receive_upload
 
 router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
-_inspect_lock = threading.Lock()  # one upload is unpickled/inspected at a time
 
 UPLOAD_BODY = {
     "required": True,
     "description": "The weights file: the raw bytes, or a multipart form with the file in field `file`. "
                    "A state_dict saved by torch.save, a `{'model': state_dict}` checkpoint, safetensors, or "
-                   "a TorchScript archive. Pickles that need code to load are refused (422).",
+                   "a TorchScript archive where the server allows code teachers (TTM_ALLOW_CODE_TEACHERS; "
+                   "refused otherwise). Pickles that need code to load are refused (422). The file is inspected "
+                   "in a sandboxed subprocess; its tensors' shapes are kept.",
     "content": {
         "application/octet-stream": {
             "schema": {"type": "string", "format": "binary"},
@@ -43,23 +45,25 @@ def blob_path(settings: Settings, sha256: str) -> Path:
 
 
 def _store(session: Session, who: Principal, settings: Settings, received: Received) -> tuple[ArtifactOut, bool]:
-    """Inspect (unless these bytes were checked before), keep one blob per sha256, record the owner's artifact."""
+    """Inspect (unless these bytes were inspected before), keep one blob per sha256, record the owner's artifact."""
     known = q.blob_known(session, received.sha256)
     blob = blob_path(settings, received.sha256)
-    if known is not None and blob.is_file():
-        fmt = known.format
+    if known is not None and blob.is_file() and (known.tensors is not None or known.format == "torchscript"):
+        fmt, tensors = known.format, known.tensors
     else:
-        from ttm.teacher import WeightsError, inspect_artifact
-
         try:
-            with _inspect_lock:
-                fmt = inspect_artifact(received.path).format
-        except WeightsError as err:
-            raise ApiError(422, str(err), code="invalid_artifact", field="file") from None
+            info = inspect_file(received.path, settings)
+        except InspectionRefused as err:
+            raise ApiError(422, f"file: {err}", code="invalid_artifact", field="file") from None
+        fmt, tensors = info.format, info.tensors
+    if fmt == "torchscript" and not settings.allow_code_teachers:
+        raise ApiError(422, f"file: {received.filename or 'the upload'} {CODE_REFUSED}", code="code_refused",
+                       field="file")
+    if not blob.is_file():
         blob.parent.mkdir(parents=True, exist_ok=True)
         os.replace(received.path, blob)
     artifact, created = q.add_artifact(session, who.id, sha256=received.sha256, size=received.size, fmt=fmt,
-                                       path=str(blob), filename=received.filename)
+                                       path=str(blob), filename=received.filename, tensors=tensors)
     return ArtifactOut.model_validate(artifact, from_attributes=True), created
 
 

@@ -1,20 +1,20 @@
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import FileResponse, PlainTextResponse
-from sqlalchemy.orm import Session, sessionmaker
-from starlette.concurrency import run_in_threadpool
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
-from service.admission import WouldBlock, admit
-from service.deps import CurrentUser, Principal, ReadSessionDep, SessionDep, authenticate
+from service.admission import admit
+from service.broker import enqueue_job
+from service.deps import CurrentUser, Principal, ReadSessionDep, SessionDep, SettingsDep
 from service.errors import ApiError, not_found
-from service.job_writer import KeyTaken, WriterClosed
 from service.models import Checkpoint, Job
 from service.queries import checkpoints as cq
 from service.queries import history as hq
@@ -22,8 +22,8 @@ from service.queries import jobs as q
 from service.schemas import (JOB_EXAMPLES, CheckpointOut, JobList, JobOut, MetricList, MetricOut,
                              error_responses)
 from service.states import ALL_STATES, CANCELLED, CANCELLING, QUEUED, RUNNING, IllegalTransition, transition
-from ttm.spec import SpecError
 
+log = logging.getLogger("ttm.service")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 LOG_CHUNK = 4 * 1024 * 1024
@@ -31,7 +31,7 @@ JOB_BODY = {"requestBody": {"required": True, "content": {"application/json": {
     "schema": {"$ref": "#/components/schemas/JobSpec"}, "examples": JOB_EXAMPLES}}}}
 
 
-def job_out(job: Job, owner: str, position: int | None) -> JobOut:
+def job_out(job: Job, owner: str, position: q.Position) -> JobOut:
     return JobOut(id=job.id, name=job.name, state=job.state, queue=job.queue, queue_position=position,
                   attempts=job.attempts, reason=job.reason, owner=owner, created_at=job.created_at,
                   started_at=job.started_at, finished_at=job.finished_at, best_top1=job.best_top1, spec=job.spec)
@@ -48,107 +48,60 @@ def _request_hash(body: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def _replay(session: Session, prior: Job, owner: str, request_hash: str) -> JobOut:
-    if prior.request_hash != request_hash:
+def _replay(session: Session, prior: Job, owner: str, body: dict[str, Any]) -> JobOut:
+    if prior.request_hash != _request_hash(body):
         raise ApiError(409, f"Idempotency-Key {prior.idempotency_key!r} was used for another request "
                             f"(job {prior.id}); use a new key for a new job", code="idempotency_conflict")
     return job_out(prior, owner, q.queue_position(session, prior))
 
 
 IDEMPOTENCY_KEY_MAX = 200
-SPEC_BODY_MAX = 1024 * 1024  # a job spec is a few kB: a bigger body is refused (413) before it is read whole
-SUBMIT_DOCS = {**JOB_BODY, "security": [{"HTTPBearer": []}], "parameters": [{
-    "name": "Idempotency-Key", "in": "header", "required": False,
-    "schema": {"type": "string", "maxLength": IDEMPOTENCY_KEY_MAX},
-    "description": "the same key with the same body gives the same job (200) instead of a second one; with "
-                   "another body, a 409"}]}
+IdempotencyKey = Annotated[str | None, Header(
+    alias="Idempotency-Key", min_length=1, max_length=IDEMPOTENCY_KEY_MAX, pattern=r"^[\x20-\x7e]+$",
+    description="the same key with the same body gives the same job (200) instead of a second one; with another "
+                "body, a 409. Printable ASCII. A retried CI job should send a key of its own attempt.")]
 
 
-@router.post("", status_code=201, response_model=JobOut, openapi_extra=SUBMIT_DOCS,
+@router.post("", status_code=201, response_model=JobOut, openapi_extra=JOB_BODY,
              responses={200: {"model": JobOut, "description": "replay of an earlier request with this "
                                                                "Idempotency-Key"},
-                        **error_responses(400, 401, 409, 413, 422, 503)})
-async def submit_job(request: Request) -> Response:
-    """Submit a job spec. It is validated (architectures, γ/β/T, dataset, the teacher loading into the declared
-    architecture) before it is queued; any refusal is a 422 that names the field."""
-    # The busiest route, so it authenticates, reads its body and header itself and answers with the serialized
-    # model: FastAPI's parameter solving and its re-validation of the returned model cost ~13 % of the server's CPU
-    # per submit (measured), and the spec is validated by its own model anyway (ttm.spec.parse_spec). Async, so
-    # that a request waiting for its batch to commit holds no thread. Admission runs on the event loop unless it
-    # would wait on the database or the disk (a teacher not seen lately, a dataset folder: then in the thread pool,
-    # with a session of its own); the rows go to the job writer.
-    who = await authenticate(request)
-    body = await _json_object(request)
-    idempotency_key = request.headers.get("idempotency-key")
-    if idempotency_key is not None and not 0 < len(idempotency_key) <= IDEMPOTENCY_KEY_MAX:
-        raise ApiError(422, f"Idempotency-Key: give 1 to {IDEMPOTENCY_KEY_MAX} characters", field="Idempotency-Key")
-    request_hash = _request_hash(body) if idempotency_key else None
-    state = request.app.state
-    make_session = state.read_sessionmaker  # admission and replays only read
+                        **error_responses(400, 401, 409, 413, 422, 429, 503)})
+def submit_job(body: Annotated[dict[str, Any], Body()], who: CurrentUser, session: SessionDep,
+               settings: SettingsDep, request: Request, response: Response,
+               idempotency_key: IdempotencyKey = None) -> JobOut:
+    """Submit a job spec. It is validated (architectures, γ/β/T, dataset, the server's limits, the teacher's
+    tensors against its declared architecture) before it is queued; any refusal is a 4xx that names the field."""
+    if idempotency_key is not None:
+        prior = q.find_idempotent(session, who.id, idempotency_key)
+        if prior is not None:  # its first answer, even where the same body would no longer be admitted
+            response.status_code = 200
+            return _replay(session, prior, who.name, body)
+    admitted = admit(session, who, body, settings)
+    job = q.insert_job(session, who.id, name=admitted.spec.name, spec=admitted.spec_json, queue=admitted.queue,
+                       idempotency_key=idempotency_key,
+                       request_hash=_request_hash(body) if idempotency_key else None)
     try:
-        try:
-            admitted = admit(make_session, who, body, state.settings, state.teacher_checks, may_block=False)
-        except WouldBlock:
-            admitted = await run_in_threadpool(admit, make_session, who, body, state.settings, state.teacher_checks)
-    except (ApiError, SpecError):
-        if not idempotency_key:
+        session.commit()
+    except IntegrityError:  # a concurrent request with the same key committed first: answer with its job
+        session.rollback()
+        prior = q.find_idempotent(session, who.id, idempotency_key or "")
+        if prior is None:
             raise
-        # a key replays its first answer even where the same body would no longer be admitted (teacher gone)
-        replay = await run_in_threadpool(_replay_key, make_session, who, idempotency_key, request_hash or "")
-        if replay is None:
-            raise
-        return _json(replay, 200)
-    row = q.new_job_row(who.id, name=admitted.spec.name, spec=admitted.spec_json, queue=admitted.queue,
-                        idempotency_key=idempotency_key, request_hash=request_hash)
-    try:  # committed in one transaction with the submits that arrived meanwhile (service/job_writer.py)
-        position = await asyncio.wrap_future(state.job_writer.submit(row))
-    except WriterClosed as err:
-        raise ApiError(503, str(err), code="shutting_down", headers={"Retry-After": "1"}) from None
-    except KeyTaken:  # no lookup before the insert: the unique (owner, key) decides, and a concurrent twin lost
-        replay = await run_in_threadpool(_replay_key, make_session, who, idempotency_key or "", request_hash or "")
-        assert replay is not None, "a job holds the key: its insert was skipped for it"
-        return _json(replay, 200)
-    return _json(JobOut(id=row["id"], name=row["name"], state=row["state"], queue=row["queue"],
-                        queue_position=position, attempts=row["attempts"], reason=None, owner=who.name,
-                        created_at=row["created_at"], started_at=None, finished_at=None, best_top1=None,
-                        spec=row["spec"]), 201)
-
-
-async def _json_object(request: Request) -> dict[str, Any]:
-    too_large = ApiError(413, f"a job spec's body may hold {SPEC_BODY_MAX} bytes at most", field="body")
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > SPEC_BODY_MAX:
-        raise too_large
-    chunks, size = [], 0
-    async for chunk in request.stream():  # a chunked body has no length to check first
-        size += len(chunk)
-        if size > SPEC_BODY_MAX:
-            raise too_large
-        chunks.append(chunk)
+        response.status_code = 200
+        return _replay(session, prior, who.name, body)
     try:
-        body = json.loads(b"".join(chunks))
-    except ValueError:  # also a body that is not UTF-8
-        raise ApiError(400, "the body is not valid JSON", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise ApiError(422, f"body: give a job spec (a JSON object), not {type(body).__name__}", field="body")
-    return body
-
-
-def _json(model: JobOut, status: int) -> Response:
-    return Response(model.model_dump_json(), status_code=status, media_type="application/json")
-
-
-def _replay_key(make_session: sessionmaker[Session], who: Principal, key: str, request_hash: str) -> JobOut | None:
-    """The answer of the job that holds `who`'s key (a 409 for another body), or None when no job holds it."""
-    with make_session() as session:
-        prior = q.find_idempotent(session, who.id, key)
-        return None if prior is None else _replay(session, prior, who.name, request_hash)
+        enqueue_job(job.id, job.queue, request.app.state.celery)
+    except Exception as err:  # noqa: BLE001 - kombu raises transport-specific errors; the job is stored
+        log.error("could not enqueue %s (%s: %s); it stays queued for the reconciler", job.id,
+                  type(err).__name__, err)
+    return job_out(job, who.name, q.queue_position(session, job))
 
 
 @router.get("", response_model=JobList, responses=error_responses(401, 422))
 def list_jobs(who: CurrentUser, session: ReadSessionDep,
               state: Annotated[list[str] | None, Query(description="filter: repeat, or comma-separate")] = None,
-              cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+              cursor: Annotated[str | None, Query(description="next_cursor of the previous page",
+                                                   pattern=r"^job_[0-9A-Za-z]{1,36}$")] = None,
               limit: Annotated[int, Query(ge=1, le=200)] = 50) -> JobList:
     """Your jobs (an admin: everyone's), newest first."""
     states = [s for value in state or [] for s in value.split(",") if s]
@@ -163,10 +116,8 @@ def list_jobs(who: CurrentUser, session: ReadSessionDep,
 
 @router.get("/{job_id}", response_model=JobOut, responses=error_responses(401, 404))
 def get_job(job_id: str, who: CurrentUser, session: ReadSessionDep) -> JobOut:
-    found = q.get_job_with_position(session, who, job_id)
-    if found is None:
-        raise not_found("job", job_id)
-    return job_out(*found)
+    job, owner = visible_job(session, who, job_id)
+    return job_out(job, owner, q.queue_position(session, job))
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses=error_responses(401, 404, 409))
@@ -192,7 +143,7 @@ def cancel_job(job_id: str, who: CurrentUser, session: SessionDep) -> JobOut:
 
 @router.get("/{job_id}/metrics", response_model=MetricList, responses=error_responses(401, 404))
 def job_metrics(job_id: str, who: CurrentUser, session: ReadSessionDep,
-                after: Annotated[int, Query(ge=0, description="return rows with seq > after")] = 0,
+                after: Annotated[int, Query(ge=0, le=2**63 - 1, description="return rows with seq > after")] = 0,
                 limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> MetricList:
     """The job's metric rows in sequence order."""
     visible_job(session, who, job_id)
@@ -205,7 +156,7 @@ def job_metrics(job_id: str, who: CurrentUser, session: ReadSessionDep,
             responses={200: {"content": {"text/plain": {"example": "epoch 1/2 loss 0.91 top1 71.2\n"}}},
                        **error_responses(401, 404)})
 def job_log(job_id: str, who: CurrentUser, session: ReadSessionDep,
-            offset: Annotated[int, Query(ge=0, description="byte offset to read from")] = 0) -> PlainTextResponse:
+            offset: Annotated[int, Query(ge=0, le=2**63 - 1, description="byte offset to read from")] = 0) -> PlainTextResponse:
     """The trainer's log text (empty until the worker writes one); `X-TTM-Log-Next-Offset` says where to go on."""
     job, _ = visible_job(session, who, job_id)
     data = b""

@@ -53,10 +53,33 @@ def test_safetensors_and_torchscript(client, users, tmp_path):
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(st))
     ts = tmp_path / "t.ts"
     torch.jit.trace(model, torch.zeros(1, 1, 28, 28)).save(str(ts))
-    for path, fmt in ((st, "safetensors"), (ts, "torchscript")):
-        r = client.post("/v1/artifacts", content=path.read_bytes(), headers=bearer(users.alice))
-        assert r.status_code == 201, r.text
-        assert r.json()["format"] == fmt
+    r = client.post("/v1/artifacts", content=st.read_bytes(), headers=bearer(users.alice))
+    assert r.status_code == 201, r.text
+    assert r.json()["format"] == "safetensors"
+    # a TorchScript archive is a program: refused unless an admin allows code teachers, and never loaded here
+    r = client.post("/v1/artifacts", files={"file": ("mine.ts", ts.read_bytes())}, headers=bearer(users.alice))
+    assert r.status_code == 422 and r.json()["error"]["code"] == "code_refused", r.text
+    assert "mine.ts" in r.json()["error"]["message"] and "TTM_ALLOW_CODE_TEACHERS" in r.json()["error"]["message"]
+    client.app.state.settings.allow_code_teachers = True
+    r = client.post("/v1/artifacts", content=ts.read_bytes(), headers=bearer(users.alice))
+    assert r.status_code == 201 and r.json()["format"] == "torchscript", r.text
+
+
+def test_deflate_bomb_is_refused_before_it_inflates(client, users, tmp_path):
+    """A 1 MiB zip whose member inflates to 1 GiB: refused by its declared sizes, nothing inflated."""
+    import zipfile
+
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as z:
+        z.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+        with z.open("archive/data/0", "w", force_zip64=True) as member:
+            block = bytes(16 * 1024 * 1024)
+            for _ in range(64):
+                member.write(block)
+    assert bomb.stat().st_size < 2 * 1024 * 1024
+    r = client.post("/v1/artifacts", files={"file": ("bomb.pt", bomb.read_bytes())}, headers=bearer(users.alice))
+    assert r.status_code == 422, r.text
+    assert "inflates" in r.json()["error"]["message"] and str(tmp_path) not in r.json()["error"]["message"]
 
 
 def test_pickle_with_code_is_refused_and_never_run(client, users, settings, evil_file, tmp_path):

@@ -58,12 +58,12 @@ def test_fresh_database_refused_then_migrated_by_cli(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""
     assert is_at_head(settings)
-    assert head_revisions(settings) == {"0002"}
+    assert head_revisions(settings) == {"0004"}
     create_app(settings, host="127.0.0.1")
 
 
-def test_0002_counts_the_jobs_already_queued(db_url, tmp_path):
-    """Upgrading a database that has queued jobs starts queue_depths at their count."""
+def test_0003_drops_queue_depths_and_back(db_url, tmp_path):
+    """0003 drops the trigger-kept queue_depths; its downgrade brings the table back with the queued jobs' count."""
     from sqlalchemy import text
 
     from service.db import session_scope
@@ -71,13 +71,15 @@ def test_0002_counts_the_jobs_already_queued(db_url, tmp_path):
     from service.queries.users import create_user
 
     settings = make_settings(tmp_path, db_url)
-    downgrade_to(settings, "0001")
     engine = get_engine(settings)
     assert "queue_depths" not in inspect(engine).get_table_names()
     with session_scope(settings) as session:
         user, _ = create_user(session, "carol")
         for queue in ("cpu", "cpu", "gpu"):
             insert_job(session, user.id, name="old", spec={}, queue=queue, idempotency_key=None, request_hash=None)
-    upgrade_to_head(settings)
+    downgrade_to(settings, "0002")
     with engine.connect() as conn:
         assert dict(conn.execute(text("SELECT queue, depth FROM queue_depths")).all()) == {"cpu": 2, "gpu": 1}
+    upgrade_to_head(settings)
+    assert "queue_depths" not in inspect(engine).get_table_names()
+    assert "tensors" in {c["name"] for c in inspect(engine).get_columns("artifacts")}

@@ -9,7 +9,15 @@ import torch
 from safetensors.torch import save_file
 
 from ttm.models import build_model
-from ttm.teacher import WeightsError, check_teacher, detect_format, inspect_artifact, load_teacher
+from ttm.inspection import Refused, describe_arch, describe_file
+from ttm.shapes import shape_mismatch
+from ttm.teacher import WeightsError, detect_format, load_teacher
+
+MAX = 1 << 30
+
+
+def inspect_artifact(path):
+    return describe_file(path, MAX)
 
 
 @pytest.fixture(scope="module")
@@ -40,17 +48,20 @@ def test_each_format_loads_the_same_teacher(tmp_path, resnet8, form):
         torch.jit.save(torch.jit.trace(resnet8.eval(), torch.zeros(1, 1, 28, 28)), str(path))
     expected = {"safetensors": "safetensors", "torchscript": "torchscript"}.get(form, "state_dict")
     assert detect_format(path) == expected
-    assert inspect_artifact(path).format == expected
+    described = inspect_artifact(path)
+    assert described["format"] == expected
     if form == "torchscript":
         teacher = load_teacher(arch=None, torchscript=str(path), num_classes=10, in_channels=1)
     else:
         teacher = load_teacher(arch="resnet8", weights=str(path), num_classes=10, in_channels=1)
     assert not any(p.requires_grad for p in teacher.parameters())
     assert _same(teacher, resnet8)
-    assert check_teacher(arch=None if form == "torchscript" else "resnet8",
-                         weights=None if form == "torchscript" else str(path),
-                         torchscript=str(path) if form == "torchscript" else None,
-                         num_classes=10, in_channels=1, image_size=28) > 70_000
+    arch = describe_arch("resnet8", 10, 1, 28)
+    assert arch["params"] > 70_000 and arch["output"] == [2, 10]
+    if form == "torchscript":  # a program: recognised, never opened
+        assert described["tensors"] is None
+    else:  # the recorded shapes are what the architecture expects
+        assert shape_mismatch(arch["tensors"], described["tensors"], "teacher") is None
 
 
 class _Exploit:
@@ -66,12 +77,12 @@ def test_a_pickle_that_needs_code_is_refused_and_never_runs(tmp_path):
     path = tmp_path / "evil.pth"
     with open(path, "wb") as f:
         pickle.dump({"model": _Exploit(str(marker))}, f)
-    with pytest.raises(WeightsError, match="needs code to load"):
+    with pytest.raises(Refused, match="needs code to load"):
         inspect_artifact(path)
     with pytest.raises(WeightsError, match="needs code to load"):
         load_teacher(arch="resnet8", weights=str(path), num_classes=10, in_channels=1)
     torch.save({"model": _Exploit(str(marker))}, tmp_path / "evil2.pth")  # the zip format too
-    with pytest.raises(WeightsError, match="needs code to load"):
+    with pytest.raises(Refused, match="needs code to load"):
         inspect_artifact(tmp_path / "evil2.pth")
     assert not marker.exists()
 
@@ -90,9 +101,9 @@ def test_shape_mismatch_names_the_key_and_both_shapes(tmp_path, resnet8):
 def test_garbage_and_empty_files(tmp_path):
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not weights at all" * 10)
-    with pytest.raises(WeightsError, match="not a PyTorch weights file"):
+    with pytest.raises(Refused, match="not a PyTorch weights file"):
         inspect_artifact(junk)
     nodict = tmp_path / "list.pth"
     torch.save([torch.zeros(1)], nodict)
-    with pytest.raises(WeightsError, match="holds no state_dict"):
+    with pytest.raises(Refused, match="holds no state_dict"):
         inspect_artifact(nodict)

@@ -54,8 +54,8 @@ def test_two_api_processes_share_the_port_and_a_sigterm_loses_no_accepted_job(se
     serve = procs.start("serve", ["serve", "--host=127.0.0.1", f"--port={port}", "--workers=0",
                                   "--api-processes=2", "--no-access-log"], env_for(settings))
     try:
-        wait_for(lambda: procs.log("serve").count("warm-up done") == 2, 120,
-                 "both API processes to start and warm up", interval=0.3)
+        wait_for(lambda: procs.log("serve").count("Application startup complete") == 2, 120,
+                 "both API processes to start", interval=0.3)
         apis = [pid for pid, cmd in children(serve.pid).items() if "worker.cli api" in cmd]
         assert len(apis) == 2, children(serve.pid)
         cpu_before = {pid: cpu_seconds(pid) for pid in apis}
