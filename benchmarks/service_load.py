@@ -113,7 +113,7 @@ def server(workers: int, env: dict[str, str], port: int, serve_args: tuple[str, 
 def wait_warm(proc: subprocess.Popen, processes: int, timeout: float = 180) -> float:
     """Until every API process has logged the end of its warm-up (torch imported in a thread, the heap frozen);
     returns the seconds waited. Measuring before that measures the import and the collector walking its objects."""
-    from service.app import WARM_UP_DONE
+    WARM_UP_DONE = "Application startup complete"  # uvicorn's line, once per API process
 
     start = time.monotonic()
     log = Path(proc.home) / "serve.log"  # type: ignore[attr-defined]
