@@ -21,6 +21,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+# the suffixes live in ttm.registry, which the API and the client import without torch; re-exported here
+from ttm.registry import CHECKPOINT_SUFFIXES, MANIFEST_SUFFIX, checkpoint_name  # noqa: F401
 MANIFEST_VERSION = 1
 
 
@@ -60,13 +62,13 @@ def save_student(out_dir: Path, which: str, model: nn.Module, manifest: dict[str
     from safetensors.torch import save_file
 
     state = plain_state_dict(model)
-    pt, st = out_dir / f"{which}.pt", out_dir / f"{which}.safetensors"
+    pt, st = out_dir / checkpoint_name(which, "pt"), out_dir / checkpoint_name(which, "safetensors")
     atomic_write(pt, lambda tmp: torch.save(state, tmp))
     meta = {"arch": str(manifest["arch"]), "num_classes": str(manifest["num_classes"])}
     atomic_write(st, lambda tmp: save_file(state, str(tmp), metadata=meta))
     manifest = {**manifest, "version": MANIFEST_VERSION, "which": which,
                 "files": {"pt": _file_info(pt), "safetensors": _file_info(st)}}
-    write_json(out_dir / f"{which}.json", manifest)
+    write_json(out_dir / f"{which}{MANIFEST_SUFFIX}", manifest)
     return manifest
 
 
@@ -76,7 +78,7 @@ def export_torchscript(out_dir: Path, model: nn.Module, example: torch.Tensor, m
     model = getattr(model, "_orig_mod", model)
     was_training = model.training
     model = model.to("cpu", memory_format=torch.contiguous_format).eval()
-    path = out_dir / f"{manifest_path.stem}.torchscript.pt"
+    path = out_dir / checkpoint_name(manifest_path.stem, "torchscript")
     with torch.no_grad():
         traced = torch.jit.trace(model, example.to("cpu", torch.float32))
     atomic_write(path, lambda tmp: torch.jit.save(traced, str(tmp)))

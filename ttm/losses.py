@@ -1,4 +1,8 @@
-"""The distillation losses: one small function per method, one registry (`LOSSES`), one dispatcher.
+"""The distillation losses: one small function per method, one registry, one dispatcher.
+
+Each function attaches itself with `@loss_for(SpecClass)` to the kind its spec class registered in
+`ttm.registry.LOSS_KINDS`; `LOSSES` (kind → function) is derived from that table, and importing this module fails if a
+registered kind has no function. Adding a loss: its spec class with `@loss_spec` in `ttm.spec`, its function here.
 
 Every loss has the same shape, `fn(z, v, y, cfg, epoch) -> {"loss": total, part: value, ...}`:
 z student logits [B, K], v teacher logits [B, K] (None for plain CE), y int64 labels [B], cfg the loss's spec
@@ -24,7 +28,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ttm.registry import LOSS_KINDS, kind_of
+from ttm.spec import CELoss, DISTLoss, DKDLoss, KDLoss, TTMLoss, WTTMLoss
+
 Parts = dict[str, Tensor]
+LossFn = Callable[..., Parts]
+
+
+def loss_for(spec_cls: type) -> Callable[[LossFn], LossFn]:
+    """Decorator: make `fn` the loss of `spec_cls`'s kind (one function per kind)."""
+
+    def attach(fn: LossFn) -> LossFn:
+        entry = LOSS_KINDS[kind_of(spec_cls)]
+        if entry.fn is not None and entry.fn is not fn:
+            raise ValueError(f"loss kind {entry.kind!r} has two functions: {entry.fn.__name__} and {fn.__name__}")
+        entry.fn = fn
+        return fn
+
+    return attach
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -73,12 +94,14 @@ def _prepare(z: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
 
 
 # ---------------------------------------------------------------------------------------------- losses
+@loss_for(CELoss)
 def ce_loss(z: Tensor, v: Tensor | None, y: Tensor, cfg, epoch: int = 1) -> Parts:
     """H(y, q). The teacher, if given, is ignored."""
     ce = F.cross_entropy(_upcast(z), y)
     return {"loss": ce, "ce": ce}
 
 
+@loss_for(KDLoss)
 def kd_loss(z: Tensor, v: Tensor, y: Tensor, cfg, epoch: int = 1) -> Parts:
     """Hinton: ce_weight·CE + kd_weight·kd, kd = T²·KL(softmax(v/T) ‖ softmax(z/T))."""
     z, v = _prepare(z, v)
@@ -88,6 +111,7 @@ def kd_loss(z: Tensor, v: Tensor, y: Tensor, cfg, epoch: int = 1) -> Parts:
     return {"loss": _with_ce(cfg.ce_weight, ce, cfg.kd_weight * kd), "ce": ce, "kd": kd}
 
 
+@loss_for(TTMLoss)
 def ttm_loss(z: Tensor, v: Tensor, y: Tensor, cfg, epoch: int = 1) -> Parts:
     """TTM: ce_weight·CE + β·ttm, ttm = KL(p_t^T ‖ q); no temperature on the student and no T²."""
     z, v = _prepare(z, v)
@@ -98,6 +122,7 @@ def ttm_loss(z: Tensor, v: Tensor, y: Tensor, cfg, epoch: int = 1) -> Parts:
     return {"loss": _with_ce(cfg.ce_weight, ce, cfg.beta * ttm), "ce": ce, "ttm": ttm}
 
 
+@loss_for(WTTMLoss)
 def wttm_loss(z: Tensor, v: Tensor, y: Tensor, cfg, epoch: int = 1) -> Parts:
     """WTTM: ce_weight·CE + β·wttm, wttm = mean_i U_γ(p_t,i)·KL_i(p_t^T ‖ q); "u" is the batch mean of U_γ."""
     z, v = _prepare(z, v)
@@ -116,6 +141,7 @@ def _dkd_warmup(epoch, warmup_epochs: int):
     return ratio.clamp(max=1.0) if isinstance(ratio, Tensor) else min(ratio, 1.0)
 
 
+@loss_for(DKDLoss)
 def dkd_loss(z: Tensor, v: Tensor, y: Tensor, cfg, epoch: int = 1) -> Parts:
     """Decoupled KD (Zhao et al. 2022): ce_weight·CE + warm-up·(α·tckd + β·nckd), both parts × T².
 
@@ -152,6 +178,7 @@ def _pearson(a: Tensor, b: Tensor, dim: int, eps: float = 1e-8) -> Tensor:
     return (a * b).sum(dim=dim) / torch.sqrt((a * a).sum(dim=dim) * (b * b).sum(dim=dim) + eps * eps)
 
 
+@loss_for(DISTLoss)
 def dist_loss(z: Tensor, v: Tensor, y: Tensor, cfg, epoch: int = 1) -> Parts:
     """DIST (Huang et al. 2022): ce_weight·CE + inter_weight·inter + intra_weight·intra, with y_s = softmax(z/τ),
     y_t = softmax(v/τ); inter = τ²·(1 − mean_i Pearson over classes), intra = τ²·(1 − mean_c Pearson over batch)."""
@@ -165,15 +192,10 @@ def dist_loss(z: Tensor, v: Tensor, y: Tensor, cfg, epoch: int = 1) -> Parts:
     return {"loss": _with_ce(cfg.ce_weight, ce, distill), "ce": ce, "inter": inter, "intra": intra}
 
 
-LossFn = Callable[..., Parts]
-LOSSES: dict[str, LossFn] = {
-    "ce": ce_loss,
-    "kd": kd_loss,
-    "ttm": ttm_loss,
-    "wttm": wttm_loss,
-    "dkd": dkd_loss,
-    "dist": dist_loss,
-}
+_missing = [k for k, entry in LOSS_KINDS.items() if entry.fn is None]
+if _missing:
+    raise ImportError(f"loss kinds registered in ttm.spec without a function in ttm.losses: {', '.join(_missing)}")
+LOSSES: dict[str, LossFn] = {k: entry.fn for k, entry in LOSS_KINDS.items()}
 
 
 def compute_loss(cfg, z: Tensor, v: Tensor | None, y: Tensor, epoch: int = 1) -> Parts:

@@ -1,7 +1,9 @@
 """Names the spec may use, kept free of torch so that validating a spec stays cheap (the API does it per request)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any, Callable, get_args
 
 # The CIFAR architectures of the paper's tables, under the names RepDistiller/mdistiller use.
 CIFAR_ARCHS: tuple[str, ...] = (
@@ -38,3 +40,60 @@ def is_known_arch(name: str) -> bool:
 
 def known_archs_hint() -> str:
     return "known: " + ", ".join(CIFAR_ARCHS + IMAGENET_ARCHS) + ", or torchvision/<name> (e.g. torchvision/resnet18)"
+
+
+# ---------------------------------------------------------------------------------------------- loss kinds
+@dataclass
+class LossKind:
+    """One loss method: its spec class (ttm.spec), whether it distills from a teacher, and its function.
+
+    The spec class registers itself with `@loss_spec(...)` where it is defined; the function attaches itself with
+    `ttm.losses.loss_for(SpecClass)`. Two files because validating a spec must not import torch (the API does it per
+    request), but every list of kinds (the spec's union, its tags, "needs a teacher", the dispatch table, the error
+    hints) derives from this one table.
+    """
+
+    kind: str
+    spec: type
+    needs_teacher: bool
+    fn: Callable[..., Any] | None = None
+
+
+LOSS_KINDS: dict[str, LossKind] = {}
+
+
+def kind_of(cls: type) -> str:
+    """The tag of a tagged spec class: the single value of its `kind: Literal[...]` field."""
+    (kind,) = get_args(cls.model_fields["kind"].annotation)
+    return kind
+
+
+def loss_spec(*, needs_teacher: bool) -> Callable[[type], type]:
+    """Class decorator: register a loss's spec class under its `kind` (registration order is the union's order)."""
+
+    def register(cls: type) -> type:
+        kind = kind_of(cls)
+        if kind in LOSS_KINDS:
+            raise ValueError(f"loss kind {kind!r} is registered twice")
+        LOSS_KINDS[kind] = LossKind(kind, cls, needs_teacher)
+        return cls
+
+    return register
+
+
+def teacher_kinds() -> list[str]:
+    """The loss kinds that distill from a teacher, in registration order."""
+    return [k for k, lk in LOSS_KINDS.items() if lk.needs_teacher]
+
+
+# ---------------------------------------------------------------------------------------------- checkpoint files
+# The suffix of each student export format, as the manifest's "files" keys, the download route and the client name
+# them: `<which><suffix>`, e.g. best.safetensors. Here rather than in ttm.checkpoint so that the API and the client
+# can read it without importing torch.
+CHECKPOINT_SUFFIXES: dict[str, str] = {"pt": ".pt", "safetensors": ".safetensors", "torchscript": ".torchscript.pt"}
+MANIFEST_SUFFIX = ".json"
+
+
+def checkpoint_name(which: str, fmt: str) -> str:
+    """`best` + `safetensors` → `best.safetensors`."""
+    return which + CHECKPOINT_SUFFIXES[fmt]

@@ -2,29 +2,59 @@
 
 A spec names a teacher, a student, a dataset, a loss and a recipe. `preset:` fills any of those from the paper's
 tables (see `ttm.presets`); fields written in the spec win over the preset's. Unknown fields are errors.
+
+A spec comes from strangers over HTTP, so every value has an outer bound whatever the server's policy: floats are
+finite, integers fit int64 (most far tighter), strings hold no NUL (PostgreSQL cannot store one) and have a length
+limit, and `parse_spec` refuses nesting deeper than `MAX_DEPTH`. Every refusal is a `SpecError` naming the field.
+
+A loss is a spec class here, registered with `@loss_spec` (torch-free: the API validates specs), and its function in
+`ttm.losses`, attached with `@loss_for`. The union of loss specs, its tags, which kinds need a teacher and the
+dispatch table all come from that one registry, `ttm.registry.LOSS_KINDS`.
 """
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ttm.registry import DATASET_CLASSES, DATASET_CHANNELS, is_known_arch, known_archs_hint
+from ttm.registry import (DATASET_CLASSES, DATASET_CHANNELS, LOSS_KINDS, is_known_arch, kind_of, known_archs_hint,
+                          loss_spec, teacher_kinds)
+
+INT64_MAX = 2**63 - 1
+MAX_EPOCHS = 10_000
+MAX_CLASSES = 1_000_000
+MAX_NAME = 200  # names: job name, preset, architecture
+MAX_PATH = 4096  # paths and ids (PATH_MAX on Linux)
+MAX_DEPTH = 32  # nesting of mappings and lists in a spec; a real one is 4 deep
+MAX_VALUES = 100_000  # values in a spec; a real one has ~50 (YAML aliases can make a small file hold billions)
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False)
+    # allow_inf_nan: NaN and ±Infinity are refused in every float field ("Input should be a finite number")
+    model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        # a model-level check, as a field validator on "*" would also cover the union tags, which pydantic forbids
+        if isinstance(data, dict):
+            for key, value in data.items():
+                if isinstance(value, str) and "\x00" in value and key in cls.model_fields:
+                    raise _at(key, "contains a NUL character (\\x00), which cannot be stored: remove it")
+        return data
 
 
 # ---------------------------------------------------------------------------------------------- models
 class TeacherSpec(Strict):
     """Exactly one source: `arch` + `weights`, `torchscript`, or `job` (the best student of a finished job)."""
 
-    arch: str | None = None
-    weights: str | None = Field(None, description="a path, or an artifact id (art_...) on the server")
-    torchscript: str | None = Field(None, description="a TorchScript archive: path or artifact id")
-    job: str | None = Field(None, description="id of a finished job whose best student becomes this teacher")
+    arch: str | None = Field(None, max_length=MAX_NAME)
+    weights: str | None = Field(None, max_length=MAX_PATH, description="a path, or an artifact id (art_...) on the server")
+    torchscript: str | None = Field(None, max_length=MAX_PATH, description="a TorchScript archive: path or artifact id")
+    job: str | None = Field(None, max_length=MAX_PATH,
+                            description="id of a finished job whose best student becomes this teacher")
     format: Literal["auto", "state_dict", "safetensors"] = "auto"
 
     @field_validator("arch")
@@ -48,8 +78,8 @@ class TeacherSpec(Strict):
 
 
 class StudentSpec(Strict):
-    arch: str
-    num_classes: int | None = Field(None, gt=0, description="defaults to the dataset's class count")
+    arch: str = Field(max_length=MAX_NAME)
+    num_classes: int | None = Field(None, ge=2, le=MAX_CLASSES, description="defaults to the dataset's class count")
 
     @field_validator("arch")
     @classmethod
@@ -61,8 +91,8 @@ class StudentSpec(Strict):
 
 # ---------------------------------------------------------------------------------------------- data
 class SubsetSpec(Strict):
-    train: int | None = Field(None, gt=0, description="keep the first N training samples")
-    test: int | None = Field(None, gt=0, description="keep the first M test samples")
+    train: int | None = Field(None, gt=0, le=10**9, description="keep the first N training samples")
+    test: int | None = Field(None, gt=0, le=10**9, description="keep the first M test samples")
 
 
 DatasetName = Literal["cifar10", "cifar100", "mnist", "fashion_mnist", "svhn", "digits", "imagefolder", "synthetic"]
@@ -70,11 +100,13 @@ DatasetName = Literal["cifar10", "cifar100", "mnist", "fashion_mnist", "svhn", "
 
 class DatasetSpec(Strict):
     name: DatasetName
-    root: str | None = Field(None, description="data root in torchvision's layout; default: TTM_DATA_ROOT")
-    path: str | None = Field(None, description="imagefolder only: a directory with train/ and val/")
-    num_classes: int | None = Field(None, gt=0, description="imagefolder: checked against the tree; "
+    root: str | None = Field(None, max_length=MAX_PATH,
+                             description="data root in torchvision's layout; default: TTM_DATA_ROOT")
+    path: str | None = Field(None, max_length=MAX_PATH, description="imagefolder only: a directory with train/ and val/")
+    num_classes: int | None = Field(None, ge=2, le=MAX_CLASSES, description="imagefolder: checked against the tree; "
                                     "synthetic: the number of random labels (default 100)")
-    image_size: int = Field(32, gt=0, description="imagefolder: images are resized to this; synthetic: their size")
+    image_size: int = Field(32, gt=0, le=4096,
+                            description="imagefolder: images are resized to this; synthetic: their size")
     subset: SubsetSpec | None = None
     augment: bool = True
     download: bool = Field(False, description="let torchvision download a missing dataset")
@@ -99,6 +131,13 @@ class DatasetSpec(Strict):
     def channels(self) -> int:
         return DATASET_CHANNELS.get(self.name, 3)
 
+    @property
+    def subset_sizes(self) -> tuple[int | None, int | None]:
+        """(train, test) sample counts to keep; None where the whole split is kept."""
+        if self.subset is None:
+            return None, None
+        return self.subset.train, self.subset.test
+
 
 # ---------------------------------------------------------------------------------------------- losses
 Gamma = Annotated[float, Field(gt=0, le=1, description="γ = 1/T, in (0, 1]")]
@@ -106,10 +145,12 @@ NonNeg = Annotated[float, Field(ge=0)]
 Temperature = Annotated[float, Field(gt=0, description="T > 0")]
 
 
+@loss_spec(needs_teacher=False)
 class CELoss(Strict):
     kind: Literal["ce"]
 
 
+@loss_spec(needs_teacher=True)
 class KDLoss(Strict):
     """Hinton: ce_weight·CE + kd_weight·T²·KL(p_t^T ‖ q^T). Defaults: T = 4, λ = 0.9 (the paper's baseline)."""
 
@@ -119,6 +160,7 @@ class KDLoss(Strict):
     ce_weight: NonNeg = 0.1
 
 
+@loss_spec(needs_teacher=True)
 class TTMLoss(Strict):
     """ce_weight·CE + β·KL(p_t^T ‖ q), no temperature on the student."""
 
@@ -128,6 +170,7 @@ class TTMLoss(Strict):
     ce_weight: NonNeg = 1.0
 
 
+@loss_spec(needs_teacher=True)
 class WTTMLoss(Strict):
     """ce_weight·CE + β·U_γ(p_t)·KL(p_t^T ‖ q). ce_weight 0 trains without labels (paper Table 6)."""
 
@@ -137,6 +180,7 @@ class WTTMLoss(Strict):
     ce_weight: NonNeg = 1.0
 
 
+@loss_spec(needs_teacher=True)
 class DKDLoss(Strict):
     """Decoupled KD (Zhao et al. 2022): ce_weight·CE + warm-up·(α·TCKD + β·NCKD)."""
 
@@ -145,9 +189,10 @@ class DKDLoss(Strict):
     beta: NonNeg = 8.0
     temperature: Temperature = 4.0
     ce_weight: NonNeg = 1.0
-    warmup_epochs: int = Field(20, ge=0)
+    warmup_epochs: int = Field(20, ge=0, le=MAX_EPOCHS)
 
 
+@loss_spec(needs_teacher=True)
 class DISTLoss(Strict):
     """DIST (Huang et al. 2022): ce_weight·CE + inter·(1 − Pearson over classes) + intra·(1 − Pearson over batch)."""
 
@@ -158,28 +203,48 @@ class DISTLoss(Strict):
     ce_weight: NonNeg = 1.0
 
 
-LossSpec = Annotated[Union[CELoss, KDLoss, TTMLoss, WTTMLoss, DKDLoss, DISTLoss], Field(discriminator="kind")]
-DISTILLATION_KINDS = {"kd", "ttm", "wttm", "dkd", "dist"}
+# Every class registered with @loss_spec above, in registration order.
+LossSpec = Annotated[Union[tuple(lk.spec for lk in LOSS_KINDS.values())], Field(discriminator="kind")]
 
 
 # ---------------------------------------------------------------------------------------------- recipe
+PAPER_EPOCHS, PAPER_MILESTONES = 240, (150, 180, 210)
+
+
+def paper_milestones(epochs: int) -> list[int]:
+    """The paper's ×0.1 at 150/180/210 of 240 epochs (62.5 / 75 / 87.5 %), scaled to `epochs`.
+
+    Each is the nearest epoch (halves round up), kept only if it is at least 1, below `epochs` (a decay at the last
+    epoch would never be trained with) and above the one before, so short runs get fewer decays:
+    240 → [150, 180, 210], 100 → [63, 75, 88], 10 → [6, 8, 9], 4 → [3], 3 → [2], 2 → [1], 1 → [].
+    """
+    out: list[int] = []
+    for m in PAPER_MILESTONES:
+        e = (2 * m * epochs + PAPER_EPOCHS) // (2 * PAPER_EPOCHS)  # round(m·epochs/240), half up, in integers
+        if 1 <= e < epochs and (not out or e > out[-1]):
+            out.append(e)
+    return out
+
+
 class StepSchedule(Strict):
     kind: Literal["step"]
-    milestones: list[int] = Field(default_factory=lambda: [150, 180, 210])
+    milestones: list[Annotated[int, Field(gt=0, le=INT64_MAX)]] | None = Field(
+        None, max_length=MAX_EPOCHS,
+        description="epochs after which lr ×= factor; default: the paper's 150/180/210 of 240 scaled to epochs")
     factor: float = Field(0.1, gt=0, le=1)
-    warmup_epochs: int = Field(0, ge=0)
+    warmup_epochs: int = Field(0, ge=0, le=MAX_EPOCHS)
 
     @field_validator("milestones")
     @classmethod
-    def _increasing(cls, v: list[int]) -> list[int]:
-        if any(b <= a for a, b in zip(v, v[1:])) or any(m <= 0 for m in v):
+    def _increasing(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and any(b <= a for a, b in zip(v, v[1:])):
             raise ValueError("milestones must be positive and strictly increasing")
         return v
 
 
 class CosineSchedule(Strict):
     kind: Literal["cosine"]
-    warmup_epochs: int = Field(0, ge=0)
+    warmup_epochs: int = Field(0, ge=0, le=MAX_EPOCHS)
     min_lr: float = Field(0.0, ge=0)
 
 
@@ -187,11 +252,12 @@ class ConstantSchedule(Strict):
     kind: Literal["constant"]
 
 
-Schedule = Annotated[Union[StepSchedule, CosineSchedule, ConstantSchedule], Field(discriminator="kind")]
+SCHEDULES = (StepSchedule, CosineSchedule, ConstantSchedule)
+Schedule = Annotated[Union[SCHEDULES], Field(discriminator="kind")]
 
 
 class TrainSpec(Strict):
-    epochs: int = Field(240, gt=0, le=10_000)
+    epochs: int = Field(240, gt=0, le=MAX_EPOCHS)
     batch_size: int = Field(64, gt=0, le=65_536)
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.05, gt=0, le=1e4)
@@ -199,22 +265,27 @@ class TrainSpec(Strict):
     nesterov: bool = False
     weight_decay: float = Field(5e-4, ge=0)
     schedule: Schedule = Field(default_factory=lambda: StepSchedule(kind="step"))
-    seed: int = 0
+    seed: int = Field(0, ge=-INT64_MAX - 1, le=INT64_MAX)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
     fast_path: Literal["auto", "on", "off"] = Field(
         "auto", description="device-resident data with on-device augmentation (auto: where it fits)")
     compile: bool = Field(False, description="torch.compile the student and teacher")
-    num_workers: int = Field(2, ge=0, description="DataLoader workers (DataLoader path only)")
+    num_workers: int = Field(2, ge=0, le=64, description="DataLoader workers (DataLoader path only)")
     drop_last: bool = Field(True, description="static shapes: drop the ragged last batch")
 
     @model_validator(mode="after")
     def _schedule_fits(self) -> "TrainSpec":
         s = self.schedule
-        if isinstance(s, StepSchedule) and s.milestones and s.milestones[-1] > self.epochs:
-            raise ValueError(f"schedule milestone {s.milestones[-1]} is past epochs={self.epochs}")
         if getattr(s, "warmup_epochs", 0) >= self.epochs:
-            raise ValueError(f"warmup_epochs must be below epochs={self.epochs}")
+            raise _at("schedule.warmup_epochs", f"{s.warmup_epochs} must be below epochs={self.epochs}")
+        if isinstance(s, StepSchedule):
+            if s.milestones is None:  # stored filled in, so the job's JSON says what it ran
+                s.milestones = paper_milestones(self.epochs)
+            elif s.milestones and s.milestones[-1] > self.epochs:
+                raise _at("schedule.milestones", f"milestone {s.milestones[-1]} is past epochs={self.epochs}: "
+                          "write milestones up to epochs, or leave them out to scale the paper's 150/180/210 "
+                          "of 240 to epochs")
         return self
 
 
@@ -229,8 +300,9 @@ class OutputSpec(Strict):
 
 # ---------------------------------------------------------------------------------------------- the job
 class JobSpec(Strict):
-    name: str = Field("job", min_length=1, max_length=200)
-    preset: str | None = Field(None, description="e.g. paper/cifar100/resnet56-resnet20/wttm; fills missing fields")
+    name: str = Field("job", min_length=1, max_length=MAX_NAME)
+    preset: str | None = Field(None, max_length=MAX_NAME,
+                               description="e.g. paper/cifar100/resnet56-resnet20/wttm; fills missing fields")
     teacher: TeacherSpec | None = None
     student: StudentSpec
     dataset: DatasetSpec
@@ -242,7 +314,9 @@ class JobSpec(Strict):
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("preset"):
+        # a preset that is not a string, or holds a NUL, is left to the field's own error
+        preset = data.get("preset") if isinstance(data, dict) else None
+        if preset and isinstance(preset, str) and "\x00" not in preset:
             from ttm.presets import expand_preset  # presets import this module's types
 
             data = expand_preset(data)
@@ -250,10 +324,12 @@ class JobSpec(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> "JobSpec":
-        if self.loss.kind in DISTILLATION_KINDS and self.teacher is None:
-            raise _at("teacher", f"loss {self.loss.kind} distills from a teacher: add teacher")
-        if self.loss.kind == "ce" and self.teacher is not None:
-            raise _at("teacher", "loss ce trains without a teacher: remove teacher, or pick kd/ttm/wttm/dkd/dist")
+        kind = self.loss.kind
+        if LOSS_KINDS[kind].needs_teacher and self.teacher is None:
+            raise _at("teacher", f"loss {kind} distills from a teacher: add teacher")
+        if not LOSS_KINDS[kind].needs_teacher and self.teacher is not None:
+            raise _at("teacher", f"loss {kind} trains without a teacher: remove teacher, or pick "
+                      + "/".join(teacher_kinds()))
         classes = self.dataset.classes
         if classes is not None and self.student.num_classes not in (None, classes):
             raise _at("student.num_classes", f"{self.student.num_classes} classes, but {self.dataset.name} "
@@ -282,29 +358,79 @@ class SpecError(ValueError):
         super().__init__("; ".join(f"{f or '<spec>'}: {m}" for f, m in problems))
 
 
+# The tagged unions of the spec: the field holding one, and its tags in order (pydantic puts the tag in error paths).
+_UNIONS: dict[str, list[str]] = {"loss": list(LOSS_KINDS), "schedule": [kind_of(c) for c in SCHEDULES]}
+
+
+def _shown(part: Any, limit: int = 100) -> str:
+    """A path part or a value for a message: escaped (no NUL or control characters), cut to `limit`."""
+    text = part if isinstance(part, str) else str(part)
+    if not text.isprintable():
+        text = repr(text)[1:-1]
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _unknown_kind(field: str, tag: Any) -> str:
+    kinds = _UNIONS[field]
+    close = difflib.get_close_matches(str(tag), kinds, n=1) if isinstance(tag, str) and len(tag) <= 100 else []
+    hint = f"; did you mean {close[0]!r}?" if close else ";"
+    return f"unknown {field} kind '{_shown(tag, 50)}'{hint} kinds: {', '.join(kinds)}"
+
+
 def problems_of(err: ValidationError) -> list[tuple[str, str]]:
     """Turn pydantic's errors into (dotted field, reason), dropping the union tags pydantic puts in paths."""
     out = []
     for e in err.errors(include_url=False):
-        loc = [str(p) for p in e["loc"] if not (isinstance(p, str) and p.endswith("Loss") or p in _UNION_TAGS)]
+        raw = e["loc"]
+        loc = [_shown(p) for i, p in enumerate(raw) if not (i and raw[i - 1] in _UNIONS and p in _UNIONS[raw[i - 1]])]
         msg = e["msg"].removeprefix("Value error, ")
         if msg.startswith(_FIELD_MARK):
             field, msg = msg.removeprefix(_FIELD_MARK).split(" ", 1)
             loc = [*loc, field]
+        union = str(raw[-1]) if raw else ""
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
+        elif e["type"] == "union_tag_invalid" and union in _UNIONS:
+            msg, loc = _unknown_kind(union, e.get("ctx", {}).get("tag")), [*loc, "kind"]
+        elif e["type"] == "union_tag_not_found" and union in _UNIONS:
+            msg, loc = f"missing: give one of {', '.join(_UNIONS[union])}", [*loc, "kind"]
         out.append((".".join(loc), msg))
     return out
 
 
-_UNION_TAGS = {"ce", "kd", "ttm", "wttm", "dkd", "dist", "step", "cosine", "constant"}
+def _too_deep(data: Any) -> SpecError | None:
+    """The error for mappings/lists nested beyond MAX_DEPTH or holding more than MAX_VALUES values, found without
+    recursion (a deep spec would overflow pydantic's and our own stack); None for a spec of sane shape. Cyclic or
+    shared objects stop at a limit too."""
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(data, ())]
+    seen = 0
+    while stack:
+        node, path = stack.pop()
+        children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for key, child in children:
+            seen += 1
+            if seen > MAX_VALUES:
+                return SpecError([("", f"holds more than {MAX_VALUES} values: a spec is a few dozen")])
+            if isinstance(child, (dict, list)):
+                if len(path) + 1 >= MAX_DEPTH:
+                    where = ".".join(_shown(p, 20) for p in (*path, key)[:6]) + ".…"
+                    return SpecError([(_shown(path[0] if path else key),
+                                       f"nested more than {MAX_DEPTH} levels deep (at {where}): a spec is a few "
+                                       "levels of mappings; flatten it")])
+                stack.append((child, (*path, key)))
+    return None
 
 
 def parse_spec(data: dict[str, Any]) -> JobSpec:
+    deep = _too_deep(data)
+    if deep is not None:
+        raise deep
     try:
         return JobSpec.model_validate(data)
     except ValidationError as err:
         raise SpecError(problems_of(err)) from None
+    except RecursionError:  # the depth check above makes this unreachable for plain JSON; kept as a last guard
+        raise SpecError([("", "nested too deeply: a spec is a few levels of mappings")]) from None
 
 
 def load_specs(path: str | Path) -> list[JobSpec]:
@@ -322,6 +448,8 @@ def load_specs(path: str | Path) -> list[JobSpec]:
         raise SpecError([("", f"no such spec file: {path}")]) from None
     except yaml.YAMLError as err:
         raise SpecError([("", f"{path} is not valid YAML/JSON: {err}")]) from None
+    except RecursionError:
+        raise SpecError([("", f"{path} is nested too deeply to read")]) from None
     if not docs:
         raise SpecError([("", f"{path} is empty")])
     specs = []

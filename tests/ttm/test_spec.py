@@ -47,7 +47,9 @@ def test_presets_cover_the_papers_tables():
     ({"kind": "ttm", "gamma": 0.3, "beta": -1}, "loss.beta", "greater than or equal to 0"),
     ({"kind": "kd", "temperature": 0}, "loss.temperature", "greater than 0"),
     ({"kind": "wttm", "gamma": 0.3, "beta": 1, "temperature": 4}, "loss.temperature", "unknown field"),
-    ({"kind": "magic"}, "loss", "does not match any of the expected tags"),
+    ({"kind": "magic"}, "loss.kind", "unknown loss kind 'magic'; kinds: ce, kd, ttm, wttm, dkd, dist"),
+    ({"kind": "wtm"}, "loss.kind", "unknown loss kind 'wtm'; did you mean 'wttm'? kinds: ce, kd,"),
+    ({"gamma": 0.3}, "loss.kind", "missing: give one of ce, kd, ttm, wttm, dkd, dist"),
 ])
 def test_loss_errors_name_the_field(loss, field, words):
     found = problems({"teacher": TEACHER, "student": {"arch": "resnet20"}, "dataset": {"name": "cifar100"},
@@ -63,7 +65,13 @@ def test_other_errors_name_the_field():
     assert "add teacher" in problems({**base, "loss": {"kind": "wttm", "gamma": 0.3, "beta": 1}})["teacher"]
     assert "has 100" in problems({**base, "student": {"arch": "resnet20", "num_classes": 10}})["student.num_classes"]
     assert "exactly one" in problems({**base, "loss": {"kind": "kd"}, "teacher": {"arch": "resnet56"}})["teacher"]
-    assert "past epochs" in problems({**base, "train": {"epochs": 100}})["train"]
+    past = problems({**base, "train": {"epochs": 100, "schedule": {"kind": "step", "milestones": [50, 150]}}})
+    assert "milestone 150 is past epochs=100" in past["train.schedule.milestones"]
+    assert "below epochs=5" in problems({**base, "train": {"epochs": 5, "schedule": {"kind": "cosine",
+                                                                                       "warmup_epochs": 5}}})[
+        "train.schedule.warmup_epochs"]
+    assert "did you mean 'cosine'" in problems({**base, "train": {"schedule": {"kind": "cosin"}}})[
+        "train.schedule.kind"]
     assert "unknown preset" in problems({**base, "preset": "paper/cifar100/nope/wttm"})[""]
 
 
