@@ -5,6 +5,7 @@ themselves under the `ttm.cli` entry-point group, so `pip install ttm` on a lapt
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import sys
 from importlib.metadata import entry_points
@@ -20,6 +21,15 @@ err = Console(stderr=True)
 
 EXIT_SPEC_ERROR = 2
 EXIT_TRAINING_FAILED = 1
+
+
+def require_trainer(command: str) -> None:
+    """The trainer's commands need torch, which the base install (spec + client) leaves out."""
+    missing = [m for m in ("torch", "torchvision") if importlib.util.find_spec(m) is None]
+    if missing:
+        err.print(f"[bold red]ttm {command} needs the trainer[/] ({' and '.join(missing)} not installed): "
+                  f"pip install 'ttm\\[train]'")
+        raise typer.Exit(EXIT_TRAINING_FAILED)
 
 
 def print_spec_error(error) -> None:
@@ -42,7 +52,9 @@ def train(
     """Train the student(s) of SPEC on this machine; one line per epoch, checkpoints every epoch.
 
     A teacher given as `{job: NAME}` is the best student of OUT/NAME, trained earlier or earlier in the same file.
+    Needs `pip install 'ttm[train]'`.
     """
+    require_trainer("train")
     from ttm.spec import SpecError, load_specs
 
     try:
@@ -162,17 +174,31 @@ def _mount_client() -> None:
 
 
 def _mount_plugins() -> None:
-    """Sub-commands that live outside ttm/ (server, worker, client) register as `ttm.cli` entry points."""
+    """Sub-commands that live outside ttm/ (server, worker, client) register as `ttm.cli` entry points. One whose
+    dependencies are missing (the base install has no server parts) becomes a command that says what to install,
+    and never breaks the others."""
     for ep in entry_points(group="ttm.cli"):
         try:
             obj = ep.load()
-        except ImportError as e:  # a partial install: the trainer still works
-            logging.getLogger("ttm").debug("ttm %s unavailable: %s", ep.name, e)
+        except Exception as e:  # noqa: BLE001  (a partial install: the trainer and the client still work)
+            logging.getLogger("ttm").debug("ttm %s unavailable: %r", ep.name, e)
+            _mount_missing(ep.name, e)
             continue
         if isinstance(obj, typer.Typer):
             app.add_typer(obj, name=ep.name)
         else:
             app.command(ep.name)(obj)
+
+
+def _mount_missing(name: str, error: Exception) -> None:
+    reason = f"{error.name} is not installed" if isinstance(error, ImportError) and error.name else repr(error)
+
+    def unavailable(ctx: typer.Context) -> None:
+        err.print(f"[bold red]ttm {name} needs the server's parts[/] ({reason}): pip install 'ttm\\[server]'")
+        raise typer.Exit(EXIT_TRAINING_FAILED)
+
+    app.command(name, help=f"(needs `pip install 'ttm[server]'`: {reason})", add_help_option=False,
+                context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(unavailable)
 
 
 def main() -> None:

@@ -7,9 +7,10 @@
         job = c.wait(job["id"], timeout=3600, on_event=print)
         c.download(job["id"], "best", "safetensors", "student.safetensors")
 
-Requests that are safe to repeat are retried with exponential backoff after a connection error or a 5xx answer:
-reads, uploads (addressed by sha256), cancels, and job submissions, which always carry an Idempotency-Key (one is
-made per `submit` call when none is given). A 4xx answer is never retried: it raises `ApiError` at once.
+Requests that are safe to repeat are retried, with exponential backoff and jitter, after a connection error, a 5xx
+or a 429 answer: reads, uploads (addressed by sha256), cancels, and job submissions, which always carry an
+Idempotency-Key (one is made per `submit` call when none is given). Any other 4xx answer is never retried: it raises
+`ApiError` at once. `RetryPolicy` is that one policy (tenacity); event streams are parsed by httpx-sse.
 
 This module speaks HTTP only; like the rest of ttm/ it never imports service/ or worker/.
 """
@@ -19,16 +20,17 @@ import hashlib
 import json
 import logging
 import os
-import random
 import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+import tenacity
+from httpx_sse import EventSource, ServerSentEvent
 
 log = logging.getLogger("ttm.client")
 
@@ -37,6 +39,7 @@ FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 FORMATS = ("pt", "safetensors", "torchscript")
 SUFFIXES = {"pt": ".pt", "safetensors": ".safetensors", "torchscript": ".torchscript.pt"}
 CHUNK = 1024 * 1024
+T = TypeVar("T")
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -97,30 +100,15 @@ class Event:
     id: str | None = None
 
 
-def parse_sse(lines: Iterable[str]) -> Iterator[Event]:
-    """text/event-stream lines → events. Comments (the server's keep-alive pings) and `retry:` are skipped."""
-    kind, data, event_id = "message", [], None
-    for line in lines:
-        if not line:
-            if data:
-                text = "\n".join(data)
-                try:
-                    payload = json.loads(text)
-                except ValueError:
-                    payload = {"text": text}
-                yield Event(kind, payload if isinstance(payload, dict) else {"value": payload}, event_id)
-            kind, data, event_id = "message", [], None
-            continue
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
-        if name == "event":
-            kind = value
-        elif name == "data":
-            data.append(value)
-        elif name == "id" and "\0" not in value:
-            event_id = value
+def event_from_sse(sse: ServerSentEvent) -> Event | None:
+    """httpx-sse's event → ours: `data` is the JSON object the server sent; None for a message without data."""
+    if not sse.data:
+        return None
+    try:
+        payload = json.loads(sse.data)
+    except ValueError:
+        payload = {"text": sse.data}
+    return Event(sse.event, payload if isinstance(payload, dict) else {"value": payload}, sse.id or None)
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -150,19 +138,39 @@ def format_for(dest: str | Path | None) -> str:
     return "pt"
 
 
-@dataclass
-class _Retry:
-    """Exponential backoff with jitter: base·2^attempt, capped, times a random factor in [0.5, 1]."""
+def is_retryable(err: BaseException) -> bool:
+    """A connection error, or an answer that a later try may not get (5xx, 429 Too Many Requests). Never another
+    4xx: asking again cannot make a bad request good."""
+    if isinstance(err, httpx.TransportError):
+        return not isinstance(err, httpx.UnsupportedProtocol)  # a URL without http(s) will not get better
+    return isinstance(err, ApiError) and (err.status >= 500 or err.status == 429)
 
-    retries: int = 5
-    base: float = 0.25
-    cap: float = 8.0
-    sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
 
-    def pause(self, attempt: int, why: str) -> None:
-        delay = min(self.cap, self.base * 2 ** attempt) * random.uniform(0.5, 1.0)
-        log.warning("%s; retry %d/%d in %.1f s", why, attempt + 1, self.retries, delay)
-        self.sleep(delay)
+class RetryPolicy:
+    """The client's one retry policy: up to `retries` more tries of a retryable failure, waiting
+    backoff·2^(try-1) plus a random jitter up to `backoff`, capped at `cap` seconds."""
+
+    def __init__(self, retries: int = 5, backoff: float = 0.25, cap: float = 8.0):
+        self.retries, self.backoff, self.cap = retries, backoff, cap
+
+    def call(self, fn: Callable[[], T], what: str,
+             retry_on: Callable[[BaseException], bool] = is_retryable) -> T:
+        """`fn()` until it returns, raises something not retryable, or has failed 1 + `retries` times; the last
+        failure is raised as it was."""
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.retries + 1),
+            wait=tenacity.wait_exponential_jitter(initial=self.backoff, max=self.cap, jitter=self.backoff),
+            retry=tenacity.retry_if_exception(retry_on), reraise=True, before_sleep=self._log(what))
+        return retrying(fn)
+
+    def _log(self, what: str) -> Callable[[tenacity.RetryCallState], None]:
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            err = state.outcome.exception() if state.outcome else None
+            why = f"server error {err.status}" if isinstance(err, ApiError) else _describe(err) if err else "?"
+            delay = state.next_action.sleep if state.next_action else 0.0
+            log.warning("%s: %s; retry %d/%d in %.1f s", what, why, state.attempt_number, self.retries, delay)
+
+        return before_sleep
 
 
 # ---------------------------------------------------------------------------------------------- the client
@@ -175,7 +183,7 @@ class Client:
                  transport: httpx.BaseTransport | None = None):
         self.server, self.token = resolve_config(server, token)
         self.timeout, self.stream_timeout = timeout, stream_timeout
-        self.retry = _Retry(retries=retries, base=backoff)
+        self.retry = RetryPolicy(retries=retries, backoff=backoff)
         headers = {"User-Agent": "ttm-client/0.1", "Accept": "application/json"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
@@ -195,30 +203,26 @@ class Client:
               json_body: Any = None, headers: dict[str, str] | None = None,
               content: Callable[[], Iterable[bytes]] | None = None,
               timeout: httpx.Timeout | float | None = None) -> httpx.Response:
-        """One request with retries. Every request sent through here is safe to repeat (see the module's doc).
-        `content` is a factory, so a retried upload starts from the first byte again."""
-        for attempt in range(self.retry.retries + 1):
+        """One request under the retry policy. Every request sent through here is safe to repeat (see the module's
+        doc). `content` is a factory, so a retried upload starts from the first byte again."""
+        def once() -> httpx.Response:
             request = self._http.build_request(method, path, params=params, json=json_body, headers=headers,
                                                content=content() if content else None,
                                                timeout=timeout if timeout is not None else self.timeout)
-            try:
-                response = self._http.send(request, stream=stream)
-            except httpx.UnsupportedProtocol as err:
-                raise ServerUnreachable(f"{self.server}: {err}") from None
-            except httpx.TransportError as err:
-                if attempt >= self.retry.retries:
-                    raise ServerUnreachable(f"cannot reach {self.server}: {_describe(err)}") from None
-                self.retry.pause(attempt, f"{method} {path}: {_describe(err)}")
-                continue
+            response = self._http.send(request, stream=stream)
             if response.status_code < 400:
                 return response
             if stream:
                 response.read()
                 response.close()
-            if response.status_code < 500 or attempt >= self.retry.retries:
-                raise ApiError.from_response(response)
-            self.retry.pause(attempt, f"{method} {path}: server error {response.status_code}")
-        raise AssertionError("unreachable")
+            raise ApiError.from_response(response)
+
+        try:
+            return self.retry.call(once, f"{method} {path}")
+        except httpx.UnsupportedProtocol as err:
+            raise ServerUnreachable(f"{self.server}: {err}") from None
+        except httpx.TransportError as err:
+            raise ServerUnreachable(f"cannot reach {self.server}: {_describe(err)}") from None
 
     def _get(self, path: str, **params: Any) -> Any:
         return self._send("GET", path, params={k: v for k, v in params.items() if v is not None}).json()
@@ -358,44 +362,25 @@ class Client:
         """The job's state changes and metric rows as they happen (from the start, or after `last_event_id`),
         until it ends. A dropped connection is resumed with Last-Event-ID: nothing is missed or repeated.
         `deadline` (time.monotonic()) raises WaitTimeout once passed while nothing arrives."""
-        last, drops = last_event_id, 0
-        while True:
-            read = self.stream_timeout
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise WaitTimeout(f"job {job_id} did not finish in time")
-                read = max(0.05, min(read, remaining))
-            headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
-            if last:
-                headers["Last-Event-ID"] = last
-            response = self._send("GET", f"/v1/jobs/{job_id}/events", stream=True, headers=headers,
-                                  timeout=httpx.Timeout(self.timeout, read=read))
-            ended = False
-            try:
-                for event in parse_sse(response.iter_lines()):
-                    drops = 0
-                    if event.id:
-                        last = event.id
-                    yield event
-                    if event.type == "state" and event.data.get("state") in FINAL_STATES:
-                        return
-                ended = True
-            except httpx.TransportError as err:  # dropped mid-stream, or silent past the read timeout
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise WaitTimeout(f"job {job_id} did not finish in time") from None
-                if drops >= self.retry.retries:
+        stream = _EventStream(self, job_id, last_event_id, deadline)
+        try:
+            while True:
+                # each event gets the policy's tries afresh: a stream that delivers is not failing
+                try:
+                    event = self.retry.call(stream.next_event, f"event stream of {job_id}",
+                                            retry_on=lambda e: isinstance(e, httpx.TransportError))
+                except httpx.TransportError as err:
                     raise ServerUnreachable(f"the event stream of {job_id} keeps dropping: {_describe(err)}") from None
-                self.retry.pause(drops, f"event stream of {job_id} dropped ({_describe(err)}); resuming after "
-                                        f"{last or 'the start'}")
-                drops += 1
-            finally:
-                response.close()
-            # the server ends a stream only after a final state, which may have been sent before `last`
-            if ended:
-                if self.job(job_id)["state"] in FINAL_STATES:
+                if event is None:  # the server ends a stream only after a final state, which may precede `last`
+                    if self.job(job_id)["state"] in FINAL_STATES:
+                        return
+                    time.sleep(self.retry.backoff)  # ended early (a server restarting): resume after a breath
+                    continue
+                yield event
+                if event.type == "state" and event.data.get("state") in FINAL_STATES:
                     return
-                time.sleep(self.retry.base)  # ended early (a server restarting): resume after a breath
+        finally:
+            stream.close()
 
     def wait(self, job_id: str, timeout: float | None = None,
              on_event: Callable[[Event], None] | None = None) -> dict[str, Any]:
@@ -424,7 +409,8 @@ class Client:
         fmt = format or format_for(dest if dest is not None and not Path(dest).is_dir() else None)
         if fmt not in FORMATS:
             raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-        for attempt in range(self.retry.retries + 1):
+
+        def once() -> Path:
             response = self._send("GET", f"/v1/jobs/{job_id}/checkpoints/{which}", stream=True,
                                   params={"format": fmt}, timeout=httpx.Timeout(self.timeout, read=120.0))
             target = _target(dest, response, job_id, which, fmt)
@@ -436,13 +422,7 @@ class Client:
                     for chunk in response.iter_bytes(CHUNK):
                         digest.update(chunk)
                         f.write(chunk)
-            except httpx.TransportError as err:
-                part.unlink(missing_ok=True)
-                if attempt >= self.retry.retries:
-                    raise ServerUnreachable(f"download of {job_id} {which} keeps failing: {_describe(err)}") from None
-                self.retry.pause(attempt, f"download of {job_id} {which} broke off ({_describe(err)})")
-                continue
-            except BaseException:
+            except BaseException:  # a broken-off body is tried again from the start
                 part.unlink(missing_ok=True)
                 raise
             finally:
@@ -453,7 +433,63 @@ class Client:
                                        f"says {expected}")
             os.replace(part, target)
             return target
-        raise AssertionError("unreachable")
+
+        try:  # _send has retried the request; this retries a body that broke off
+            return self.retry.call(once, f"download of {job_id} {which}",
+                                   retry_on=lambda e: isinstance(e, httpx.TransportError))
+        except httpx.TransportError as err:
+            raise ServerUnreachable(f"download of {job_id} {which} keeps failing: {_describe(err)}") from None
+
+
+class _EventStream:
+    """One job's event stream, reopened after the last event seen whenever the connection drops."""
+
+    def __init__(self, client: Client, job_id: str, last_event_id: str | None, deadline: float | None):
+        self.client, self.job_id, self.last, self.deadline = client, job_id, last_event_id, deadline
+        self.response: httpx.Response | None = None
+        self.sse: Iterator[ServerSentEvent] | None = None
+
+    def next_event(self) -> Event | None:
+        """The next event, or None when the server ended the stream. A drop (or silence past the read timeout)
+        raises httpx.TransportError with the connection closed, so the next call resumes after `last`."""
+        try:
+            while True:
+                if self.sse is None:
+                    self._open()
+                assert self.sse is not None
+                sse = next(self.sse, None)
+                if sse is None:
+                    self.close()
+                    return None
+                event = event_from_sse(sse)
+                if event is not None:
+                    if event.id:
+                        self.last = event.id
+                    return event
+        except httpx.TransportError:
+            self.close()
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                raise WaitTimeout(f"job {self.job_id} did not finish in time") from None
+            raise
+
+    def _open(self) -> None:
+        read = self.client.stream_timeout
+        if self.deadline is not None:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise WaitTimeout(f"job {self.job_id} did not finish in time")
+            read = max(0.05, min(read, remaining))
+        headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+        if self.last:
+            headers["Last-Event-ID"] = self.last
+        self.response = self.client._send("GET", f"/v1/jobs/{self.job_id}/events", stream=True, headers=headers,
+                                          timeout=httpx.Timeout(self.client.timeout, read=read))
+        self.sse = EventSource(self.response).iter_sse()
+
+    def close(self) -> None:
+        if self.response is not None:
+            self.response.close()
+        self.response = self.sse = None
 
 
 def _target(dest: str | Path | None, response: httpx.Response, job_id: str, which: str, fmt: str) -> Path:

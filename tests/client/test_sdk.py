@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from client_helpers import add_metrics, digits_spec, run_job
-from ttm.client import ApiError, ChecksumMismatch, Client, ServerUnreachable, WaitTimeout, format_for, parse_sse
+from ttm.client import ApiError, ChecksumMismatch, Client, ServerUnreachable, WaitTimeout, format_for
 
 
 class Recording(httpx.HTTPTransport):
@@ -195,10 +195,15 @@ def test_download_checks_the_sha256(tmp_path):
 
 
 def test_sse_parsing_and_formats():
-    lines = [": ping", "id: 1-0", "event: state", 'data: {"state":"queued"}', "", "retry: 10", "",
-             "event: metric", "data: {\"epoch\":1,", "data: \"value\":2}", ""]
-    events = list(parse_sse(lines))
+    body = (": ping\n\nid: 1-0\nevent: state\ndata: {\"state\":\"queued\"}\n\nretry: 10\n\n"
+            "id: 2-0\nevent: metric\ndata: {\"epoch\":1,\ndata: \"value\":2}\n\n"
+            "id: 3-0\nevent: state\ndata: {\"state\":\"succeeded\"}\n\n")
+    transport, calls = _mock([httpx.Response(200, text=body, headers={"Content-Type": "text/event-stream"})])
+    with Client("http://ttm.test", "t", transport=transport) as c:
+        events = list(c.events("job_x"))
     assert [(e.type, e.id, e.data) for e in events] == [("state", "1-0", {"state": "queued"}),
-                                                        ("metric", None, {"epoch": 1, "value": 2})]
+                                                        ("metric", "2-0", {"epoch": 1, "value": 2}),
+                                                        ("state", "3-0", {"state": "succeeded"})]
+    assert len(calls) == 1 and calls[0].headers["Accept"] == "text/event-stream"
     assert [format_for(n) for n in ("s.safetensors", "s.ts", "a/b.torchscript.pt", "s.pt", None)] == [
         "safetensors", "torchscript", "torchscript", "pt", "pt"]
