@@ -60,7 +60,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(error_body(_CODES.get(exc.status_code, "error"), str(exc.detail)),
+        return JSONResponse(error_body(_CODES.get(exc.status_code, "error"), str(exc.detail),
+                                       getattr(exc, "field", None)),
                             status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)

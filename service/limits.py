@@ -21,6 +21,7 @@ class BodyTooLarge(HTTPException):
 
     def __init__(self, limit: int):
         super().__init__(413, f"a request body may hold {limit} bytes at most")
+        self.field = "body"
 
 
 async def _refuse(send: Send, status: int, code: str, message: str, field: str | None = None) -> None:

@@ -139,33 +139,6 @@ def test_teacher_from_an_artifact(client, users, teacher_file, teacher100_file, 
     submit(client, users.alice, _wttm({"torchscript": ts_art}))
 
 
-def test_a_teacher_seen_lately_costs_no_query(client, users, teacher_file, monkeypatch):
-    """A run of submits naming one teacher is admitted from the caches (no database, no disk, no thread): counted
-    on the server's own read engine. Each owner has their own entry, and an entry lasts SOURCE_TTL seconds."""
-    from sqlalchemy import event
-
-    from service.teachers import TeacherCheckCache
-
-    art = _upload(client, users.alice, teacher_file)
-    statements: list[str] = []
-    engine = client.app.state.read_sessionmaker.kw["bind"]
-    event.listen(engine, "before_cursor_execute", lambda _c, _cur, sql, *_: statements.append(sql))
-    teacher = {"arch": "resnet8", "weights": art}
-    submit(client, users.alice, _wttm(teacher))
-    assert any("artifacts" in sql for sql in statements)  # the first one looks the artifact up
-    statements.clear()
-    for i in range(3):
-        submit(client, users.alice, {**_wttm(teacher), "name": f"again-{i}"})
-    assert statements == []
-    err = _error(client.post("/v1/jobs", json=_wttm(teacher), headers=bearer(users.bob)), 422)  # not bob's
-    assert err["field"] == "teacher.weights" and "unknown artifact" in err["message"]
-    monkeypatch.setattr(TeacherCheckCache, "SOURCE_TTL", 0.0)
-    for _ in range(2):  # the admin's own entry, remembered for no time: looked up each time
-        statements.clear()
-        submit(client, users.admin, _wttm(teacher))
-        assert any("artifacts" in sql for sql in statements), statements
-
-
 def test_teacher_from_a_finished_job(client, users, settings, teacher_file):
     """CI: train a teacher with loss ce, then chain a distillation after it."""
     parent = submit(client, users.alice, spec_ce("teacher"))
