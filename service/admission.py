@@ -121,6 +121,9 @@ def admit(session: Session, who: Principal, body: dict[str, Any], settings: Sett
             data.root = str(inside_data_root(data.root, "dataset.root", settings.data_root))
         if data.path is not None:
             path = inside_data_root(data.path, "dataset.path", settings.data_root, image_folder=True)
+            if not path.is_dir():
+                raise PathRefused("dataset.path", f"{data.path!r} is not a directory under the server's data "
+                                                  "root (TTM_DATA_ROOT)")
             data.path = str(path)
             if num_classes is None:
                 num_classes = _imagefolder_classes(path)
