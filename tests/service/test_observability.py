@@ -1,6 +1,8 @@
 """/healthz, /readyz, /metrics and /docs."""
 from __future__ import annotations
 
+import json
+
 from datetime import timedelta
 
 import pytest
@@ -85,6 +87,6 @@ def test_openapi_has_an_example_for_every_body(client):
             if path.startswith("/v1/"):
                 assert op.get("security") == [{"HTTPBearer": []}], (method, path)
     submit_params = schema["paths"]["/v1/jobs"]["post"]["parameters"]
-    assert [(p["name"], p["in"], p["schema"]["maxLength"]) for p in submit_params] == [("Idempotency-Key", "header",
-                                                                                         200)]
+    assert [(p["name"], p["in"]) for p in submit_params] == [("Idempotency-Key", "header")]
+    assert '"maxLength": 200' in json.dumps(submit_params[0]["schema"])
     assert "swagger" in client.get("/docs").text.lower()
