@@ -58,9 +58,11 @@ def check_limits(spec: JobSpec, queue: str, settings: Settings) -> None:
     over("train.batch_size", spec.train.batch_size, settings.limits_max_batch_size, "MAX_BATCH_SIZE")
     over("train.num_workers", spec.train.num_workers, settings.limits_max_num_workers, "MAX_NUM_WORKERS")
     over("resources.gpus", spec.resources.gpus, settings.limits_max_gpus_per_job, "MAX_GPUS_PER_JOB")
-    if queue == "cpu" and spec.resources.gpus > 1:
-        raise _refuse("resources.gpus", f"{spec.resources.gpus} GPUs on the cpu queue: its workers run one "
-                                        "process per job; give gpus ≤ 1, or queue gpu", code="over_limit")
+    if queue == "cpu" and spec.resources.gpus > settings.limits_max_cpu_ranks:
+        raise _refuse("resources.gpus", f"{spec.resources.gpus} processes on the cpu queue is over this server's "
+                                        f"limit of {settings.limits_max_cpu_ranks} (TTM_LIMITS_MAX_CPU_RANKS): "
+                                        "on the cpu queue each GPU asked for is a gloo rank sharing one worker's "
+                                        "cores; lower resources.gpus, or queue gpu", code="over_limit")
     if spec.dataset.name in ("imagefolder", "synthetic"):
         over("dataset.image_size", spec.dataset.image_size, settings.limits_max_image_size, "MAX_IMAGE_SIZE")
     classes = spec.num_classes

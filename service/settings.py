@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     limits_max_image_size: int = Field(1024, gt=0)
     limits_max_num_workers: int = Field(16, ge=0)
     limits_max_gpus_per_job: int = Field(8, ge=0)
+    limits_max_cpu_ranks: int = Field(2, gt=0, description="resources.gpus on the cpu queue: that many gloo ranks "
+                                                          "share one CPU worker (to try DDP without a GPU)")
     limits_max_num_classes: int = Field(100_000, gt=1)
     limits_max_params: int = Field(200_000_000, gt=0, description="parameters of the student or the teacher")
     limits_max_queued_per_user: int = Field(500, gt=0, description="a user's queued jobs; past it, 429")

@@ -31,11 +31,14 @@ def torchvision_archs() -> frozenset[str]:
 
 
 def is_known_arch(name: str) -> bool:
+    """Our architectures by name; a torchvision one by the shape of its name only (torchvision/<lowercase name>),
+    so that validating a spec never imports torch. Whether torchvision has it is checked where a model is built:
+    ttm.models.build_model, and the API's architecture inspection (ttm.inspection), which runs in a subprocess."""
     if name in CIFAR_ARCHS or name in IMAGENET_ARCHS:
         return True
-    if name.startswith("torchvision/"):
-        return name.removeprefix("torchvision/") in torchvision_archs()
-    return False
+    tv = name.removeprefix("torchvision/")
+    return tv != name and 0 < len(tv) <= 64 and tv.isascii() and all(c.islower() or c.isdigit() or c == "_"
+                                                                      for c in tv)
 
 
 def known_archs_hint() -> str:

@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from service.db import session_scope
 from service.models import Checkpoint
+from worker.record import RunRecorder
 from worker.runner import job_run_dir
 from worker_helpers import ROOT, child_pids, env_for, insert_job, metric_rows, spec_data, wait_for
 
@@ -42,16 +43,27 @@ def checkpoint_kinds(settings, job_id: str) -> set[tuple[str, str]]:
                                                   .where(Checkpoint.job_id == job_id))}
 
 
+def epochs_in_file(run_dir) -> list[int]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line)["epoch"] for line in path.read_text().splitlines()] if path.exists() else []
+
+
 def test_child_trains_and_reports(settings):
+    """The child writes metrics.jsonl and the checkpoint manifests; the worker's recorder turns them into rows."""
     from safetensors.torch import load_file
 
     spec = spec_data(epochs=2)
     job_id = insert_job(settings, spec)
-    proc = start_child(settings, job_id, spec)
     run_dir = job_run_dir(settings, job_id)
+    recorder = RunRecorder(job_id, run_dir)  # as the worker makes it, before the child starts
+    proc = start_child(settings, job_id, spec)
     assert proc.wait(timeout=180) == 0, (run_dir / "child.log").read_text()[-3000:]
     outcome = json.loads((run_dir / "outcome-0.json").read_text())
     assert outcome["ok"] and outcome["epochs_done"] == 2
+    assert epochs_in_file(run_dir) == [1, 2]
+    assert metric_rows(settings, job_id) == []  # the child has no database
+    with session_scope(settings) as session:
+        recorder.record_new(session)
     rows = metric_rows(settings, job_id)
     epochs = {e for e, _, _ in rows}
     assert epochs == {1, 2}
@@ -95,7 +107,7 @@ def test_child_dies_with_its_supervisor(settings):
                "time.sleep(600)")
     fake_worker = subprocess.Popen([sys.executable, "-c", starter], env=env_for(settings), cwd=ROOT)
     try:
-        wait_for(lambda: metric_rows(settings, job_id), 60, "the first epoch")
+        wait_for(lambda: epochs_in_file(run_dir), 60, "the first epoch")
         assert child_pids(job_id)
         fake_worker.send_signal(signal.SIGKILL)  # not reaped yet: a zombie, as a killed Celery worker can be
         t0 = time.monotonic()
