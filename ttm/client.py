@@ -153,7 +153,7 @@ class RetryPolicy:
     def __init__(self, retries: int = 5, backoff: float = 0.25, cap: float = 8.0):
         self.retries, self.backoff, self.cap = retries, backoff, cap
 
-    def call(self, fn: Callable[[], T], what: str,
+    def call(self, fn: Callable[[], T], what: str | Callable[[], str],
              retry_on: Callable[[BaseException], bool] = is_retryable) -> T:
         """`fn()` until it returns, raises something not retryable, or has failed 1 + `retries` times; the last
         failure is raised as it was."""
@@ -163,12 +163,14 @@ class RetryPolicy:
             retry=tenacity.retry_if_exception(retry_on), reraise=True, before_sleep=self._log(what))
         return retrying(fn)
 
-    def _log(self, what: str) -> Callable[[tenacity.RetryCallState], None]:
+    def _log(self, what: str | Callable[[], str]) -> Callable[[tenacity.RetryCallState], None]:
+        """`what` names what failed; a function of no arguments when that changes between tries."""
         def before_sleep(state: tenacity.RetryCallState) -> None:
             err = state.outcome.exception() if state.outcome else None
             why = f"server error {err.status}" if isinstance(err, ApiError) else _describe(err) if err else "?"
             delay = state.next_action.sleep if state.next_action else 0.0
-            log.warning("%s: %s; retry %d/%d in %.1f s", what, why, state.attempt_number, self.retries, delay)
+            log.warning("%s: %s; retry %d/%d in %.1f s", what if isinstance(what, str) else what(), why,
+                        state.attempt_number, self.retries, delay)
 
         return before_sleep
 
@@ -367,7 +369,8 @@ class Client:
             while True:
                 # each event gets the policy's tries afresh: a stream that delivers is not failing
                 try:
-                    event = self.retry.call(stream.next_event, f"event stream of {job_id}",
+                    event = self.retry.call(stream.next_event, lambda: f"event stream of {job_id} dropped, "
+                                                                       f"resuming after {stream.last or 'the start'}",
                                             retry_on=lambda e: isinstance(e, httpx.TransportError))
                 except httpx.TransportError as err:
                     raise ServerUnreachable(f"the event stream of {job_id} keeps dropping: {_describe(err)}") from None
