@@ -157,11 +157,11 @@ def serve(
     reconciler: Annotated[bool, typer.Option("--reconciler/--no-reconciler",
                                              help="run the reconciler loop in this process")] = True,
     api_processes: Annotated[int, typer.Option(
-        "--api-processes", min=1, help="API server processes sharing the port (SO_REUSEPORT): one Python process "
-                                       "serves about one core; a lab's API host uses one per core")] = 1,
+        "--api-processes", min=1, help="API server processes (uvicorn's --workers): one Python process serves "
+                                       "about one core")] = 1,
     access_log: Annotated[bool, typer.Option(
         "--access-log/--no-access-log", help="a line on stdout per request (Prometheus' /metrics counts them "
-                                             "either way; the line costs a sixth of a busy API's CPU)")] = True,
+                                             "either way)")] = True,
 ) -> None:
     """The API, N workers and the reconciler on this machine; the database is migrated first. Ctrl-C stops all:
     a running job goes back to the queue and resumes from its last epoch checkpoint next time."""
@@ -175,9 +175,8 @@ def serve(
     _configure_logging()
     settings = get_settings()
     upgrade_to_head(settings)
-    api = create_app(settings, host=host)  # with several API processes: refuses bad settings before any starts
-    if api_processes > 1:
-        _listening_socket(host, port, reuse_port=True, listen=False).close()  # the port is free, or say so now
+    api = create_app(settings, host=host)  # refuses bad settings before anything starts
+    _check_port_free(host, port)
     devices = [d.strip() for d in gpus.split(",") if d.strip()] if gpus else []
     if devices and workers > len(devices):
         raise typer.BadParameter(f"{workers} workers on {len(devices)} GPUs: a GPU takes one worker (one trainer "
@@ -194,81 +193,53 @@ def serve(
     # uvicorn re-raises the signal that stopped it once it has shut down; with SIGTERM's default action that would
     # end this process before the workers below have handed their jobs back. As an exception it unwinds instead.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    api_pool = None
     try:
         if api_processes == 1:
             _api_server(uvicorn.Config(api, host=host, port=port, log_level="info", access_log=access_log),
                         pool.begin_stop).run()
-        else:
-            api_pool = WorkerPool([_api_command(host, port, access_log)] * api_processes)
-            api_pool.start()
-            while True:
-                time.sleep(3600)
+        else:  # uvicorn's own supervisor: it restarts a process that dies, and stops them all on SIGINT/SIGTERM
+            os.environ[_API_HOST_VARIABLE] = host
+            uvicorn.run(f"{__name__}:api_process_app", factory=True, host=host, port=port, workers=api_processes,
+                        log_level="info", access_log=access_log)
     except KeyboardInterrupt:  # Ctrl-C, or the SIGTERM uvicorn (or the handler above) turned into one
         pass
     finally:
         if stop_reconciler is not None:
             stop_reconciler.set()
-        pool.begin_stop()  # the workers hand their jobs back while the API processes drain
-        if api_pool is not None:
-            api_pool.stop()
-        pool.stop()
+        pool.stop()  # SIGTERM: the workers hand their jobs back
         typer.echo("ttm serve: stopped", err=True)
 
 
-def api(
-    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
-    reuse_port: Annotated[bool, typer.Option(
-        "--reuse-port", help="share the port with other processes started the same way (SO_REUSEPORT): the kernel "
-                             "spreads the connections over them")] = False,
-    access_log: Annotated[bool, typer.Option("--access-log/--no-access-log",
-                                             help="a line on stdout per request")] = True,
-    lifeline_fd: Annotated[Optional[int], typer.Option("--lifeline-fd", hidden=True,
-                                                       help="exit when this pipe closes (set by ttm serve)")] = None,
-) -> None:
-    """One API server process, nothing else (no migration, no reconciler, no workers); `ttm serve
-    --api-processes N` starts N of them."""
-    import uvicorn
+_API_HOST_VARIABLE = "TTM_SERVE_LISTEN_HOST"  # from `ttm serve` to its API processes, for the auth-off check
+
+
+def api_process_app():  # noqa: ANN201
+    """The app of one of `ttm serve --api-processes N`'s processes, which uvicorn starts (spawned) and imports by
+    name. Each dies with its supervisor however that ends (kill -9 included): a parent-death SIGTERM, which
+    uvicorn turns into a graceful shutdown."""
+    import multiprocessing
 
     from service.app import create_app
     from service.settings import get_settings
+    from worker.proc import die_with_parent
 
-    _configure_logging()
-    if lifeline_fd is not None:
-        from worker import slots
-
-        slots.watch_lifeline(lifeline_fd, _supervisor_lost)
-    app = create_app(get_settings(), host=host)
-    sock = _listening_socket(host, port, reuse_port)
-    uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", access_log=access_log)).run(
-        sockets=[sock])
+    die_with_parent(signal.SIGTERM)
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # the supervisor died before the line above
+        os._exit(1)
+    return create_app(get_settings(), host=os.environ.get(_API_HOST_VARIABLE))
 
 
-def _listening_socket(host: str, port: int, reuse_port: bool, listen: bool = True) -> socket.socket:
-    """The socket uvicorn would make, plus SO_REUSEPORT: each process listening on its own socket gets an even
-    share of new connections, where processes accepting from one shared socket were seen to leave one of them
-    with every connection of a benchmark (one core busy, the other idle)."""
+def _check_port_free(host: str, port: int) -> None:
+    """Say now, before any worker starts, that the port is taken (uvicorn would say so only after)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((host.strip("[]"), port))
-    except OSError as err:
-        sock.close()
-        raise typer.BadParameter(f"cannot listen on {host}:{port}: {err.strerror}", param_hint="--port") from None
-    if not listen:
-        return sock
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
-
-
-def _api_command(host: str, port: int, access_log: bool) -> list[str]:
-    return [sys.executable, "-m", "worker.cli", "api", f"--host={host}", f"--port={port}", "--reuse-port",
-            "--access-log" if access_log else "--no-access-log"]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT does not count
+        try:
+            sock.bind((host.strip("[]"), port))
+        except OSError as err:
+            raise typer.BadParameter(f"cannot listen on {host}:{port}: {err.strerror}", param_hint="--port") \
+                from None
 
 
 def _api_server(config, on_exit: Callable[[], None]):  # noqa: ANN001, ANN202
@@ -299,7 +270,7 @@ def _worker_command(index: int, queues: str, gpu: str | None) -> list[str]:
 
 
 class WorkerPool:
-    """Processes (workers, API servers) that are restarted when they die (a crash, the OOM killer) until `stop`."""
+    """Worker processes that are restarted when they die (a crash, the OOM killer) until `stop`."""
 
     RESTART_DELAY_S = 2.0
     STOP_TIMEOUT_S = 30.0  # a warm shutdown stops the trainer child (3 s grace) and hands the job back
@@ -363,7 +334,6 @@ class WorkerPool:
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help="The job server's workers and one-machine server.")
 cli.command("serve")(serve)
 cli.command("worker")(worker)
-cli.command("api")(api)
 cli.command("reconcile")(reconcile)
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""`ttm serve --api-processes 2`: two API processes share one port (SO_REUSEPORT) on SQLite and on PostgreSQL;
-both take connections, and a SIGTERM in the middle of a burst of submits loses no accepted job: every 201 is a
+"""`ttm serve --api-processes 2`: two API processes (uvicorn's --workers) share one port on SQLite and on PostgreSQL;
+both take connections, both die with a killed serve, and a SIGTERM in the middle of a burst of submits loses no accepted job: every 201 is a
 committed job with its first event and its message."""
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def test_two_api_processes_share_the_port_and_a_sigterm_loses_no_accepted_job(se
     try:
         wait_for(lambda: procs.log("serve").count("Application startup complete") == 2, 120,
                  "both API processes to start", interval=0.3)
-        apis = [pid for pid, cmd in children(serve.pid).items() if "worker.cli api" in cmd]
+        apis = [pid for pid, cmd in children(serve.pid).items() if "spawn_main" in cmd]
         assert len(apis) == 2, children(serve.pid)
         cpu_before = {pid: cpu_seconds(pid) for pid in apis}
 
@@ -64,7 +64,7 @@ def test_two_api_processes_share_the_port_and_a_sigterm_loses_no_accepted_job(se
         failures: list[str] = []
         stop = threading.Event()
 
-        def client() -> None:  # one keep-alive connection each: the kernel spreads them over the two sockets
+        def client() -> None:  # one keep-alive connection each, accepted by whichever process is free
             with httpx.Client(base_url=url, timeout=30) as http:
                 while not stop.is_set():
                     try:
@@ -127,3 +127,24 @@ def test_api_processes_must_be_positive(settings: Settings, count: str):
     finally:
         procs.stop_all()
     assert "--api-processes" in procs.log("serve")
+
+
+def test_api_processes_die_with_a_killed_serve(sqlite_settings: Settings):
+    """kill -9 leaves uvicorn's supervisor no time to stop its processes: their parent-death signal does."""
+    procs = Processes(sqlite_settings.home)
+    port = free_port()
+    serve = procs.start("serve", ["serve", "--host=127.0.0.1", f"--port={port}", "--workers=0",
+                                  "--api-processes=2", "--no-access-log"], env_for(sqlite_settings))
+    try:
+        wait_for(lambda: procs.log("serve").count("Application startup complete") == 2, 120,
+                 "both API processes to start", interval=0.3)
+        apis = [pid for pid, cmd in children(serve.pid).items() if "spawn_main" in cmd]
+        assert len(apis) == 2
+        serve.send_signal(signal.SIGKILL)
+        serve.wait()
+        wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in apis), 30, "the API processes to exit")
+        with socket.socket() as again:  # and the port is free for the next serve
+            again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            again.bind(("127.0.0.1", port))
+    finally:
+        procs.stop_all()
