@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.deps import Principal
+from service.principal import Principal
 from service.errors import ApiError
 from service.inspection import InspectionFailed, InspectionRefused, inspect_arch
 from service.models import Job

@@ -11,7 +11,7 @@ from fastapi.openapi.utils import get_openapi
 
 from service.broker import make_celery
 from service.db import get_engine, make_sessionmaker
-from service.deps import Principal
+from service.principal import Principal
 from service.local_guard import is_loopback
 from service.docs import install_offline_docs
 from service.local_guard import LocalOnlyMiddleware

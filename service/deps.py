@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -15,16 +14,8 @@ from service.errors import ApiError
 from service.ids import hash_token
 from service.local_guard import is_loopback, refusal
 from service.models import Token, User, utcnow
+from service.principal import Principal
 from service.settings import Settings
-
-
-@dataclass(frozen=True)
-class Principal:
-    """The caller: who they are and whether they see everyone's jobs."""
-
-    id: int
-    name: str
-    is_admin: bool
 
 
 async def get_app_settings(request: Request) -> Settings:

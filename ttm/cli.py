@@ -73,14 +73,18 @@ def train(
 
 
 def _with_epochs(spec, epochs: int):
-    from ttm.spec import parse_spec
+    """The spec run for `epochs` instead: the paper's default milestones scale with it; milestones the spec wrote
+    keep those up to `epochs`."""
+    from ttm.spec import paper_milestones, parse_spec
 
     data = spec.model_dump(mode="json", exclude_none=True)
     data.pop("preset", None)  # already applied
-    data["train"]["epochs"] = epochs
     sched = data["train"]["schedule"]
-    if sched.get("milestones"):
+    if sched.get("milestones") == paper_milestones(data["train"]["epochs"]):
+        del sched["milestones"]  # the default, filled in: scaled again to the new length
+    elif sched.get("milestones"):
         sched["milestones"] = [m for m in sched["milestones"] if m <= epochs]
+    data["train"]["epochs"] = epochs
     if sched.get("warmup_epochs", 0) >= epochs:
         sched["warmup_epochs"] = 0
     return parse_spec(data)

@@ -32,12 +32,13 @@ import httpx
 import tenacity
 from httpx_sse import EventSource, ServerSentEvent
 
+from ttm.registry import CHECKPOINT_SUFFIXES, checkpoint_name
+
 log = logging.getLogger("ttm.client")
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"  # where `ttm serve` listens by default
 FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
-FORMATS = ("pt", "safetensors", "torchscript")
-SUFFIXES = {"pt": ".pt", "safetensors": ".safetensors", "torchscript": ".torchscript.pt"}
+FORMATS = tuple(CHECKPOINT_SUFFIXES)
 CHUNK = 1024 * 1024
 T = TypeVar("T")
 
@@ -501,7 +502,7 @@ def _target(dest: str | Path | None, response: httpx.Response, job_id: str, whic
         target.parent.mkdir(parents=True, exist_ok=True)
         return target
     match = re.search(r'filename="([^"/\\]+)"', response.headers.get("Content-Disposition", ""))
-    name = match.group(1) if match else f"{job_id}-{which}{SUFFIXES[fmt]}"
+    name = match.group(1) if match else f"{job_id}-{checkpoint_name(which, fmt)}"
     return Path(dest or ".").expanduser() / name
 
 

@@ -112,8 +112,7 @@ def _info(spec: DatasetSpec, train_x: torch.Tensor, test_x: torch.Tensor, num_cl
 def _subset(spec: DatasetSpec, *arrays):
     """Keep the first N train / M test samples: deterministic, and done before anything else sees the data."""
     train_x, train_y, test_x, test_y = arrays
-    n = spec.subset.train if spec.subset and spec.subset.train else None
-    m = spec.subset.test if spec.subset and spec.subset.test else None
+    n, m = spec.subset_sizes
     return train_x[:n], train_y[:n], test_x[:m], test_y[:m]
 
 
@@ -141,8 +140,8 @@ def _load_digits():
 
 def _load_synthetic(spec: DatasetSpec):
     """Random uint8 images and labels (seeded): for speed benchmarks and smoke runs, never for accuracy claims."""
-    n = (spec.subset.train if spec.subset and spec.subset.train else None) or SYNTHETIC_SIZES[0]
-    m = (spec.subset.test if spec.subset and spec.subset.test else None) or SYNTHETIC_SIZES[1]
+    n, m = spec.subset_sizes
+    n, m = n or SYNTHETIC_SIZES[0], m or SYNTHETIC_SIZES[1]
     g = torch.Generator().manual_seed(1234)
     size, classes = spec.image_size, spec.classes
     x = torch.randint(0, 256, (n + m, 3, size, size), generator=g, dtype=torch.uint8)
@@ -248,8 +247,7 @@ def _imagefolder_datasets(spec: DatasetSpec, data_root: str | None):
     if spec.num_classes is not None and spec.num_classes != len(train.classes):
         raise ValueError(f"imagefolder: spec says num_classes={spec.num_classes} but {base / 'train'} "
                          f"holds {len(train.classes)} classes")
-    n = spec.subset.train if spec.subset and spec.subset.train else None
-    m = spec.subset.test if spec.subset and spec.subset.test else None
+    n, m = spec.subset_sizes
     # ImageFolder lists samples by class, then file name: "first N" is deterministic, not class-balanced
     train_ds = Subset(train, range(min(n, len(train)))) if n else train
     val_ds = Subset(val, range(min(m, len(val)))) if m else val

@@ -4,7 +4,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.deps import Principal
+from service.principal import Principal
 from service.ids import new_artifact_id
 from service.models import Artifact
 

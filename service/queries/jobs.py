@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.deps import Principal
+from service.principal import Principal
 from service.ids import new_job_id
 from service.models import Job, JobEvent, User, utcnow
 from service.states import QUEUED

@@ -8,7 +8,8 @@ from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from service.deps import CurrentUser, Principal, ReadSessionDep, SessionDep, SettingsDep
+from service.deps import CurrentUser, ReadSessionDep, SessionDep, SettingsDep
+from service.principal import Principal
 from service.errors import ApiError, not_found
 from service.inspection import InspectionRefused, inspect_file
 from service.queries import artifacts as q
@@ -69,7 +70,7 @@ def _store(session: Session, who: Principal, settings: Settings, received: Recei
 
 @router.post("", status_code=201, response_model=ArtifactOut, openapi_extra={"requestBody": UPLOAD_BODY},
              responses={200: {"model": ArtifactOut, "description": "the same bytes were uploaded before"},
-                        **error_responses(401, 413, 422)})
+                        **error_responses(400, 401, 413, 422, 503)})
 async def upload_artifact(request: Request, response: Response, who: CurrentUser, session: SessionDep,
                           settings: SettingsDep,
                           filename: Annotated[str | None, Query(max_length=255)] = None) -> ArtifactOut:

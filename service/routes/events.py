@@ -27,7 +27,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from service.deps import CurrentUser, Principal, SettingsDep
+from service.deps import CurrentUser, SettingsDep
+from service.principal import Principal
 from service.errors import ApiError
 from service.models import Job, JobEvent, Metric
 from service.queries import history as hq

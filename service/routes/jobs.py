@@ -13,7 +13,9 @@ from sqlalchemy.orm import Session
 
 from service.admission import admit
 from service.broker import enqueue_job
-from service.deps import CurrentUser, Principal, ReadSessionDep, SessionDep, SettingsDep
+from service.deps import CurrentUser, ReadSessionDep, SessionDep, SettingsDep
+from service.principal import Principal
+from ttm.registry import checkpoint_name
 from service.errors import ApiError, not_found
 from service.models import Checkpoint, Job
 from service.queries import checkpoints as cq
@@ -198,9 +200,6 @@ def checkpoint_manifest(job_id: str, which: Literal["best", "last"], who: Curren
     return _checkpoint(session, who, job_id, which, format).manifest or {}
 
 
-_SUFFIX = {"pt": ".pt", "safetensors": ".safetensors", "torchscript": ".torchscript.pt"}
-
-
 @router.get("/{job_id}/checkpoints/{which}",
             responses={200: {"content": {"application/octet-stream": {"example": "<checkpoint bytes>"}},
                              "description": "the file; ETag is its sha256, X-TTM-Manifest its manifest (JSON)"},
@@ -219,4 +218,4 @@ def download_checkpoint(job_id: str, which: Literal["best", "last"], who: Curren
         raise ApiError(404, f"the {which} checkpoint of job {job_id} is recorded but its file is gone",
                        code="checkpoint_missing")
     return FileResponse(path, media_type="application/octet-stream", headers=headers,
-                        filename=f"{job_id}-{which}{_SUFFIX[format]}")
+                        filename=f"{job_id}-{checkpoint_name(which, format)}")

@@ -73,3 +73,15 @@ def test_listing_commands():
     assert len(lines) == 4 and any("gamma=0.3, beta=1.5" in l for l in lines)
     v = run("validate", str(Path(__file__).parents[2] / "examples" / "cifar100_resnet56_resnet20_wttm.yaml"))
     assert v.returncode == 0 and json.loads(v.stdout)["loss"]["beta"] == 1.5
+
+
+def test_epochs_override_rescales_the_default_milestones():
+    from ttm.cli import _with_epochs
+    from ttm.spec import parse_spec
+
+    base = {"name": "x", "student": {"arch": "resnet8"}, "dataset": {"name": "digits"}, "loss": {"kind": "ce"}}
+    default = parse_spec({**base, "train": {"epochs": 240, "schedule": {"kind": "step"}}})
+    assert default.train.schedule.milestones == [150, 180, 210]
+    assert _with_epochs(default, 8).train.schedule.milestones == [5, 6, 7]  # 62.5 / 75 / 87.5 % of 8
+    written = parse_spec({**base, "train": {"epochs": 240, "schedule": {"kind": "step", "milestones": [100, 200]}}})
+    assert _with_epochs(written, 150).train.schedule.milestones == [100]
