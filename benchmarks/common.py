@@ -35,7 +35,7 @@ def _cpu_model() -> str:
 
 def write_result(name: str, figures: dict, out: str | None = None) -> Path:
     record = {"benchmark": name, "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
-              "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
+              "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "machine": machine(),
               **figures}
     path = Path(out) if out else RESULTS / f"{name}-{'cuda' if 'gpu' in record['machine'] else 'cpu'}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -30,8 +30,7 @@ from types import SimpleNamespace
 
 from benchmarks.common import RESULTS, write_result
 from benchmarks.service_load import postgres_redis
-from ttm.demo import (STUDENT_LOSSES, final_metrics, free_port, job_spec, seconds, start_server, stop_server,
-                      wait_ready)
+from ttm.demo import STUDENT_LOSSES, final_metrics, free_port, job_spec, seconds, start_server, stop_server, wait_ready
 
 METHODS = ("ce", "kd", "ttm", "wttm")
 # Sizes. cpu: measured on this machine under its usual load (about 3 on 2 cores): resnet56 trains at about 80
@@ -77,7 +76,7 @@ class LoadSampler:
         while not self._stop.wait(self.every):
             self.samples.append(os.getloadavg()[0])
 
-    def __enter__(self) -> "LoadSampler":
+    def __enter__(self) -> LoadSampler:
         self._thread.start()
         return self
 

@@ -49,10 +49,11 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from benchmarks.common import RESULTS, write_result
 from ttm.demo import free_port, start_server, stop_server, wait_ready

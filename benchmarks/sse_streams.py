@@ -70,7 +70,8 @@ async def _run(url: str, token: str, job_id: str, streams: int, probes: int) -> 
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    return {"streams": streams, "streams_ok": statuses.count(200), "streams_failed": len(statuses) - statuses.count(200),
+    ok = statuses.count(200)
+    return {"streams": streams, "streams_ok": ok, "streams_failed": len(statuses) - ok,
             "seconds_to_open_all": round(open_s, 2), "events_received": received[0], "probes": probes,
             "healthz_no_streams": baseline, "healthz_with_streams": loaded}
 

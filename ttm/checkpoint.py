@@ -15,14 +15,16 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 # the suffixes live in ttm.registry, which the API and the client import without torch; re-exported here
 from ttm.registry import CHECKPOINT_SUFFIXES, MANIFEST_SUFFIX, checkpoint_name  # noqa: F401
+
 MANIFEST_VERSION = 1
 
 

@@ -10,7 +10,7 @@ import logging
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -29,7 +29,7 @@ def require_trainer(command: str) -> None:
     if missing:
         err.print(f"[bold red]ttm {command} needs the trainer[/] ({' and '.join(missing)} not installed): "
                   f"pip install 'ttm\\[train]'")
-        raise typer.Exit(EXIT_TRAINING_FAILED)
+        raise typer.Exit(EXIT_TRAINING_FAILED) from None
 
 
 def print_spec_error(error) -> None:
@@ -45,9 +45,9 @@ def train(
     out: Annotated[Path, typer.Option("--out", "-o", help="runs directory: each job writes OUT/<name>")] = Path("runs"),
     resume: Annotated[bool, typer.Option("--resume/--no-resume",
                                          help="continue from OUT/<name>/state.pt if present")] = True,
-    stop_after: Annotated[Optional[int], typer.Option(help="stop after this epoch (resume later)")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="override train.epochs (milestones past it are dropped)")] = None,
-    data_root: Annotated[Optional[Path], typer.Option(help="where datasets live (torchvision layout)")] = None,
+    stop_after: Annotated[int | None, typer.Option(help="stop after this epoch (resume later)")] = None,
+    epochs: Annotated[int | None, typer.Option(help="override train.epochs (milestones past it are dropped)")] = None,
+    data_root: Annotated[Path | None, typer.Option(help="where datasets live (torchvision layout)")] = None,
 ) -> None:
     """Train the student(s) of SPEC on this machine; one line per epoch, checkpoints every epoch.
 
@@ -61,7 +61,7 @@ def train(
         specs = [_with_epochs(s, epochs) for s in load_specs(spec_path)] if epochs else load_specs(spec_path)
     except SpecError as e:
         print_spec_error(e)
-        raise typer.Exit(EXIT_SPEC_ERROR)
+        raise typer.Exit(EXIT_SPEC_ERROR) from None
     for spec in specs:
         run_dir = out / spec.name
         if not resume:
@@ -98,7 +98,7 @@ def _teacher_from_run(spec, run_dir: Path):
     if not manifest.exists():
         err.print(f"[bold red]invalid spec[/]\n  [bold]teacher.job[/]: no finished run at {run_dir} "
                   f"(train it first, or list it earlier in the same file)")
-        raise typer.Exit(EXIT_SPEC_ERROR)
+        raise typer.Exit(EXIT_SPEC_ERROR) from None
     arch = json.loads(manifest.read_text())["arch"]
     teacher = spec.teacher.model_copy(update={"job": None, "arch": arch, "weights": str(run_dir / "best.safetensors"),
                                               "format": "safetensors"})
@@ -110,7 +110,8 @@ def _run_with_progress(spec, out: Path, stop_after: int | None, data_root: str |
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from ttm.teacher import WeightsError
-    from ttm.train import TrainingError, train as run_training
+    from ttm.train import TrainingError
+    from ttm.train import train as run_training
 
     logger = logging.getLogger("ttm.train")
     handler = RichHandler(console=err, show_path=False, show_time=False, markup=False)
@@ -129,7 +130,7 @@ def _run_with_progress(spec, out: Path, stop_after: int | None, data_root: str |
             result = run_training(spec, out, on_metrics=on_metrics, stop_after_epoch=stop_after, data_root=data_root)
     except (TrainingError, WeightsError, FileNotFoundError, ValueError) as e:
         err.print(f"[bold red]training failed:[/] {e}")
-        raise typer.Exit(EXIT_TRAINING_FAILED)
+        raise typer.Exit(EXIT_TRAINING_FAILED) from None
     finally:
         logger.removeHandler(handler)
     print(f"best test top-1 {result.best_top1:.2f} (epoch {result.best_epoch}); student: {out / 'best.safetensors'}")
@@ -166,7 +167,7 @@ def validate(spec_path: Annotated[Path, typer.Argument(metavar="SPEC")]) -> None
         spec = load_spec(spec_path)
     except SpecError as e:
         print_spec_error(e)
-        raise typer.Exit(EXIT_SPEC_ERROR)
+        raise typer.Exit(EXIT_SPEC_ERROR) from None
     print(spec.model_dump_json(indent=2, exclude_none=True))
 
 
@@ -199,7 +200,7 @@ def _mount_missing(name: str, error: Exception) -> None:
 
     def unavailable(ctx: typer.Context) -> None:
         err.print(f"[bold red]ttm {name} needs the server's parts[/] ({reason}): pip install 'ttm\\[server]'")
-        raise typer.Exit(EXIT_TRAINING_FAILED)
+        raise typer.Exit(EXIT_TRAINING_FAILED) from None
 
     app.command(name, help=f"(needs `pip install 'ttm[server]'`: {reason})", add_help_option=False,
                 context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(unavailable)

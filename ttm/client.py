@@ -57,7 +57,7 @@ class ApiError(ClientError):
         super().__init__(f"{status} {code}: {message}")
 
     @classmethod
-    def from_response(cls, response: httpx.Response) -> "ApiError":
+    def from_response(cls, response: httpx.Response) -> ApiError:
         try:
             body = response.json()["error"]
             return cls(response.status_code, str(body.get("code", "error")), str(body.get("message", "")),
@@ -195,7 +195,7 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *_: object) -> None:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import IntEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Iterator, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -56,29 +57,29 @@ def parse_duration(value: str | None) -> float | None:
     return sum(float(n) * scale[u] for n, u in parts)
 
 
-Server = Annotated[Optional[str], typer.Option(
+Server = Annotated[str | None, typer.Option(
     "--server", envvar="TTM_SERVER", show_envvar=True, help="job server URL [default: http://127.0.0.1:8000]")]
-Token = Annotated[Optional[str], typer.Option(
+Token = Annotated[str | None, typer.Option(
     "--token", envvar="TTM_TOKEN", show_envvar=True, show_default=False,
     help="API token (`ttm admin user create NAME` prints one)")]
 Json = Annotated[bool, typer.Option("--json", help="print one JSON object on stdout (progress stays on stderr)")]
 Retries = Annotated[int, typer.Option(min=0, help="retries after connection errors and 5xx answers")]
 JobId = Annotated[str, typer.Argument(metavar="ID", help="a job id (job_...)")]
-Timeout = Annotated[Optional[str], typer.Option(
+Timeout = Annotated[str | None, typer.Option(
     help="stop waiting after this long (2h, 90m, 45s): exit 4", show_default=False)]
-MinAccuracy = Annotated[Optional[float], typer.Option(
+MinAccuracy = Annotated[float | None, typer.Option(
     "--min-accuracy", help="exit 5 when the best test top-1 (%) is below this", show_default=False)]
-Output = Annotated[Optional[Path], typer.Option(
+Output = Annotated[Path | None, typer.Option(
     "--output", "-o", help="download the student here when the job succeeds (the format follows the suffix: "
                            ".safetensors, .ts, else pt)", show_default=False)]
 Which = Annotated[str, typer.Option(help="best | last checkpoint")]
-Format = Annotated[Optional[str], typer.Option(
+Format = Annotated[str | None, typer.Option(
     "--format", help="pt | safetensors | torchscript [default: from -o's suffix, else pt]", show_default=False)]
 CancelOnTimeout = Annotated[bool, typer.Option("--cancel-on-timeout", help="cancel the job when --timeout passes")]
 
 
 # ---------------------------------------------------------------------------------------------- output
-def _stderr() -> "Console":
+def _stderr() -> Console:
     from rich.console import Console
 
     return Console(stderr=True, highlight=False, soft_wrap=True)
@@ -89,7 +90,7 @@ def _print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
-def _client(server: str | None, token: str | None, retries: int) -> "Client":
+def _client(server: str | None, token: str | None, retries: int) -> Client:
     import logging
 
     from ttm.client import Client
@@ -127,26 +128,30 @@ def _errors(json_out: bool) -> Iterator[None]:
               lambda: [err.print("[bold red]invalid spec[/]"),
                        *[err.print(f"  [bold]{p['field'] or '<spec>'}[/]: {p['message']}") for p in problems]])
     except ApiError as e:
-        code = _code_for(e.status)
+        api_error, code = e, _code_for(e.status)
         hint = ""
         if code is Exit.AUTH:
             hint = "\n  give a token with --token or TTM_TOKEN (`ttm admin user create NAME` prints one)"
 
         def human() -> None:
-            err.print(f"[bold red]error[/] ({e.status} {e.code}): {e.message}{hint}", markup=True)
-            for p in e.errors if len(e.errors) > 1 else []:
+            err.print(f"[bold red]error[/] ({api_error.status} {api_error.code}): {api_error.message}{hint}",
+                      markup=True)
+            for p in api_error.errors if len(api_error.errors) > 1 else []:
                 err.print(f"  [bold]{p.get('field') or '<spec>'}[/]: {p.get('message')}")
 
         _fail(json_out, code, e.as_dict(), human)
     except ServerUnreachable as e:
-        _fail(json_out, Exit.UNREACHABLE, {"code": "unreachable", "message": str(e)},
-              lambda: err.print(f"[bold red]server unreachable:[/] {e}"))
+        text = str(e)
+        _fail(json_out, Exit.UNREACHABLE, {"code": "unreachable", "message": text},
+              lambda: err.print(f"[bold red]server unreachable:[/] {text}"))
     except ChecksumMismatch as e:
-        _fail(json_out, Exit.API_ERROR, {"code": "checksum_mismatch", "message": str(e)},
-              lambda: err.print(f"[bold red]checksum mismatch:[/] {e}"))
+        text = str(e)
+        _fail(json_out, Exit.API_ERROR, {"code": "checksum_mismatch", "message": text},
+              lambda: err.print(f"[bold red]checksum mismatch:[/] {text}"))
     except (FileNotFoundError, IsADirectoryError, ValueError) as e:
-        _fail(json_out, Exit.BAD_SPEC, {"code": "bad_usage", "message": str(e)},
-              lambda: err.print(f"[bold red]error:[/] {e}"))
+        text = str(e)
+        _fail(json_out, Exit.BAD_SPEC, {"code": "bad_usage", "message": text},
+              lambda: err.print(f"[bold red]error:[/] {text}"))
     except KeyboardInterrupt:
         err.print("interrupted (the job goes on; `ttm cancel ID` stops it)")
         raise typer.Exit(130) from None
@@ -165,14 +170,14 @@ class JobProgress:
     """A job's events on stderr: a live bar (epoch, loss, test top-1, ETA) where stderr is a terminal, and one
     line per state change and per epoch everywhere (a CI log keeps them)."""
 
-    def __init__(self, job: dict[str, Any], console: "Console"):
+    def __init__(self, job: dict[str, Any], console: Console):
         self.job, self.console = job, console
         self.total = int(job.get("spec", {}).get("train", {}).get("epochs") or 0) or None
         self.epochs: dict[int, dict[str, float]] = {}
         self.printed: set[int] = set()
         self.progress: Any = None
 
-    def __enter__(self) -> "JobProgress":
+    def __enter__(self) -> JobProgress:
         from rich.progress import BarColumn, Progress, TextColumn
 
         self.progress = Progress(
@@ -189,7 +194,7 @@ class JobProgress:
         self._flush()
         self.progress.__exit__(*exc)
 
-    def on_event(self, event: "Event") -> None:
+    def on_event(self, event: Event) -> None:
         if event.type == "state":
             self._flush()
             d = event.data
@@ -236,7 +241,7 @@ def _hms(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def follow(client: "Client", job: dict[str, Any], *, timeout: float | None, min_accuracy: float | None,
+def follow(client: Client, job: dict[str, Any], *, timeout: float | None, min_accuracy: float | None,
            output: Path | None, which: str, fmt: str | None, cancel_on_timeout: bool, json_out: bool) -> Exit:
     """Watch a job to its end and turn the end into an exit code; download the student when it is accepted."""
     from ttm.client import WaitTimeout
@@ -305,7 +310,7 @@ def submit(
                                                       "ended")] = False,
     timeout: Timeout = None, min_accuracy: MinAccuracy = None, output: Output = None, which: Which = "best",
     fmt: Format = None,
-    idempotency_key: Annotated[Optional[str], typer.Option(
+    idempotency_key: Annotated[str | None, typer.Option(
         help="a retried submit with the same key returns the first job instead of a second one "
              "(e.g. $CI_PIPELINE_ID)", show_default=False)] = None,
     cancel_on_timeout: CancelOnTimeout = False,
@@ -349,7 +354,7 @@ def watch(
 
 
 def jobs(
-    state: Annotated[Optional[list[str]], typer.Option(
+    state: Annotated[list[str] | None, typer.Option(
         help="only these states (repeat, or comma-separate): queued, running, cancelling, succeeded, failed, "
              "cancelled", show_default=False)] = None,
     limit: Annotated[int, typer.Option(min=1, help="at most this many, newest first")] = 50,

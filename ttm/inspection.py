@@ -151,7 +151,8 @@ def describe_arch(arch: str, num_classes: int, in_channels: int, image_size: int
 
 
 def limit_self(memory_bytes: int, cpu_seconds: int) -> None:
-    """Limits for this process, set before anything is read: address space, CPU time, no file past 1 MiB (torch probes its temporary directory), no core."""
+    """Limits for this process, set before anything is read: address space, CPU time, no file past 1 MiB (torch
+    probes its temporary directory), no core."""
     import resource
 
     for which, value in ((resource.RLIMIT_AS, memory_bytes), (resource.RLIMIT_CPU, cpu_seconds),

@@ -22,7 +22,7 @@ Conventions, the same for every loss:
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -1,9 +1,10 @@
 """Names the spec may use, kept free of torch so that validating a spec stays cheap (the API does it per request)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable, get_args
+from typing import Any, get_args
 
 # The CIFAR architectures of the paper's tables, under the names RepDistiller/mdistiller use.
 CIFAR_ARCHS: tuple[str, ...] = (

@@ -19,8 +19,16 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ttm.registry import (DATASET_CLASSES, DATASET_CHANNELS, LOSS_KINDS, is_known_arch, kind_of, known_archs_hint,
-                          loss_spec, teacher_kinds)
+from ttm.registry import (
+    DATASET_CHANNELS,
+    DATASET_CLASSES,
+    LOSS_KINDS,
+    is_known_arch,
+    kind_of,
+    known_archs_hint,
+    loss_spec,
+    teacher_kinds,
+)
 
 INT64_MAX = 2**63 - 1
 MAX_EPOCHS = 10_000
@@ -51,7 +59,8 @@ class TeacherSpec(Strict):
     """Exactly one source: `arch` + `weights`, `torchscript`, or `job` (the best student of a finished job)."""
 
     arch: str | None = Field(None, max_length=MAX_NAME)
-    weights: str | None = Field(None, max_length=MAX_PATH, description="a path, or an artifact id (art_...) on the server")
+    weights: str | None = Field(None, max_length=MAX_PATH,
+                                description="a path, or an artifact id (art_...) on the server")
     torchscript: str | None = Field(None, max_length=MAX_PATH, description="a TorchScript archive: path or artifact id")
     job: str | None = Field(None, max_length=MAX_PATH,
                             description="id of a finished job whose best student becomes this teacher")
@@ -65,7 +74,7 @@ class TeacherSpec(Strict):
         return v
 
     @model_validator(mode="after")
-    def _one_source(self) -> "TeacherSpec":
+    def _one_source(self) -> TeacherSpec:
         sources = [s for s in ("weights", "torchscript", "job") if getattr(self, s)]
         if len(sources) != 1:
             raise ValueError("give exactly one of weights (with arch), torchscript or job; got "
@@ -102,7 +111,8 @@ class DatasetSpec(Strict):
     name: DatasetName
     root: str | None = Field(None, max_length=MAX_PATH,
                              description="data root in torchvision's layout; default: TTM_DATA_ROOT")
-    path: str | None = Field(None, max_length=MAX_PATH, description="imagefolder only: a directory with train/ and val/")
+    path: str | None = Field(None, max_length=MAX_PATH,
+                             description="imagefolder only: a directory with train/ and val/")
     num_classes: int | None = Field(None, ge=2, le=MAX_CLASSES, description="imagefolder: checked against the tree; "
                                     "synthetic: the number of random labels (default 100)")
     image_size: int = Field(32, gt=0, le=4096,
@@ -112,7 +122,7 @@ class DatasetSpec(Strict):
     download: bool = Field(False, description="let torchvision download a missing dataset")
 
     @model_validator(mode="after")
-    def _imagefolder_needs_path(self) -> "DatasetSpec":
+    def _imagefolder_needs_path(self) -> DatasetSpec:
         if self.name == "imagefolder" and not self.path:
             raise ValueError("imagefolder needs path: a directory holding train/ and val/")
         if self.name != "imagefolder" and self.path:
@@ -204,7 +214,7 @@ class DISTLoss(Strict):
 
 
 # Every class registered with @loss_spec above, in registration order.
-LossSpec = Annotated[Union[tuple(lk.spec for lk in LOSS_KINDS.values())], Field(discriminator="kind")]
+LossSpec = Annotated[Union[tuple(lk.spec for lk in LOSS_KINDS.values())], Field(discriminator="kind")]  # noqa: UP007
 
 
 # ---------------------------------------------------------------------------------------------- recipe
@@ -253,7 +263,7 @@ class ConstantSchedule(Strict):
 
 
 SCHEDULES = (StepSchedule, CosineSchedule, ConstantSchedule)
-Schedule = Annotated[Union[SCHEDULES], Field(discriminator="kind")]
+Schedule = Annotated[Union[SCHEDULES], Field(discriminator="kind")]  # noqa: UP007
 
 
 class TrainSpec(Strict):
@@ -275,7 +285,7 @@ class TrainSpec(Strict):
     drop_last: bool = Field(True, description="static shapes: drop the ragged last batch")
 
     @model_validator(mode="after")
-    def _schedule_fits(self) -> "TrainSpec":
+    def _schedule_fits(self) -> TrainSpec:
         s = self.schedule
         if getattr(s, "warmup_epochs", 0) >= self.epochs:
             raise _at("schedule.warmup_epochs", f"{s.warmup_epochs} must be below epochs={self.epochs}")
@@ -323,7 +333,7 @@ class JobSpec(Strict):
         return data
 
     @model_validator(mode="after")
-    def _consistent(self) -> "JobSpec":
+    def _consistent(self) -> JobSpec:
         kind = self.loss.kind
         if LOSS_KINDS[kind].needs_teacher and self.teacher is None:
             raise _at("teacher", f"loss {kind} distills from a teacher: add teacher")

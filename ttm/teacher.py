@@ -92,8 +92,9 @@ def _pickled_globals(path: Path) -> list[str] | None:
 def _unwrap(obj: object, name: str) -> dict[str, torch.Tensor]:
     if isinstance(obj, dict):
         for key in _WRAPPER_KEYS:
-            if isinstance(obj.get(key), dict) and obj[key] and all(isinstance(t, torch.Tensor) for t in obj[key].values()):
-                obj = obj[key]
+            inner = obj.get(key)
+            if isinstance(inner, dict) and inner and all(isinstance(t, torch.Tensor) for t in inner.values()):
+                obj = inner
                 break
     if not isinstance(obj, dict) or not obj or not all(isinstance(t, torch.Tensor) for t in obj.values()):
         raise WeightsError(f"{name} holds no state_dict: expected a mapping of names to tensors, or "

@@ -13,10 +13,11 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +53,7 @@ class Dist:
     world: int = 1
 
     @classmethod
-    def from_env(cls) -> "Dist":
+    def from_env(cls) -> Dist:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world > 1 and not torch.distributed.is_initialized():
             backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -100,7 +101,8 @@ def make_optimizer(spec: JobSpec, model: nn.Module) -> torch.optim.Optimizer:
 
 
 def stats_gamma(spec: JobSpec) -> float | None:
-    """γ for the logged KL(p_t^T ‖ q) and U: the loss's own, 1/T for temperature-based losses, none without a teacher."""
+    """γ for the logged KL(p_t^T ‖ q) and U: the loss's own, 1/T for temperature-based losses, none without a
+    teacher."""
     loss = spec.loss
     if hasattr(loss, "gamma"):
         return loss.gamma
@@ -200,7 +202,8 @@ def train(spec: JobSpec, out_dir: str | Path, *, on_metrics: MetricsCallback | N
         if spec.teacher is not None:
             tspec = spec.teacher
             if tspec.job:
-                raise TrainingError("teacher.job must be resolved to the job's checkpoint by the server before training")
+                raise TrainingError("teacher.job must be resolved to the job's checkpoint by the server before "
+                                    "training")
             teacher = load_teacher(arch=tspec.arch, weights=tspec.weights, torchscript=tspec.torchscript,
                                    num_classes=info.num_classes, in_channels=info.channels, fmt=tspec.format)
             teacher = teacher.to(device, memory_format=memory_format)

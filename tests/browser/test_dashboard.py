@@ -7,8 +7,9 @@ import re
 import httpx
 from playwright.sync_api import expect
 
-from client_helpers import add_metrics, digits_spec, run_job
 from ttm.client import Client
+
+from client_helpers import add_metrics, digits_spec, run_job
 
 
 def _points(page, metric: str):

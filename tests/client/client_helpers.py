@@ -29,9 +29,9 @@ TESTS = Path(__file__).resolve().parents[1]
 if str(TESTS / "service") not in sys.path:
     sys.path.insert(0, str(TESTS / "service"))
 
-from svc_helpers import free_port, make_settings, run_job  # noqa: E402  (after the path is set)
-
 from service.settings import Settings  # noqa: E402
+
+from svc_helpers import free_port, make_settings, run_job  # noqa: E402  (after the path is set)
 
 __all__ = ["Stack", "api_server", "live_stack", "run_cli", "start_cli", "digits_spec", "add_metrics", "run_job",
            "DropProxy", "wait_for", "save_teacher"]

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from client_helpers import digits_spec
 from ttm.client_cli import Exit
+
+from client_helpers import digits_spec
 
 pytestmark = pytest.mark.base_install
 

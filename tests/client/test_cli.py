@@ -6,10 +6,11 @@ import json
 
 import yaml
 
-from client_helpers import digits_spec, run_cli, run_job
-from svc_helpers import free_port
 from ttm.client import Client
 from ttm.client_cli import Exit
+
+from client_helpers import digits_spec, run_cli, run_job
+from svc_helpers import free_port
 
 
 def _json(result) -> dict:

@@ -7,9 +7,10 @@ import threading
 
 import yaml
 
-from client_helpers import DropProxy, digits_spec, run_cli, start_cli
 from ttm.client import Client
 from ttm.client_cli import Exit
+
+from client_helpers import DropProxy, digits_spec, run_cli, start_cli
 
 
 def _json(result) -> dict:

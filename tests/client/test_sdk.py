@@ -9,8 +9,9 @@ import httpx
 import pytest
 import yaml
 
-from client_helpers import add_metrics, digits_spec, run_job
 from ttm.client import ApiError, ChecksumMismatch, Client, ServerUnreachable, WaitTimeout, format_for
+
+from client_helpers import digits_spec, run_job
 
 
 class Recording(httpx.HTTPTransport):

@@ -32,9 +32,11 @@ def test_presets_cover_the_papers_tables():
     for name in PRESETS:
         if name.startswith("paper/cifar100/") and not name.endswith("wttm_noce"):
             student = name.split("/")[2].split("-")[1]
-            assert PRESETS[name]["train"]["lr"] == (0.01 if student in {"MobileNetV2", "ShuffleV1", "ShuffleV2"} else 0.05)
+            small = student in {"MobileNetV2", "ShuffleV1", "ShuffleV2"}
+            assert PRESETS[name]["train"]["lr"] == (0.01 if small else 0.05)
     assert sum(n.endswith("/wttm_noce") for n in PRESETS) == 7
-    assert PRESETS["paper/cifar100/resnet32x4-ShuffleV2/ttm"]["loss"] == {"kind": "ttm", "gamma": 0.4, "beta": 40, "ce_weight": 1.0}
+    assert PRESETS["paper/cifar100/resnet32x4-ShuffleV2/ttm"]["loss"] == {"kind": "ttm", "gamma": 0.4, "beta": 40,
+                                                                           "ce_weight": 1.0}
     assert PRESETS["paper/imagenet/resnet34-resnet18/wttm"]["loss"]["gamma"] == 0.8
     for name in PRESETS:  # every preset validates once given its weights (and a path for ImageNet)
         extra = {"dataset": {"path": "/data/imagenet"}} if "imagenet" in name else {}

@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ttm.models import build_model
 from ttm.inspection import Refused, describe_arch, describe_file
+from ttm.models import build_model
 from ttm.shapes import shape_mismatch
 from ttm.teacher import WeightsError, detect_format, load_teacher
 

@@ -11,7 +11,7 @@ through their global pool, but see little there); mobilenet_v1 is an ImageNet 22
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 
