@@ -311,8 +311,9 @@ def submit(
     timeout: Timeout = None, min_accuracy: MinAccuracy = None, output: Output = None, which: Which = "best",
     fmt: Format = None,
     idempotency_key: Annotated[str | None, typer.Option(
-        help="a retried submit with the same key returns the first job instead of a second one "
-             "(e.g. $CI_PIPELINE_ID)", show_default=False)] = None,
+        help="a retried submit with the same key returns the first job instead of a second one; name one "
+             "attempt of one CI job (e.g. \"$CI_PIPELINE_ID-$CI_JOB_ID\"); 1-200 printable ASCII characters",
+        show_default=False)] = None,
     cancel_on_timeout: CancelOnTimeout = False,
     server: Server = None, token: Token = None, json_out: Json = False, retries: Retries = 5,
 ) -> None:
