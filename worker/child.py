@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("nproc", type=int, nargs="?", default=1, help="processes for this job; > 1: torchrun")
     args = parser.parse_args(argv)
 
-    from worker.proc import die_with_parent, limit_resources, watch_supervisor
+    from worker.proc import die_with_parent, fit_socket_paths, limit_resources, watch_supervisor
 
     under_torchrun = "LOCAL_RANK" in os.environ  # torchrun's protocol, which ttm.train.Dist reads too
     if not under_torchrun:
@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                       f"--nproc-per-node={args.nproc}", "-m", "worker.child", *argv])
     watch_supervisor(args.supervisor)
+    fit_socket_paths()
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")

@@ -62,6 +62,29 @@ def limit_resources() -> None:
     lower(resource.RLIMIT_FSIZE, CHILD_MAX_FILE_BYTES)
 
 
+# multiprocessing's sockets (DataLoader workers hand tensors over them) lie at $TMPDIR/pymp-XXXXXXXX/listener-XXXXXXXX,
+# and an AF_UNIX socket's path holds at most 107 bytes.
+SOCKET_PATH_MAX = 107
+MP_SOCKET_SUFFIX = len("/pymp-XXXXXXXX/listener-XXXXXXXX")
+
+
+def fit_socket_paths() -> None:
+    """When TMPDIR (in the run directory) is too deep for multiprocessing's socket paths, give multiprocessing a
+    directory under /tmp for them (Python 3.11's does not fall back by itself); TMPDIR stays for the rest. Without a
+    short path a DataLoader worker cannot send its first batch ("AF_UNIX path too long" in child.log) and the trainer
+    waits for it forever. Called before any DataLoader starts: its workers inherit the directory."""
+    import multiprocessing.process
+    import multiprocessing.util
+    import shutil
+    import tempfile
+
+    if len(tempfile.gettempdir()) + MP_SOCKET_SUFFIX <= SOCKET_PATH_MAX:
+        return
+    directory = tempfile.mkdtemp(prefix="pymp-", dir="/tmp")
+    multiprocessing.util.Finalize(None, shutil.rmtree, args=(directory, True), exitpriority=-100)
+    multiprocessing.process.current_process()._config["tempdir"] = directory  # what util.get_temp_dir() returns
+
+
 def process_alive(pid: int) -> bool:
     """True while `pid` runs; a zombie (killed, not yet reaped by its own parent) counts as gone."""
     try:
