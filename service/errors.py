@@ -47,7 +47,9 @@ def spec_error(err: SpecError) -> ApiError:
 
 def _dotted(loc: tuple[Any, ...] | list[Any]) -> str:
     parts = list(loc)
-    if parts and parts[0] in ("body", "query", "path", "header", "cookie"):
+    if parts and parts[0] in ("query", "path", "header", "cookie"):
+        parts = parts[1:2]  # the parameter's name (a repeated one's index means nothing to the caller)
+    elif parts and parts[0] == "body":
         parts = parts[1:]
     return ".".join(str(p) for p in parts)
 

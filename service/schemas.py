@@ -61,6 +61,12 @@ class CheckpointOut(BaseModel):
     manifest: dict[str, Any]
 
 
+class Readiness(BaseModel):
+    status: str = Field(description="ready | not ready")
+    checks: dict[str, str] = Field(description='each dependency: "ok", or what went wrong',
+                                   examples=[{"database": "ok", "broker": "ok"}])
+
+
 class ErrorDetail(BaseModel):
     code: str
     message: str

@@ -5,6 +5,8 @@ worker has stopped the trainer). running → queued is a lost lease that the rec
 """
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -14,7 +16,8 @@ from service.models import Job, JobEvent, utcnow
 QUEUED, RUNNING, CANCELLING = "queued", "running", "cancelling"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
 FINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED})
-ALL_STATES = (QUEUED, RUNNING, CANCELLING, SUCCEEDED, FAILED, CANCELLED)
+JobState = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]  # the API documents these
+ALL_STATES: tuple[str, ...] = get_args(JobState)
 
 TRANSITIONS: dict[str, frozenset[str]] = {
     QUEUED: frozenset({RUNNING, CANCELLED, FAILED}),

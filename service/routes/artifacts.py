@@ -18,7 +18,7 @@ from service.settings import Settings
 from service.teachers import CODE_REFUSED
 from service.uploads import Received, receive_upload
 
-router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
+router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"], responses=error_responses(401, 422))  # on every route
 
 UPLOAD_BODY = {
     "required": True,

@@ -22,7 +22,7 @@ from typing import Annotated, Any, TypeVar
 
 import anyio
 import anyio.to_thread
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request, Response
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -36,7 +36,7 @@ from service.routes.jobs import visible_job
 from service.schemas import error_responses
 from service.states import FINAL_STATES
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401, 422))  # on every route
 POLL_SECONDS = 0.3
 FALLBACK_SECONDS = 5.0
 POLL_THREADS = 6  # at most this many stream reads at once: threads and pooled connections
@@ -180,8 +180,17 @@ async def _stream(feed: ChangeFeed, job_id: str, ev: int, m: int) -> AsyncIterat
         feed.unsubscribe(job_id, woken)
 
 
-@router.get("/{job_id}/events", response_class=EventSourceResponse,
-            responses={200: {"content": {"text/event-stream": {"example": (
+# One event of the stream, as OpenAPI 3.1 describes an event stream (the schema of each event).
+EVENT_SCHEMA = {"type": "object", "required": ["id", "event", "data"], "properties": {
+    "id": {"type": "string", "pattern": EVENT_ID_PATTERN, "description": "<event seq>-<metric seq>: resume after it"},
+    "event": {"type": "string", "enum": ["state", "metric", "log"]},
+    "data": {"type": "string", "contentMediaType": "application/json",
+             "description": "state: {state, reason, at, seq}; metric: {epoch, name, value, seq, at}; "
+                            "log: {message, at, seq}"}}}
+
+
+@router.get("/{job_id}/events", response_class=Response,  # (its own content below; errors are JSON)
+            responses={200: {"content": {"text/event-stream": {"schema": EVENT_SCHEMA, "example": (
                 'id: 3-0\nevent: state\ndata: {"state":"running","reason":null,"at":"2025-11-26T09:00:00+00:00",'
                 '"seq":3}\n\nid: 3-7\nevent: metric\ndata: {"epoch":1,"name":"test_top1","value":71.2,"seq":7,'
                 '"at":"2025-11-26T09:01:00+00:00"}\n\n')}},

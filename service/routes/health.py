@@ -8,6 +8,7 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from service.broker import broker_reachable
+from service.schemas import Readiness
 
 router = APIRouter(tags=["health"])
 
@@ -27,7 +28,8 @@ def _database_problem(request: Request) -> str | None:
         return f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
 
 
-@router.get("/readyz", responses={503: {"description": "database or broker unreachable"}})
+@router.get("/readyz", response_model=Readiness,
+            responses={503: {"model": Readiness, "description": "database or broker unreachable"}})
 async def readyz(request: Request) -> JSONResponse:
     """The database and the broker are reachable."""
     db = await run_in_threadpool(_database_problem, request)

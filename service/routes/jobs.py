@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import FileResponse, PlainTextResponse
+from pydantic import BeforeValidator
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -23,10 +24,10 @@ from service.queries import history as hq
 from service.queries import jobs as q
 from service.schemas import (JOB_EXAMPLES, CheckpointOut, JobList, JobOut, MetricList, MetricOut,
                              error_responses)
-from service.states import ALL_STATES, CANCELLED, CANCELLING, QUEUED, RUNNING, IllegalTransition, transition
+from service.states import CANCELLED, CANCELLING, QUEUED, RUNNING, IllegalTransition, JobState, transition
 
 log = logging.getLogger("ttm.service")
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401, 422))  # on every route
 
 LOG_CHUNK = 4 * 1024 * 1024
 JOB_BODY = {"requestBody": {"required": True, "content": {"application/json": {
@@ -99,18 +100,22 @@ def submit_job(body: Annotated[dict[str, Any], Body()], who: CurrentUser, sessio
     return job_out(job, who.name, q.queue_position(session, job))
 
 
-@router.get("", response_model=JobList, responses=error_responses(401, 422))
+def _comma_separated(values: Any) -> Any:
+    """?state=running,succeeded means ?state=running&state=succeeded."""
+    if not isinstance(values, list):
+        return values
+    return [part for value in values for part in str(value).split(",") if part]
+
+
+@router.get("", response_model=JobList)
 def list_jobs(who: CurrentUser, session: ReadSessionDep,
-              state: Annotated[list[str] | None, Query(description="filter: repeat, or comma-separate")] = None,
+              state: Annotated[list[JobState] | None, BeforeValidator(_comma_separated),
+                               Query(description="filter: repeat, or comma-separate")] = None,
               cursor: Annotated[str | None, Query(description="next_cursor of the previous page",
                                                    pattern=r"^job_[0-9A-Za-z]{1,36}$")] = None,
               limit: Annotated[int, Query(ge=1, le=200)] = 50) -> JobList:
     """Your jobs (an admin: everyone's), newest first."""
-    states = [s for value in state or [] for s in value.split(",") if s]
-    unknown = [s for s in states if s not in ALL_STATES]
-    if unknown:
-        raise ApiError(422, f"unknown state {unknown[0]!r}; states: {', '.join(ALL_STATES)}", field="state")
-    rows = q.list_jobs(session, who, states=states or None, before=cursor, limit=limit)
+    rows = q.list_jobs(session, who, states=list(state) if state else None, before=cursor, limit=limit)
     positions = q.queue_positions(session, [job for job, _ in rows])
     items = [job_out(job, owner, positions.get(job.id)) for job, owner in rows]
     return JobList(items=items, next_cursor=rows[-1][0].id if len(rows) == limit else None)
@@ -154,9 +159,12 @@ def job_metrics(job_id: str, who: CurrentUser, session: ReadSessionDep,
                              for m in rows], next_after=rows[-1].id if rows else after)
 
 
-@router.get("/{job_id}/log", response_class=PlainTextResponse,
-            responses={200: {"content": {"text/plain": {"example": "epoch 1/2 loss 0.91 top1 71.2\n"}}},
-                       **error_responses(401, 404)})
+# Routes that answer with text or bytes document their content themselves (response_class=Response has no media
+# type of its own): otherwise FastAPI files their JSON error bodies under text/plain.
+@router.get("/{job_id}/log", response_class=Response,
+            responses={200: {"content": {"text/plain": {"schema": {"type": "string"},
+                                                        "example": "epoch 1/2 loss 0.91 top1 71.2\n"}}},
+                       **error_responses(404)})
 def job_log(job_id: str, who: CurrentUser, session: ReadSessionDep,
             offset: Annotated[int, Query(ge=0, le=2**63 - 1, description="byte offset to read from")] = 0) -> PlainTextResponse:
     """The trainer's log text (empty until the worker writes one); `X-TTM-Log-Next-Offset` says where to go on."""
@@ -164,7 +172,7 @@ def job_log(job_id: str, who: CurrentUser, session: ReadSessionDep,
     data = b""
     if job.out_dir:
         path = Path(job.out_dir) / "train.log"
-        if path.is_file():
+        if path.is_file() and offset < path.stat().st_size:  # (a read far past the end is an OSError)
             with path.open("rb") as f:
                 f.seek(offset)
                 data = f.read(LOG_CHUNK)
@@ -200,8 +208,9 @@ def checkpoint_manifest(job_id: str, which: Literal["best", "last"], who: Curren
     return _checkpoint(session, who, job_id, which, format).manifest or {}
 
 
-@router.get("/{job_id}/checkpoints/{which}",
-            responses={200: {"content": {"application/octet-stream": {"example": "<checkpoint bytes>"}},
+@router.get("/{job_id}/checkpoints/{which}", response_class=Response,
+            responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"},
+                                                                      "example": "<checkpoint bytes>"}},
                              "description": "the file; ETag is its sha256, X-TTM-Manifest its manifest (JSON)"},
                        304: {"description": "If-None-Match matched the sha256"}, **error_responses(401, 404)})
 def download_checkpoint(job_id: str, which: Literal["best", "last"], who: CurrentUser, session: ReadSessionDep,
