@@ -14,11 +14,12 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.principal import Principal
 from service.errors import ApiError
 from service.inspection import InspectionFailed, InspectionRefused, inspect_arch
-from service.models import Job
+from service.models import Job, User
 from service.paths import PathRefused, inside_data_root
+from service.principal import Principal
+from service.scheduling import allowed_priorities, week_usage_hours
 from service.settings import Settings
 from service.states import QUEUED
 from service.teachers import TeacherProblem, TeacherSource, image_size_of, resolve_teacher, weights_problem
@@ -34,6 +35,11 @@ class Admitted:
     spec: JobSpec
     spec_json: dict[str, Any]
     queue: str
+
+    @property
+    def slots(self) -> int:
+        """What the job holds while it runs, the unit of fair-share usage: its GPUs, or one on the cpu queue."""
+        return max(1, self.spec.resources.gpus) if self.queue == "gpu" else 1
 
 
 def _refuse(field: str, message: str, code: str = "invalid_spec", status: int = 422) -> ApiError:
@@ -77,14 +83,31 @@ def check_limits(spec: JobSpec, queue: str, settings: Settings) -> None:
                                                          f"{split} split has {has}")
 
 
-def check_queued_limit(session: Session, who: Principal, settings: Settings) -> None:
+def check_user_limits(session: Session, who: Principal, spec: JobSpec, settings: Settings) -> None:
+    """What an admin set for this user (`ttm admin user set`): the priority classes they may use, their queued
+    jobs (else the server's TTM_LIMITS_MAX_QUEUED_PER_USER), their GPU-hours of the last 7 days."""
+    user = session.get(User, who.id)
+    assert user is not None
+    priority = spec.resources.priority
+    allowed = allowed_priorities(user)
+    if priority not in allowed:
+        raise _refuse("resources.priority", f"{priority!r} is not a class you may use here (yours: "
+                                            f"{', '.join(allowed)}); an admin grants classes with "
+                                            f"`ttm admin user set {user.name} --priorities ...`",
+                      code="priority_not_allowed", status=403)
     queued = session.scalar(select(func.count()).select_from(Job)
                             .where(Job.owner_id == who.id, Job.state == QUEUED)) or 0
-    limit = settings.limits_max_queued_per_user
+    limit, setting = ((user.max_queued, "your max-queued, set by an admin") if user.max_queued is not None else
+                      (settings.limits_max_queued_per_user, "TTM_LIMITS_MAX_QUEUED_PER_USER"))
     if queued >= limit:
-        raise ApiError(429, f"you have {queued} queued jobs, this server's limit per user "
-                            f"(TTM_LIMITS_MAX_QUEUED_PER_USER = {limit}); wait for some to start, or cancel some",
-                       code="too_many_queued", headers={"Retry-After": "60"})
+        raise ApiError(429, f"you have {queued} queued jobs, the limit is {limit} ({setting}); wait for some to "
+                            "start, or cancel some", code="too_many_queued", headers={"Retry-After": "60"})
+    if user.gpu_hours_per_week is not None:
+        used = week_usage_hours(session, who.id)
+        if used >= user.gpu_hours_per_week:
+            raise ApiError(403, f"your jobs used {used:.1f} GPU-hours in the last 7 days, your quota is "
+                                f"{user.gpu_hours_per_week:g} (gpu-hours-per-week, set by an admin); it frees up "
+                                "as the week's oldest usage passes", code="quota_spent")
 
 
 def _imagefolder_classes(path: Path) -> int | None:
@@ -115,7 +138,7 @@ def admit(session: Session, who: Principal, body: dict[str, Any], settings: Sett
     spec = parse_spec(body)  # SpecError → 422 naming the field (errors.py)
     queue = choose_queue(spec)
     check_limits(spec, queue, settings)
-    check_queued_limit(session, who, settings)
+    check_user_limits(session, who, spec, settings)
     data = spec.dataset
     num_classes = spec.num_classes
     try:

@@ -9,19 +9,18 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from service import dashboard
 from service.broker import make_celery
 from service.db import get_engine, make_sessionmaker
-from service.principal import Principal
-from service.local_guard import is_loopback
 from service.docs import install_offline_docs
-from service.local_guard import LocalOnlyMiddleware
 from service.errors import install_error_handlers
-from service.migrate import check_at_head
 from service.limits import BodyLimitMiddleware
+from service.local_guard import LocalOnlyMiddleware, is_loopback
+from service.migrate import check_at_head
 from service.observability import LatencyMiddleware, make_registry
+from service.principal import Principal
 from service.queries.users import local_admin
-from service.routes import artifacts, events, health, jobs
-from service import dashboard
+from service.routes import artifacts, events, health, jobs, queue
 from service.settings import Settings, get_settings
 from ttm.spec import JobSpec
 
@@ -71,7 +70,7 @@ def create_app(settings: Settings | None = None, *, host: str | None = None) -> 
     app.state.registry, histogram = make_registry(app.state.read_sessionmaker)
 
     install_error_handlers(app)
-    for module in (artifacts, jobs, events, health):
+    for module in (artifacts, jobs, events, queue, health):
         app.include_router(module.router)
     app.include_router(dashboard.router)  # the web UI: /ui/ (service/dashboard)
     app.add_middleware(BodyLimitMiddleware)

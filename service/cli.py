@@ -88,6 +88,73 @@ def user_list() -> None:
             typer.echo(f"{user.name}\t{'admin' if user.is_admin else 'user'}\t{user.created_at:%Y-%m-%d %H:%M}")
 
 
+NONE_WORDS = ("none", "unlimited", "-")  # clears a limit
+
+
+def _limit(value: str | None, option: str, kind: type) -> object:
+    """None: leave as is; the string "none": clear (no limit of the user's own); else a positive number."""
+    if value is None or value.lower() in NONE_WORDS:
+        return value
+    try:
+        number = kind(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a number (or 'none' to clear it)", param_hint=option) from None
+    if number <= 0:
+        raise typer.BadParameter(f"{value!r}: give a positive number, or 'none' to clear it", param_hint=option)
+    return number
+
+
+@user_app.command("set")
+def user_set(
+    name: Annotated[str, typer.Argument(help="an existing user's name")],
+    weight: Annotated[float | None, typer.Option(help="the user's share of the queue (default 1): usage over "
+                                                      "weight orders users within a priority class")] = None,
+    max_running: Annotated[str | None, typer.Option(help="slots (GPUs; 1 per cpu job) the user's jobs may hold "
+                                                         "at once; more wait at dispatch; 'none' clears")] = None,
+    max_queued: Annotated[str | None, typer.Option(help="queued jobs the user may have (a submit past it is a "
+                                                        "429); 'none': the server's TTM_LIMITS_MAX_QUEUED_PER_USER"
+                                                   )] = None,
+    gpu_hours_per_week: Annotated[str | None, typer.Option(help="past this many GPU-hours in the last 7 days a "
+                                                                "submit is a 403; 'none' clears")] = None,
+    priorities: Annotated[str | None, typer.Option(help="the classes the user may submit in, e.g. low,normal,high "
+                                                        "(default low,normal; admins may use all)")] = None,
+) -> None:
+    """Set a user's share and limits in the lab queue (docs/SCHEDULING.md); prints the user's settings."""
+    from service.models import User
+    from service.scheduling import PRIORITY_RANK, allowed_priorities
+
+    if weight is not None and weight <= 0:
+        raise typer.BadParameter("give a positive share", param_hint="--weight")
+    limits = {"max_running": _limit(max_running, "--max-running", int),
+              "max_queued": _limit(max_queued, "--max-queued", int),
+              "gpu_hours_per_week": _limit(gpu_hours_per_week, "--gpu-hours-per-week", float)}
+    classes = None
+    if priorities is not None:
+        classes = [p.strip() for p in priorities.split(",") if p.strip()]
+        unknown = [p for p in classes if p not in PRIORITY_RANK]
+        if unknown or not classes:
+            raise typer.BadParameter(f"classes are {', '.join(PRIORITY_RANK)}; got {priorities!r}",
+                                     param_hint="--priorities")
+    _require_head()
+    with session_scope() as session:
+        user = users.get_user(session, name)
+        if user is None:
+            _err(f"error: no user {name!r} (`ttm admin user list`)")
+            raise typer.Exit(1)
+        if weight is not None:
+            user.weight = weight
+        for field, value in limits.items():
+            if value is not None:
+                setattr(user, field, None if isinstance(value, str) else value)
+        if classes is not None:
+            user.priorities = ",".join(sorted(set(classes), key=PRIORITY_RANK.__getitem__))
+        session.flush()
+        assert isinstance(user, User)
+        typer.echo(f"{user.name}: weight {user.weight:g}; max-running {user.max_running or 'none'}; max-queued "
+                   f"{user.max_queued or 'server default'}; gpu-hours-per-week {user.gpu_hours_per_week or 'none'}; "
+                   f"priorities {','.join(allowed_priorities(user))}")
+
+
 @token_app.command("create")
 def token_create(name: Annotated[str, typer.Argument(help="an existing user's name")],
                  expires_in: ExpiresIn = None) -> None:

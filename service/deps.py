@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.errors import ApiError
 from service.ids import hash_token
-from service.local_guard import is_loopback, refusal
+from service.local_guard import refusal
 from service.models import Token, User, utcnow
 from service.principal import Principal
 from service.settings import Settings

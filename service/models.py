@@ -9,8 +9,21 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, MetaData, String,
-                        Text, TypeDecorator, UniqueConstraint)
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -64,6 +77,12 @@ class User(Base):
     name: Mapped[str] = mapped_column(String(100), unique=True)
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # the lab queue (service/scheduling.py); set by `ttm admin user set`
+    weight: Mapped[float] = mapped_column(Float, default=1.0, server_default="1")  # the user's share
+    max_running: Mapped[int | None] = mapped_column(Integer, nullable=True)  # slots at once; null: no limit
+    max_queued: Mapped[int | None] = mapped_column(Integer, nullable=True)  # null: TTM_LIMITS_MAX_QUEUED_PER_USER
+    gpu_hours_per_week: Mapped[float | None] = mapped_column(Float, nullable=True)  # null: no quota
+    priorities: Mapped[str | None] = mapped_column(String(32), nullable=True)  # null: low,normal
 
 
 class Token(Base):
@@ -110,6 +129,7 @@ class Job(Base):
         Index("ix_jobs_owner_created", "owner_id", "id"),  # id sorts by creation time
         Index("ix_jobs_state_queue", "state", "queue", "id"),  # queue positions, the reconciler, /metrics
         Index("ix_jobs_owner_id_state", "owner_id", "state"),  # a user's queued count (a limit, per submit)
+        Index("ix_jobs_dispatch", "state", "queue", "priority", "owner_id", "id"),  # the lab queue's groups
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)  # job_<time-sortable>
@@ -118,6 +138,8 @@ class Job(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSONType)
     state: Mapped[str] = mapped_column(String(16), default="queued")
     queue: Mapped[str] = mapped_column(String(16))  # gpu | cpu
+    priority: Mapped[str] = mapped_column(String(8), default="normal", server_default="normal")  # low|normal|high
+    slots: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # GPUs held (1 on the cpu queue)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

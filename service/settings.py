@@ -48,6 +48,8 @@ class Settings(BaseSettings):
                                                           "share one CPU worker (to try DDP without a GPU)")
     limits_max_num_classes: int = Field(100_000, gt=1)
     limits_max_params: int = Field(200_000_000, gt=0, description="parameters of the student or the teacher")
+    fair_share_half_life_hours: float = Field(168.0, gt=0, description="how fast a user's past usage stops "
+                                                                         "counting in the lab queue's order")
     limits_max_queued_per_user: int = Field(500, gt=0, description="a user's queued jobs; past it, 429")
 
     @field_validator("home", mode="after")

@@ -318,6 +318,16 @@ class Client:
     def job(self, job_id: str) -> dict[str, Any]:
         return self._get(f"/v1/jobs/{job_id}")
 
+    def queue(self, queue: str = "gpu", limit: int = 100) -> dict[str, Any]:
+        """The queue in the order its jobs will start: {queue, queued, running, workers, job_seconds, items: [{position,
+        priority, owner_usage_hours, owner_share, held_back, eta_seconds, id, name, owner}]} (others' jobs without
+        id, name and owner)."""
+        return self._get("/v1/queue", queue=queue, limit=limit)
+
+    def me(self) -> dict[str, Any]:
+        """Your share, limits and usage in the lab queue."""
+        return self._get("/v1/users/me")
+
     def cancel(self, job_id: str) -> dict[str, Any]:
         """Cancel a queued job at once, or ask a running one to stop (state `cancelling` until it has)."""
         return self._send("POST", f"/v1/jobs/{job_id}/cancel").json()

@@ -384,6 +384,39 @@ def jobs(
         out.print(table)
 
 
+def queue(
+    name: Annotated[str, typer.Argument(help="gpu or cpu", show_default=True)] = "gpu",
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="the first this many")] = 50,
+    server: Server = None, token: Token = None, json_out: Json = False, retries: Retries = 5,
+) -> None:
+    """The queue in the order its jobs will start, why (class, the owner's usage over share), and when."""
+    with _errors(json_out):
+        with _client(server, token, retries) as client:
+            shown, me = client.queue(name, limit), client.me()
+        if json_out:
+            _print_json(shown)
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        out = Console(highlight=False)
+        if not out.is_terminal:
+            out = Console(highlight=False, width=240)
+        out.print(f"queue {shown['queue']}: {shown['queued']} queued, {shown['running']} running on "
+                  f"{shown['workers']} worker{'s' if shown['workers'] != 1 else ''}; you: {me['usage_hours']:.2f} "
+                  f"slot-hours lately, share {me['weight']:g}, classes {','.join(me['priorities'])}")
+        table = Table(box=None, header_style="bold")
+        for column in ("POS", "CLASS", "ID", "NAME", "OWNER", "OWNER USAGE/SHARE", "ETA"):
+            table.add_column(column, no_wrap=True)
+        for e in shown["items"]:
+            eta = "-" if e["eta_seconds"] is None else _hms(e["eta_seconds"])
+            usage = f"{e['owner_usage_hours']:.2f} h / {e['owner_share']:g}" + (" (at max-running)"
+                                                                                 if e["held_back"] else "")
+            table.add_row(str(e["position"]), e["priority"], e["id"] or "", e["name"] or "", e["owner"] or "(other)",
+                          usage, eta)
+        out.print(table)
+
+
 def status(job_id: JobId, server: Server = None, token: Token = None, json_out: Json = False,
            retries: Retries = 5) -> None:
     """Show one job: state, queue position, times, best accuracy, reason."""
@@ -443,8 +476,8 @@ def download(job_id: JobId, which: Which = "best", fmt: Format = None, output: O
             print(path)
 
 
-COMMANDS = {"upload": upload, "submit": submit, "jobs": jobs, "status": status, "watch": watch, "logs": logs,
-            "cancel": cancel, "download": download}
+COMMANDS = {"upload": upload, "submit": submit, "jobs": jobs, "queue": queue, "status": status, "watch": watch,
+            "logs": logs, "cancel": cancel, "download": download}
 
 
 def register(app: typer.Typer) -> None:

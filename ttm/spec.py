@@ -299,9 +299,15 @@ class TrainSpec(Strict):
         return self
 
 
+PRIORITIES = ("low", "normal", "high")
+
+
 class ResourcesSpec(Strict):
     gpus: int = Field(1, ge=0, le=64, description="GPUs for one job; N > 1 runs under torchrun (DDP)")
     queue: Literal["gpu", "cpu", "auto"] = Field("auto", description="auto: gpu when gpus > 0 and CUDA is there")
+    priority: Literal["low", "normal", "high"] = Field(
+        "normal", description="the job's class in a shared queue: high before normal before low (which classes a "
+                              "user may use is the server admin's to say)")
 
 
 class OutputSpec(Strict):

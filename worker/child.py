@@ -7,7 +7,8 @@ and reports, as in a 1-process run.
 
 The child holds no credentials (worker/runner.py starts it with an allow-listed environment): rank 0 appends each
 epoch's metrics to RUN_DIR/metrics.jsonl and writes the checkpoints there, and the worker records both in the
-database as they appear. Every process leaves `outcome-<rank>.json` in RUN_DIR: success with the best accuracy, or the reason it failed in words a user can
+database as they appear. Every process leaves `outcome-<rank>.json` in RUN_DIR: success with the best accuracy, or
+the reason it failed in words a user can
 act on. The worker turns that (or, when there is none, the exit code and the log's last lines) into the job's end.
 """
 from __future__ import annotations

@@ -17,8 +17,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated
 
 import typer
 
@@ -38,18 +39,18 @@ def _where(settings) -> str:
 
 # --------------------------------------------------------------------------------------------- ttm worker
 def worker(
-    gpu: Annotated[Optional[str], typer.Option(
+    gpu: Annotated[str | None, typer.Option(
         "--gpu", help="CUDA device(s) this worker owns: 0, or 0,1 for multi-GPU jobs, or auto to claim a free one "
                       "on this host (one worker per GPU); sets CUDA_VISIBLE_DEVICES")] = None,
-    queues: Annotated[Optional[str], typer.Option(
+    queues: Annotated[str | None, typer.Option(
         "--queues", "-Q", help="queues to take jobs from [default: gpu with --gpu, else gpu,cpu]")] = None,
-    name: Annotated[Optional[str], typer.Option(
+    name: Annotated[str | None, typer.Option(
         "--name", "-n", help="node name; %h is the host name [default: gpu<I>@%h or worker@%h]")] = None,
     loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "info",
-    slot: Annotated[Optional[int], typer.Option(
+    slot: Annotated[int | None, typer.Option(
         "--slot", min=0, help="CPU worker slot of this host to hold (lock file cpu<I>.lock); `ttm serve` numbers its "
                               "workers this way; GPU workers hold gpu<I>.lock per device instead")] = None,
-    lifeline_fd: Annotated[Optional[int], typer.Option("--lifeline-fd", hidden=True,
+    lifeline_fd: Annotated[int | None, typer.Option("--lifeline-fd", hidden=True,
                                                        help="exit when this pipe closes (set by ttm serve)")] = None,
 ) -> None:
     """Start one worker: it takes one job at a time from its queues and trains it in a child process."""
@@ -117,7 +118,7 @@ def visible_gpu_count() -> int:
 # --------------------------------------------------------------------------------------------- ttm reconcile
 def reconcile(
     loop: Annotated[bool, typer.Option("--loop", help="keep going (a lab's reconciler service)")] = False,
-    interval: Annotated[Optional[float], typer.Option(help="seconds between passes [default: a third of "
+    interval: Annotated[float | None, typer.Option(help="seconds between passes [default: a third of "
                                                            "TTM_LEASE_SECONDS, 0.5 to 10]")] = None,
 ) -> None:
     """Re-enqueue jobs whose worker or message was lost; fail them after TTM_MAX_ATTEMPTS."""
@@ -152,7 +153,7 @@ def serve(
     workers: Annotated[int, typer.Option("--workers", min=0, help="worker processes (one job each at a time); 0: "
                                                                   "the API and the reconciler only")] = 1,
     queues: Annotated[str, typer.Option(help="queues the workers take jobs from")] = "gpu,cpu",
-    gpus: Annotated[Optional[str], typer.Option(help="CUDA devices to spread the workers over, e.g. 0,1,2,3 "
+    gpus: Annotated[str | None, typer.Option(help="CUDA devices to spread the workers over, e.g. 0,1,2,3 "
                                                      "(worker i owns the i-th)")] = None,
     reconciler: Annotated[bool, typer.Option("--reconciler/--no-reconciler",
                                              help="run the reconciler loop in this process")] = True,

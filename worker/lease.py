@@ -13,6 +13,8 @@ from sqlalchemy import and_, case, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from service.models import Job, JobEvent, UTCDateTime, utcnow
+from service.scheduling import pick_next
+from service.settings import Settings
 from service.states import CANCELLING, QUEUED, RUNNING
 
 HELD_STATES = (RUNNING, CANCELLING)
@@ -44,6 +46,42 @@ def lease_job(session: Session, job_id: str, worker_name: str, lease_seconds: fl
                          reason=f"attempt {job.attempts} on worker {worker_name}"))
     session.flush()
     return job
+
+
+def take_job(session: Session, message_job_id: str, worker_name: str, settings: Settings) -> Job | None:
+    """The job this worker runs for a message: the message's own job if it is running with an expired lease (its
+    worker was lost: resume it), else the best queued job of the message's queue by the lab's policy
+    (service/scheduling.py), whichever job the message named. None: nothing to run (the queue is empty, or every
+    owner with queued jobs is at their max_running).
+
+    Two workers never take the same job: the lease is a conditional UPDATE; on PostgreSQL the chosen row is also
+    locked with SKIP LOCKED, so a worker racing another moves on to the next best job instead of waiting.
+    """
+    row = session.execute(select(Job.state, Job.queue, Job.lease_expires_at).where(Job.id == message_job_id)).first()
+    if row is None:
+        return None
+    expired = row.lease_expires_at is None or row.lease_expires_at < utcnow()
+    if row.state == RUNNING and expired:
+        resumed = lease_job(session, message_job_id, worker_name, settings.lease_seconds)
+        if resumed is not None:
+            return resumed
+    # otherwise the message stands for one start in its queue, whichever job it named (that one may have been
+    # started already for another message, or cancelled)
+    tried: list[str] = []
+    for _ in range(TAKE_TRIES):
+        job_id = pick_next(session, row.queue, settings, skip=tried)
+        if job_id is None:
+            return None
+        locked = session.scalar(select(Job.id).where(Job.id == job_id, Job.state == QUEUED)
+                                .with_for_update(skip_locked=True))
+        job = lease_job(session, job_id, worker_name, settings.lease_seconds) if locked else None
+        if job is not None:
+            return job
+        tried.append(job_id)  # another worker took it first
+    return None
+
+
+TAKE_TRIES = 20
 
 
 def renew_lease(session: Session, job_id: str, worker_name: str, lease_seconds: float) -> str | None:

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Callable
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
@@ -144,9 +144,8 @@ def _lost_messages(session: Session, settings: Settings, now: datetime, summary:
 
 def _aware(t: datetime) -> datetime:
     """Aggregates (max over a column) come back without the column type's processing: naive on SQLite."""
-    from datetime import timezone
 
-    return t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
 def reconcile_and_send(settings: Settings, enqueue: Callable[[str, str], None] | None = None,
@@ -156,7 +155,8 @@ def reconcile_and_send(settings: Settings, enqueue: Callable[[str, str], None] |
 
     count_messages = None
     if enqueue is None:  # the broker of the settings: ask it what it holds, and send to it
-        from service.broker import default_celery, enqueue_job as enqueue, waiting_messages
+        from service.broker import default_celery, waiting_messages
+        from service.broker import enqueue_job as enqueue
 
         count_messages = partial(waiting_messages, default_celery())
     with session_scope(settings) as session:

@@ -1,6 +1,7 @@
 """The body of the `ttm.run_job` task: lease, run, record.
 
-    lease    take the job row (worker/lease.py); a job that is not ours to run ends the task here, doing nothing
+    lease    take a job row (worker/lease.py): the message wakes the worker, the lab's policy picks the job
+             (service/scheduling.py); when there is none to run the task ends here, doing nothing
     run      resolve the spec, start the trainer child, and supervise it every POLL_S seconds: renew the lease,
              stop the child when the job turns `cancelling`, when the lease is lost, or when the worker shuts down
     record   map the child's end to the job's final state and reason; sweep metrics and checkpoints into the database
@@ -16,9 +17,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
@@ -27,7 +28,7 @@ from service.db import session_scope
 from service.models import Job
 from service.settings import Settings
 from service.states import CANCELLED, CANCELLING, FAILED, QUEUED, SUCCEEDED, IllegalTransition, transition
-from worker.lease import HELD_STATES, held_state, lease_job, renew_lease
+from worker.lease import HELD_STATES, held_state, renew_lease, take_job
 from worker.proc import child_environment, signal_name, stop_process_group
 from worker.record import RunRecorder, backfill_metrics, heartbeat, sync_checkpoints
 from worker.slots import held_slot_fds
@@ -58,17 +59,20 @@ def job_run_dir(settings: Settings, job_id: str) -> Path:
 def execute_job(job_id: str, worker_name: str, settings: Settings, *, queues: str = "",
                 should_stop: Callable[[], bool] = lambda: False,
                 enqueue: Callable[[str, str], None] | None = None) -> str:
-    """Lease, run, record; returns a word for the worker's log ("skipped", or the job's final state).
+    """Lease, run, record; returns a word for the worker's log ("skipped", or the job's final state). `job_id` is
+    the message's: the job run is the best of its queue (or that job itself, when it lost its worker).
 
     `should_stop` says the worker is shutting down (the job goes back to the queue, to resume elsewhere);
     `enqueue(job_id, queue)` sends it there.
     """
-    run_dir = job_run_dir(settings, job_id)
+    message_job_id = job_id
     with session_scope(settings) as session:
-        job = lease_job(session, job_id, worker_name, settings.lease_seconds)
+        job = take_job(session, message_job_id, worker_name, settings)
         if job is None:
-            log.info("job %s: not leased (running elsewhere, cancelled or finished); nothing to do", job_id)
+            log.info("message for %s: no job to run (none queued, or their owners at max-running)", message_job_id)
             return "skipped"
+        job_id = job.id
+        run_dir = job_run_dir(settings, job_id)
         session.execute(update(Job).where(Job.id == job_id).values(out_dir=str(run_dir)))
         spec_data, attempt, queue = job.spec, job.attempts, job.queue
         heartbeat(session, worker_name, queues or queue)
@@ -77,8 +81,8 @@ def execute_job(job_id: str, worker_name: str, settings: Settings, *, queues: st
     try:
         proc = _start(job_id, spec_data, run_dir, settings)
     except Exception as err:  # a spec that does not resolve, a missing artifact, a full disk
-        from worker.resolve import ResolveError
         from ttm.spec import SpecError
+        from worker.resolve import ResolveError
 
         reason = str(err) if isinstance(err, (ResolveError, SpecError)) else f"could not start the trainer: {err}"
         return _record(job_id, worker_name, settings, run_dir, Outcome(FAILED, reason), queue, enqueue)

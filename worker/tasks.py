@@ -1,4 +1,5 @@
-"""The one task: `ttm.run_job(job_id)`. Its body is lease, run, record (worker/runner.py); it passes ids only."""
+"""The one task: `ttm.run_job(job_id)`. Its body is lease, run, record (worker/runner.py); it passes ids only. The
+message wakes a worker of its queue; which queued job it runs is the lab's policy's (service/scheduling.py)."""
 from __future__ import annotations
 
 import logging
@@ -40,8 +41,35 @@ def run_job(self, job_id: str) -> str:
 
     if shutting_down():  # a worker on its way out takes no new job: the message goes back to its queue
         raise Reject("worker shutting down", requeue=True)
-    return execute_job(job_id, worker_identity(self.request.hostname), get_settings(), queues=consumed_queues(),
-                       should_stop=shutting_down, enqueue=lambda jid, queue: enqueue_job(jid, queue, celery_app))
+    settings = get_settings()
+    outcome = execute_job(job_id, worker_identity(self.request.hostname), settings, queues=consumed_queues(),
+                          should_stop=shutting_down, enqueue=lambda jid, queue: enqueue_job(jid, queue, celery_app))
+    if outcome != "skipped":
+        wake_queue(settings, job_id)
+    return outcome
+
+
+def wake_queue(settings, job_id: str) -> None:  # noqa: ANN001
+    """After a job ends: if the queue of `job_id` holds fewer messages than queued jobs (a message was spent while
+    every owner with queued jobs was at their max_running), send one, so that a worker looks again now."""
+    from service.broker import waiting_messages
+    from service.db import session_scope
+    from service.models import Job
+    from service.queries.jobs import queue_depths
+    from service.scheduling import pick_next
+
+    try:
+        with session_scope(settings) as session:
+            queue = session.get(Job, job_id).queue
+            depth = queue_depths(session).get(queue, 0)
+            next_id = pick_next(session, queue, settings) if depth else None
+        if next_id is None:
+            return
+        waiting = waiting_messages(celery_app, [queue])
+        if waiting is not None and waiting.get(queue, 0) < depth:
+            enqueue_job(next_id, queue, celery_app)
+    except Exception as err:  # the reconciler re-sends what is missing, a little later
+        log.warning("could not wake queue after job %s: %s", job_id, err)
 
 
 # ------------------------------------------------------------------------------------------ heartbeat

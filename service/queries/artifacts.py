@@ -4,9 +4,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.principal import Principal
 from service.ids import new_artifact_id
 from service.models import Artifact
+from service.principal import Principal
 
 
 def get_artifact(session: Session, who: Principal, artifact_id: str) -> Artifact | None:

@@ -1,5 +1,5 @@
-"""Queries on jobs. A queued job's position is one index-backed count of the queued jobs ahead of it in its queue
-(ix_jobs_state_queue), stopped at POSITION_CAP: past it the position reads "1000+"."""
+"""Queries on jobs. A queued job's position is its place in the order its queue will start its jobs in (the lab's
+policy, service/scheduling.py), played forward for the first POSITION_CAP: past it the position reads "1000+"."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,9 +7,11 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.principal import Principal
 from service.ids import new_job_id
 from service.models import Job, JobEvent, User, utcnow
+from service.principal import Principal
+from service.scheduling import dispatch_order
+from service.settings import Settings
 from service.states import QUEUED
 
 POSITION_CAP = 1000
@@ -25,41 +27,22 @@ def get_job(session: Session, who: Principal, job_id: str) -> tuple[Job, str] | 
     return (row[0], row[1]) if row else None
 
 
-def _capped_ahead(session: Session, queue: str, job_id: str) -> int:
-    """Queued jobs of `queue` older than `job_id`, counted up to POSITION_CAP (an index range scan)."""
-    inner = (select(Job.id).where(Job.state == QUEUED, Job.queue == queue, Job.id < job_id)
-             .limit(POSITION_CAP).subquery())
-    return int(session.scalar(select(func.count()).select_from(inner)) or 0)
-
-
-def _shown(ahead: int) -> int | str:
-    return ahead + 1 if ahead < POSITION_CAP else f"{POSITION_CAP}+"
-
-
-def queue_position(session: Session, job: Job) -> Position:
+def queue_position(session: Session, job: Job, settings: Settings) -> Position:
     """1 for the next job its queue will run; "1000+" past the cap; None when the job is not queued."""
     if job.state != QUEUED:
         return None
-    return _shown(_capped_ahead(session, job.queue, job.id))
+    return queue_positions(session, [job], settings)[job.id]
 
 
-def queue_positions(session: Session, jobs: list[Job]) -> dict[str, int | str]:
-    """Positions for a page of jobs: per queue, the capped count ahead of the page's oldest queued job, plus each
-    job's rank among the queued jobs between the page's oldest and newest."""
-    by_queue: dict[str, list[str]] = {}
-    for job in jobs:
-        if job.state == QUEUED:
-            by_queue.setdefault(job.queue, []).append(job.id)
+def queue_positions(session: Session, jobs: list[Job], settings: Settings) -> dict[str, int | str]:
+    """The queued jobs' places in their queue's dispatch order (service/scheduling.py), the first POSITION_CAP of
+    each queue played forward once."""
     positions: dict[str, int | str] = {}
-    for queue, ids in by_queue.items():
-        first, last = min(ids), max(ids)
-        ahead = _capped_ahead(session, queue, first)
-        between = session.scalars(select(Job.id).where(Job.state == QUEUED, Job.queue == queue, Job.id >= first,
-                                                       Job.id <= last).order_by(Job.id)
-                                  .limit(POSITION_CAP)).all()
-        rank = {job_id: i for i, job_id in enumerate(between)}
-        for job_id in ids:
-            positions[job_id] = _shown(min(ahead + rank.get(job_id, POSITION_CAP), POSITION_CAP))
+    for queue in sorted({job.queue for job in jobs if job.state == QUEUED}):
+        order = {p.job.id: p.position for p in dispatch_order(session, queue, settings, limit=POSITION_CAP)}
+        for job in jobs:
+            if job.state == QUEUED and job.queue == queue:
+                positions[job.id] = order.get(job.id, f"{POSITION_CAP}+")
     return positions
 
 
@@ -85,10 +68,12 @@ SUBMITTED = "submitted"  # the reason of a job's first event
 
 
 def insert_job(session: Session, owner_id: int, *, name: str, spec: dict[str, Any], queue: str,
-               idempotency_key: str | None, request_hash: str | None) -> Job:
+               idempotency_key: str | None, request_hash: str | None, priority: str = "normal",
+               slots: int = 1) -> Job:
     """A new queued job (its id sorts by creation time) and its first event; the caller commits."""
     job = Job(id=new_job_id(), owner_id=owner_id, name=name, spec=spec, state=QUEUED, queue=queue, attempts=0,
-              idempotency_key=idempotency_key, request_hash=request_hash, created_at=utcnow())
+              priority=priority, slots=slots, idempotency_key=idempotency_key, request_hash=request_hash,
+              created_at=utcnow())
     # one flush for both rows: the unit of work inserts jobs before job_events (the foreign key orders them)
     session.add_all([job, JobEvent(job_id=job.id, at=job.created_at, kind="state", state=QUEUED,
                                    reason=SUBMITTED)])

@@ -9,9 +9,9 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from service.deps import CurrentUser, ReadSessionDep, SessionDep, SettingsDep
-from service.principal import Principal
 from service.errors import ApiError, not_found
 from service.inspection import InspectionRefused, inspect_file
+from service.principal import Principal
 from service.queries import artifacts as q
 from service.schemas import ArtifactOut, error_responses
 from service.settings import Settings

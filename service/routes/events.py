@@ -28,9 +28,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from service.deps import CurrentUser, SettingsDep
-from service.principal import Principal
 from service.errors import ApiError
 from service.models import Job, JobEvent, Metric
+from service.principal import Principal
 from service.queries import history as hq
 from service.routes.jobs import visible_job
 from service.schemas import error_responses

@@ -15,16 +15,16 @@ from sqlalchemy.orm import Session
 from service.admission import admit
 from service.broker import enqueue_job
 from service.deps import CurrentUser, ReadSessionDep, SessionDep, SettingsDep
-from service.principal import Principal
-from ttm.registry import checkpoint_name
 from service.errors import ApiError, not_found
 from service.models import Checkpoint, Job
+from service.principal import Principal
 from service.queries import checkpoints as cq
 from service.queries import history as hq
 from service.queries import jobs as q
-from service.schemas import (JOB_EXAMPLES, CheckpointOut, JobList, JobOut, MetricList, MetricOut,
-                             error_responses)
+from service.schemas import JOB_EXAMPLES, CheckpointOut, JobList, JobOut, MetricList, MetricOut, error_responses
+from service.settings import Settings
 from service.states import CANCELLED, CANCELLING, QUEUED, RUNNING, IllegalTransition, JobState, transition
+from ttm.registry import checkpoint_name
 
 log = logging.getLogger("ttm.service")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401, 422))  # on every route
@@ -51,11 +51,11 @@ def _request_hash(body: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def _replay(session: Session, prior: Job, owner: str, body: dict[str, Any]) -> JobOut:
+def _replay(session: Session, prior: Job, owner: str, body: dict[str, Any], settings: Settings) -> JobOut:
     if prior.request_hash != _request_hash(body):
         raise ApiError(409, f"Idempotency-Key {prior.idempotency_key!r} was used for another request "
                             f"(job {prior.id}); use a new key for a new job", code="idempotency_conflict")
-    return job_out(prior, owner, q.queue_position(session, prior))
+    return job_out(prior, owner, q.queue_position(session, prior, settings))
 
 
 IDEMPOTENCY_KEY_MAX = 200
@@ -78,9 +78,10 @@ def submit_job(body: Annotated[dict[str, Any], Body()], who: CurrentUser, sessio
         prior = q.find_idempotent(session, who.id, idempotency_key)
         if prior is not None:  # its first answer, even where the same body would no longer be admitted
             response.status_code = 200
-            return _replay(session, prior, who.name, body)
+            return _replay(session, prior, who.name, body, settings)
     admitted = admit(session, who, body, settings)
     job = q.insert_job(session, who.id, name=admitted.spec.name, spec=admitted.spec_json, queue=admitted.queue,
+                       priority=admitted.spec.resources.priority, slots=admitted.slots,
                        idempotency_key=idempotency_key,
                        request_hash=_request_hash(body) if idempotency_key else None)
     try:
@@ -91,13 +92,13 @@ def submit_job(body: Annotated[dict[str, Any], Body()], who: CurrentUser, sessio
         if prior is None:
             raise
         response.status_code = 200
-        return _replay(session, prior, who.name, body)
+        return _replay(session, prior, who.name, body, settings)
     try:
         enqueue_job(job.id, job.queue, request.app.state.celery)
     except Exception as err:  # noqa: BLE001 - kombu raises transport-specific errors; the job is stored
         log.error("could not enqueue %s (%s: %s); it stays queued for the reconciler", job.id,
                   type(err).__name__, err)
-    return job_out(job, who.name, q.queue_position(session, job))
+    return job_out(job, who.name, q.queue_position(session, job, settings))
 
 
 def _comma_separated(values: Any) -> Any:
@@ -108,7 +109,7 @@ def _comma_separated(values: Any) -> Any:
 
 
 @router.get("", response_model=JobList)
-def list_jobs(who: CurrentUser, session: ReadSessionDep,
+def list_jobs(who: CurrentUser, session: ReadSessionDep, settings: SettingsDep,
               state: Annotated[list[JobState] | None, BeforeValidator(_comma_separated),
                                Query(description="filter: repeat, or comma-separate")] = None,
               cursor: Annotated[str | None, Query(description="next_cursor of the previous page",
@@ -116,19 +117,19 @@ def list_jobs(who: CurrentUser, session: ReadSessionDep,
               limit: Annotated[int, Query(ge=1, le=200)] = 50) -> JobList:
     """Your jobs (an admin: everyone's), newest first."""
     rows = q.list_jobs(session, who, states=list(state) if state else None, before=cursor, limit=limit)
-    positions = q.queue_positions(session, [job for job, _ in rows])
+    positions = q.queue_positions(session, [job for job, _ in rows], settings)
     items = [job_out(job, owner, positions.get(job.id)) for job, owner in rows]
     return JobList(items=items, next_cursor=rows[-1][0].id if len(rows) == limit else None)
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=error_responses(401, 404))
-def get_job(job_id: str, who: CurrentUser, session: ReadSessionDep) -> JobOut:
+def get_job(job_id: str, who: CurrentUser, session: ReadSessionDep, settings: SettingsDep) -> JobOut:
     job, owner = visible_job(session, who, job_id)
-    return job_out(job, owner, q.queue_position(session, job))
+    return job_out(job, owner, q.queue_position(session, job, settings))
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses=error_responses(401, 404, 409))
-def cancel_job(job_id: str, who: CurrentUser, session: SessionDep) -> JobOut:
+def cancel_job(job_id: str, who: CurrentUser, session: SessionDep, settings: SettingsDep) -> JobOut:
     """A queued job is cancelled at once; a running one becomes `cancelling` until its worker has stopped the
     trainer. Cancelling a finished job is a 409."""
     job, owner = visible_job(session, who, job_id)
@@ -145,7 +146,7 @@ def cancel_job(job_id: str, who: CurrentUser, session: SessionDep) -> JobOut:
         except IllegalTransition:
             session.rollback()
             session.refresh(job)
-    return job_out(job, owner, q.queue_position(session, job))
+    return job_out(job, owner, q.queue_position(session, job, settings))
 
 
 @router.get("/{job_id}/metrics", response_model=MetricList, responses=error_responses(401, 404))
@@ -166,7 +167,8 @@ def job_metrics(job_id: str, who: CurrentUser, session: ReadSessionDep,
                                                         "example": "epoch 1/2 loss 0.91 top1 71.2\n"}}},
                        **error_responses(404)})
 def job_log(job_id: str, who: CurrentUser, session: ReadSessionDep,
-            offset: Annotated[int, Query(ge=0, le=2**63 - 1, description="byte offset to read from")] = 0) -> PlainTextResponse:
+            offset: Annotated[int, Query(ge=0, le=2**63 - 1, description="byte offset to read from")] = 0,
+            ) -> PlainTextResponse:
     """The trainer's log text (empty until the worker writes one); `X-TTM-Log-Next-Offset` says where to go on."""
     job, _ = visible_job(session, who, job_id)
     data = b""

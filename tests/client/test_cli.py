@@ -121,3 +121,19 @@ def test_watch_exit_codes_follow_the_final_state(api):
     assert r.returncode == 0 and _json(r) == {"items": []}
     r = run_cli("watch", done["id"], server=api.url, token=api.bob)
     assert r.returncode == Exit.API_ERROR
+
+
+def test_queue_shows_the_dispatch_order_and_hides_others_jobs(api):
+    with Client(api.url, api.alice) as c:
+        first = c.submit(digits_spec("a1"))
+    with Client(api.url, api.bob) as c:
+        c.submit(digits_spec("b1"))
+    r = run_cli("queue", "cpu", server=api.url, token=api.alice)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("queue cpu: 2 queued, 0 running on 0 workers; you:")
+    rows = [line.split() for line in lines[2:]]
+    assert rows[0][:4] == ["1", "normal", first["id"], "a1"] and rows[1][:3] == ["2", "normal", "(other)"]
+    r = run_cli("queue", "cpu", "--json", server=api.url, token=api.alice)
+    shown = _json(r)
+    assert [e["id"] for e in shown["items"]] == [first["id"], None]

@@ -9,11 +9,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from service.db import dispose_engines, session_scope
+
+from service.db import session_scope
 from service.queries.users import create_user
 from service.settings import Settings
+
 from realdb import fresh_pg_database
 from svc_helpers import Exploit, Users, make_settings, serve, wipe
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:

@@ -8,6 +8,7 @@ import sys
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+
 from svc_helpers import bearer, make_settings
 
 

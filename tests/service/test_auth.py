@@ -16,6 +16,7 @@ from sqlalchemy import select
 from service.app import AUTH_OFF_WARNING, AuthOffRefused, create_app
 from service.db import session_scope
 from service.models import Token, User
+
 from svc_helpers import bearer, make_settings, run_job, spec_ce, submit
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from service.db import session_scope
 from service.models import JobEvent, Metric
+
 from svc_helpers import bearer, make_settings, run_job, serve, spec_ce
 
 

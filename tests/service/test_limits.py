@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+
 from svc_helpers import bearer, make_settings, spec_ce, submit
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,6 +6,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+
 from svc_helpers import make_settings, spec_ce
 
 

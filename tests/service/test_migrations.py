@@ -14,8 +14,7 @@ from sqlalchemy import inspect
 
 from service.app import create_app
 from service.db import get_engine
-from service.migrate import (BEHIND_HEAD, DatabaseNotAtHead, downgrade_to, head_revisions, is_at_head,
-                             upgrade_to_head)
+from service.migrate import BEHIND_HEAD, DatabaseNotAtHead, downgrade_to, head_revisions, is_at_head, upgrade_to_head
 from service.models import Base
 
 from svc_helpers import make_settings
@@ -58,7 +57,7 @@ def test_fresh_database_refused_then_migrated_by_cli(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""
     assert is_at_head(settings)
-    assert head_revisions(settings) == {"0004"}
+    assert head_revisions(settings) == {"0005"}
     create_app(settings, host="127.0.0.1")
 
 
@@ -83,3 +82,37 @@ def test_0003_drops_queue_depths_and_back(db_url, tmp_path):
     upgrade_to_head(settings)
     assert "queue_depths" not in inspect(engine).get_table_names()
     assert "tensors" in {c["name"] for c in inspect(engine).get_columns("artifacts")}
+
+
+def test_0005_lab_queue_columns_up_and_down(db_url, tmp_path):
+    """0005 adds the jobs' priority and slots (existing jobs: normal, 1) and the users' share and limits."""
+    from sqlalchemy import text
+
+    from service.db import session_scope
+    from service.queries.jobs import insert_job
+    from service.queries.users import create_user
+
+    settings = make_settings(tmp_path, db_url)
+    engine = get_engine(settings)
+    downgrade_to(settings, "0004")
+    assert "priority" not in {c["name"] for c in inspect(engine).get_columns("jobs")}
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO users (name, is_admin, created_at) VALUES ('dave', false, "
+                          "CURRENT_TIMESTAMP)"))
+        user_id = conn.execute(text("SELECT id FROM users WHERE name = 'dave'")).scalar_one()
+        conn.execute(text("INSERT INTO jobs (id, owner_id, name, spec, state, queue, attempts, created_at) "
+                          "VALUES ('job_old', :u, 'old', '{}', 'queued', 'gpu', 0, CURRENT_TIMESTAMP)"), {"u": user_id})
+    upgrade_to_head(settings)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT priority, slots FROM jobs WHERE id = 'job_old'")).one() == ("normal", 1)
+        assert conn.execute(text("SELECT weight, max_running, priorities FROM users WHERE name = 'dave'")
+                            ).one() == (1.0, None, None)
+    with session_scope(settings) as session:
+        user, _ = create_user(session, "erin")
+        insert_job(session, user.id, name="new", spec={}, queue="gpu", idempotency_key=None, request_hash=None,
+                   priority="high", slots=2)
+    downgrade_to(settings, "0004")
+    assert "slots" not in {c["name"] for c in inspect(engine).get_columns("jobs")}
+    with engine.connect() as conn:  # no job lost on the way down (a rebuilt users table cascaded to them once)
+        assert conn.execute(text("SELECT count(*) FROM jobs")).scalar_one() == 2
+    upgrade_to_head(settings)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-
 from datetime import timedelta
 
 import pytest
@@ -11,6 +10,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.db import session_scope
 from service.models import Worker, utcnow
+
 from svc_helpers import bearer, make_settings, run_job, spec_ce, submit
 
 

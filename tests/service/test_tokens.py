@@ -15,6 +15,7 @@ from service.db import get_engine, session_scope
 from service.migrate import downgrade_to, upgrade_to_head
 from service.models import Token, utcnow
 from service.queries import users as uq
+
 from svc_helpers import bearer, make_settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,7 +92,7 @@ def test_migration_0004_up_and_down(db_url, tmp_path):
     settings = make_settings(tmp_path, db_url)
     with session_scope(settings) as session:
         _, token = uq.create_user(session, "frank")
-    downgrade_to(settings, "-1")  # the revision before 0004
+    downgrade_to(settings, "0003")  # the revision before 0004
     engine = get_engine(settings)
     columns = {c["name"] for c in inspect(engine).get_columns("tokens")}
     assert "expires_at" not in columns and "revoked_at" not in columns and "token_hash" in columns

@@ -5,6 +5,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from worker_helpers import fresh_pg_database, make_settings
 
 

@@ -1,5 +1,6 @@
 """`ttm serve --api-processes 2`: two API processes (uvicorn's --workers) share one port on SQLite and on PostgreSQL;
-both take connections, both die with a killed serve, and a SIGTERM in the middle of a burst of submits loses no accepted job: every 201 is a
+both take connections, both die with a killed serve, and a SIGTERM in the middle of a burst of submits loses no
+accepted job: every 201 is a
 committed job with its first event and its message."""
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import select
-from worker_helpers import Processes, env_for, wait_for
 
 from service.db import session_scope
 from service.models import Job, JobEvent
 from service.settings import Settings
+
+from worker_helpers import Processes, env_for, wait_for
 
 SPEC = {"name": "burst", "student": {"arch": "resnet8"}, "dataset": {"name": "digits"}, "loss": {"kind": "ce"},
         "resources": {"gpus": 0}}

@@ -16,6 +16,7 @@ from service.db import session_scope
 from service.models import Checkpoint
 from worker.record import RunRecorder
 from worker.runner import job_run_dir
+
 from worker_helpers import ROOT, child_pids, env_for, insert_job, metric_rows, spec_data, wait_for
 
 

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from worker_helpers import Processes, child_pids, env_for, get_job, make_settings, spec_data, wait_for
 
 from service.settings import Settings
+
+from worker_helpers import Processes, child_pids, env_for, get_job, make_settings, spec_data, wait_for
 
 
 class Server:

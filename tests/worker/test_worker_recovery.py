@@ -14,15 +14,28 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from worker_helpers import (Processes, child_pids, env_for, events, fresh_pg_database, get_job, insert_job,
-                            make_settings, metric_rows, spec_data, wait_for, wait_state, wait_worker_ready)
-
 from sqlalchemy import select
 
 from service.db import session_scope
 from service.models import Worker
 from service.settings import Settings
 from worker.runner import job_run_dir
+
+from worker_helpers import (
+    Processes,
+    child_pids,
+    env_for,
+    events,
+    fresh_pg_database,
+    get_job,
+    insert_job,
+    make_settings,
+    metric_rows,
+    spec_data,
+    wait_for,
+    wait_state,
+    wait_worker_ready,
+)
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -102,7 +115,7 @@ def test_the_same_message_twice_trains_once(lab: Lab):
     assert [e[1] for e in events(lab.settings, job_id) if e[0] == "state"] == ["queued", "running", "succeeded"]
     train_log = (job_run_dir(lab.settings, job_id) / "train.log").read_text()
     assert train_log.count("job twice:") == 1  # the trainer started once
-    skipped = [name for name in ("w1", "w2") if f"job {job_id}: not leased" in lab.procs.log(name)]
+    skipped = [name for name in ("w1", "w2") if f"message for {job_id}: no job to run" in lab.procs.log(name)]
     assert len(skipped) == 1, "the other worker received the duplicate and did nothing"
 
 

@@ -17,6 +17,7 @@ from service.states import CANCELLED, CANCELLING, FAILED, QUEUED, RUNNING, trans
 from worker.lease import held_state, lease_job, renew_lease
 from worker.reconcile import reconcile_once
 from worker.record import backfill_metrics, sync_checkpoints, upsert_metrics
+
 from worker_helpers import events, get_job, insert_job, spec_data
 
 

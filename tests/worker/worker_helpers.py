@@ -6,17 +6,16 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
-
-import pytest
-import realdb
+from typing import Any
 
 from service.db import session_scope
 from service.models import Job, JobEvent, Metric, User
 from service.settings import Settings
+
+import realdb
 
 ROOT = Path(__file__).resolve().parents[2]
 

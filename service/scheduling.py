@@ -1,0 +1,223 @@
+"""The lab queue's policy: which queued job a free worker gets, decided from the database alone.
+
+Within a queue, a job's place is given by, in order:
+
+1. its priority class: high before normal before low;
+2. its owner's fair-share load: the owner's recent usage over their share (users.weight, default 1). Usage is in
+   slot-seconds (a slot is one GPU; a cpu-queue job holds one), each job charged for at least MIN_CHARGE_S from its
+   start, and decaying with a half-life (TTM_FAIR_SHARE_HALF_LIFE_HOURS, default a week) from when it ended; a
+   running job counts until now, undecayed. A user with nothing running and nothing lately goes first;
+3. the job's submit time (its id).
+
+An owner at their max_running is held back at dispatch (their jobs wait; nothing is refused). The order is a pure
+function of the database's rows and the clock: `dispatch_order` computes the whole sequence a queue will start in
+if nothing else changes, by playing the policy forward (each job it picks charges its owner what such a job costs,
+MIN_CHARGE_S or the queue's median duration of late, whichever is larger), and `pick_next` is its first step.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, func, or_, select, true
+from sqlalchemy.orm import Session
+
+from service.models import Job, User, utcnow
+from service.settings import Settings
+from service.states import CANCELLING, FINAL_STATES, QUEUED, RUNNING
+
+PRIORITY_RANK = {"high": 0, "normal": 1, "low": 2}
+DEFAULT_PRIORITIES = ("low", "normal")  # what a user may submit in unless an admin says otherwise
+MIN_CHARGE_S = 60.0  # a job costs at least a slot-minute: its start is what took the slot from someone else
+HELD = (RUNNING, CANCELLING)
+HORIZON_HALF_LIVES = 10  # older usage weighs under 0.1 %: not read
+
+
+@dataclass
+class Load:
+    """One user's standing in the queue: slots running now, decayed usage (slot-seconds), share, limit."""
+
+    running: int = 0
+    usage: float = 0.0
+    weight: float = 1.0
+    max_running: int | None = None
+
+    @property
+    def share_load(self) -> float:
+        return self.usage / self.weight if self.weight > 0 else math.inf
+
+    def at_limit(self, slots: int = 1) -> bool:
+        return self.max_running is not None and self.running + slots > self.max_running
+
+
+@dataclass(frozen=True)
+class Queued:
+    id: str
+    owner_id: int
+    priority: str
+    slots: int
+
+
+@dataclass
+class Placed:
+    """A queued job in dispatch order, with why it stands there."""
+
+    job: Queued
+    position: int
+    owner_usage_hours: float  # the owner's decayed usage when this job's turn comes, in slot-hours
+    owner_weight: float
+    held_back: bool = False  # its owner was at max_running when its turn came: it waits for one of theirs to end
+
+
+@dataclass
+class QueueState:
+    loads: dict[int, Load] = field(default_factory=dict)
+    job_cost_s: float = MIN_CHARGE_S
+
+
+def half_life(settings: Settings) -> timedelta:
+    return timedelta(hours=settings.fair_share_half_life_hours)
+
+
+def charge(slots: int, started: datetime, ended: datetime) -> float:
+    """What one job costs its owner: slots × its running time, at least MIN_CHARGE_S."""
+    return slots * max((ended - started).total_seconds(), MIN_CHARGE_S)
+
+
+def decayed(amount: float, ended: datetime, now: datetime, life: timedelta) -> float:
+    return amount * 0.5 ** (max((now - ended).total_seconds(), 0.0) / life.total_seconds())
+
+
+def queue_state(session: Session, queue: str | None, settings: Settings, now: datetime) -> QueueState:
+    """Every user's load (over all queues: a user's GPUs are theirs wherever they ran) and the cost the policy
+    charges a job of `queue` it plays forward."""
+    life = half_life(settings)
+    since = now - life * HORIZON_HALF_LIVES
+    rows = session.execute(
+        select(Job.owner_id, Job.slots, Job.state, Job.queue, Job.started_at, Job.finished_at)
+        .where(Job.started_at.is_not(None),
+               or_(Job.state.in_(HELD), and_(Job.state.in_(FINAL_STATES), Job.finished_at > since)))).all()
+    state = QueueState()
+    durations = []
+    for owner_id, slots, job_state, job_queue, started, finished in rows:
+        load = state.loads.setdefault(owner_id, Load())
+        if job_state in HELD:
+            load.running += slots
+            load.usage += charge(slots, started, now)
+        elif finished is not None:
+            load.usage += decayed(charge(slots, started, finished), finished, now, life)
+            if job_queue == queue and finished > now - life:
+                durations.append((finished - started).total_seconds())
+    if durations:
+        state.job_cost_s = max(MIN_CHARGE_S, statistics.median(durations))
+    owners = set(state.loads)
+    if queue is not None:
+        owners |= set(session.scalars(select(Job.owner_id).where(Job.state == QUEUED, Job.queue == queue)
+                                      .distinct()))
+    if owners:
+        for user_id, weight, max_running in session.execute(
+                select(User.id, User.weight, User.max_running).where(User.id.in_(owners))):
+            load = state.loads.setdefault(user_id, Load())
+            load.weight, load.max_running = weight, max_running
+    return state
+
+
+def _groups(session: Session, queue: str, per_group: int | None) -> dict[tuple[str, int], deque[Queued]]:
+    """The queue's queued jobs by (priority, owner), each in submit order; at most `per_group` of each."""
+    query = select(Job.id, Job.owner_id, Job.priority, Job.slots).where(Job.state == QUEUED, Job.queue == queue)
+    if per_group is not None:
+        rank = func.row_number().over(partition_by=(Job.priority, Job.owner_id), order_by=Job.id).label("rank")
+        inner = query.add_columns(rank).subquery()
+        query = select(inner.c.id, inner.c.owner_id, inner.c.priority, inner.c.slots).where(
+            inner.c.rank <= per_group)
+    groups: dict[tuple[str, int], deque[Queued]] = {}
+    for job_id, owner_id, priority, slots in sorted(session.execute(query).all()):
+        groups.setdefault((priority, owner_id), deque()).append(Queued(job_id, owner_id, priority, slots))
+    return groups
+
+
+def play(groups: dict[tuple[str, int], deque[Queued]], state: QueueState, limit: int | None = None
+         ) -> list[Placed]:
+    """The policy played forward: the order in which the queued jobs would start if no job ended meanwhile
+    (held-back owners' jobs follow once no one else's job is left: by then theirs would have ended)."""
+    loads = {owner: Load(load.running, load.usage, load.weight, load.max_running)
+             for owner, load in state.loads.items()}
+    for _, owner in groups:
+        loads.setdefault(owner, Load())
+    order: list[Placed] = []
+    live = {key: jobs for key, jobs in groups.items() if jobs}
+    while live and (limit is None or len(order) < limit):
+        free = {key: jobs for key, jobs in live.items() if not loads[key[1]].at_limit(jobs[0].slots)}
+        held_back = not free
+        if held_back:  # only owners at their limit are left: their running jobs will have ended first
+            for _, owner in live:
+                loads[owner].running = 0
+            free = live
+        key = min(free, key=lambda k: (PRIORITY_RANK[k[0]], loads[k[1]].share_load, free[k][0].id))
+        job = live[key].popleft()
+        load = loads[job.owner_id]
+        order.append(Placed(job, len(order) + 1, load.usage / 3600, load.weight, held_back))
+        load.running += job.slots
+        load.usage += job.slots * state.job_cost_s
+        if not live[key]:
+            del live[key]
+    return order
+
+
+def dispatch_order(session: Session, queue: str, settings: Settings, now: datetime | None = None,
+                   limit: int | None = None) -> list[Placed]:
+    """The queue's queued jobs in the order they will start (the first `limit` of them)."""
+    now = now or utcnow()
+    return play(_groups(session, queue, limit), queue_state(session, queue, settings, now), limit)
+
+
+def pick_next(session: Session, queue: str, settings: Settings, now: datetime | None = None,
+              skip: Iterable[str] = ()) -> str | None:
+    """The id of the queued job a free worker of `queue` should start now, or None (nothing queued, or every
+    owner with queued jobs at their max_running)."""
+    now = now or utcnow()
+    state = queue_state(session, queue, settings, now)
+    skipped = set(skip)
+    best: tuple | None = None
+    best_id = None
+    # the head of each (priority, owner) group: the oldest job that is not being taken by another worker
+    heads = session.execute(
+        select(Job.priority, Job.owner_id, func.min(Job.id))
+        .where(Job.state == QUEUED, Job.queue == queue, Job.id.not_in(skipped) if skipped else true())
+        .group_by(Job.priority, Job.owner_id)).all()
+    slots_of = dict(session.execute(select(Job.id, Job.slots).where(Job.id.in_([h[2] for h in heads]))).all()) \
+        if heads else {}
+    for priority, owner_id, job_id in heads:
+        load = state.loads.get(owner_id, Load())
+        if load.at_limit(slots_of.get(job_id, 1)):
+            continue
+        key = (PRIORITY_RANK.get(priority, 1), load.share_load, job_id)
+        if best is None or key < best:
+            best, best_id = key, job_id
+    return best_id
+
+
+def allowed_priorities(user: User) -> tuple[str, ...]:
+    if user.is_admin:
+        return tuple(PRIORITY_RANK)
+    if user.priorities is None:
+        return DEFAULT_PRIORITIES
+    return tuple(p for p in user.priorities.split(",") if p in PRIORITY_RANK)
+
+
+def week_usage_hours(session: Session, owner_id: int, now: datetime | None = None) -> float:
+    """Slot-hours the user's jobs ran in the last 7 days (not decayed): what gpu_hours_per_week bounds."""
+    now = now or utcnow()
+    since = now - timedelta(days=7)
+    total = 0.0
+    for slots, state, started, finished in session.execute(
+            select(Job.slots, Job.state, Job.started_at, Job.finished_at)
+            .where(Job.owner_id == owner_id, Job.started_at.is_not(None),
+                   or_(Job.state.in_(HELD), Job.finished_at > since))):
+        end = now if state in HELD or finished is None else finished
+        total += slots * max((end - max(started, since)).total_seconds(), 0.0)
+    return total / 3600
