@@ -15,6 +15,7 @@ from service.models import Job, User, utcnow
 from service.queries.jobs import insert_job
 from service.scheduling import MIN_CHARGE_S, dispatch_order, pick_next
 from service.states import QUEUED, RUNNING, SUCCEEDED
+
 from svc_helpers import bearer, spec_ce, submit
 
 

@@ -16,6 +16,7 @@ from service.migrate import upgrade_to_head
 from service.models import Job
 from service.queries.users import create_user
 from service.settings import Settings
+
 from worker_helpers import Processes, env_for, fresh_pg_database, make_settings, spec_data, wait_for
 
 REDIS_DB = 10
@@ -63,7 +64,7 @@ def test_a_light_user_goes_second_and_jobs_start_in_the_order_shown(lab_settings
         bob = [submit("bob", n) for n in range(2)]
         shown = http.get("/v1/queue?queue=cpu", headers={"Authorization": f"Bearer {tokens['root']}"}).json()
         order = [entry["id"] for entry in shown["items"]]
-        names = {j: n for n, j in [*((f"a{i}", x) for i, x in enumerate(alice)), *((f"b{i}", x) for i, x in enumerate(bob))]}
+        names = {job: f"alice-{i}" for i, job in enumerate(alice)} | {job: f"bob-{i}" for i, job in enumerate(bob)}
         assert order == [alice[0], bob[0], alice[1], bob[1], *alice[2:]], [names.get(j) for j in order]
         for job_id, position in zip(order, range(1, 9), strict=True):
             job = http.get(f"/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {tokens['root']}"}).json()
