@@ -8,8 +8,8 @@
       POST /v1/jobs              a small valid spec (digits, resnet8, CE; no teacher), with an Idempotency-Key as the
                                  SDK sends; every request creates a queued job (and a Redis message)
       POST /v1/jobs + teacher    the same with a KD loss and a teacher uploaded as an artifact: every submit resolves
-                                 the artifact and asks the server's teacher-check cache (the first submit, timed
-                                 apart, really loads the weights into resnet8 and runs a forward)
+                                 the artifact and compares its recorded tensor shapes with resnet8's (from the
+                                 inspection subprocess, kept per process after the first submit, timed apart)
       GET /v1/jobs/{id}          random jobs among those created
     Latency is per request, from sending to the whole answer read, on the client (it includes the time a ready
     answer waits for the client's event loop: with 32 clients in one process that is part of what is measured).
@@ -62,7 +62,9 @@ PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432"
 REDIS = "redis://127.0.0.1:6379"
 LEVELS = (1, 8, 32)
-TARGETS = {"post_p99_ms_at_32": 50.0, "get_rps_at_32": 500.0, "submit_to_running_s": 1.0, "epoch_to_sse_s": 1.0}
+# issue 12's floors: what users feel is far below these (a job trains for minutes to hours)
+TARGETS = {"post_rps_at_32": 150.0, "post_p99_ms_at_32": 100.0, "get_rps_at_32": 300.0, "submit_to_running_s": 1.0,
+           "epoch_to_sse_s": 1.0}
 
 
 def small_spec(name: str, epochs: int = 1, teacher: str | None = None) -> dict:
@@ -89,7 +91,9 @@ def postgres_redis(redis_db: int = 7) -> Iterator[dict[str, str]]:
     broker = redis.Redis.from_url(f"{REDIS}/{redis_db}")
     broker.flushdb()
     try:
-        yield {"TTM_DATABASE_URL": f"{PG_URL}/{name}", "TTM_BROKER_URL": f"{REDIS}/{redis_db}"}
+        # one user submits the whole load: lift the queued-jobs limit per user (500) that would answer 429
+        yield {"TTM_DATABASE_URL": f"{PG_URL}/{name}", "TTM_BROKER_URL": f"{REDIS}/{redis_db}",
+               "TTM_LIMITS_MAX_QUEUED_PER_USER": "1000000000"}
     finally:
         broker.flushdb()
         broker.close()
@@ -112,15 +116,14 @@ def server(workers: int, env: dict[str, str], port: int, serve_args: tuple[str, 
 
 
 def wait_warm(proc: subprocess.Popen, processes: int, timeout: float = 180) -> float:
-    """Until every API process has logged the end of its warm-up (torch imported in a thread, the heap frozen);
-    returns the seconds waited. Measuring before that measures the import and the collector walking its objects."""
-    WARM_UP_DONE = "Application startup complete"  # uvicorn's line, once per API process
+    """Until every API process has started (uvicorn's line, once per process); returns the seconds waited."""
+    WARM_UP_DONE = "Application startup complete"
 
     start = time.monotonic()
     log = Path(proc.home) / "serve.log"  # type: ignore[attr-defined]
     while log.read_text(errors="replace").count(WARM_UP_DONE) < processes:
         if time.monotonic() - start > timeout:
-            raise SystemExit(f"the API processes did not finish their warm-up in {timeout:.0f} s; see {log}")
+            raise SystemExit(f"the API processes did not start in {timeout:.0f} s; see {log}")
         time.sleep(0.5)
     return round(time.monotonic() - start, 1)
 
@@ -497,10 +500,12 @@ def verdicts(api: dict | None, lat: dict | None) -> dict[str, Any]:
             post32 = next((r for r in api["post_jobs"] if r["concurrency"] == 32 and r["generator"] == gen), None)
             get32 = next((r for r in api["get_job"] if r["concurrency"] == 32 and r["generator"] == gen), None)
             if post32:
-                out[f"post_p99_ms_at_32 ({gen})"] = {"value": post32["p99_ms"], "target": "<= 50",
+                out[f"post_rps_at_32 ({gen})"] = {"value": post32["throughput_rps"], "target": ">= 150",
+                                                  "met": post32["throughput_rps"] >= TARGETS["post_rps_at_32"]}
+                out[f"post_p99_ms_at_32 ({gen})"] = {"value": post32["p99_ms"], "target": "<= 100",
                                                      "met": post32["p99_ms"] <= TARGETS["post_p99_ms_at_32"]}
             if get32:
-                out[f"get_rps_at_32 ({gen})"] = {"value": get32["throughput_rps"], "target": ">= 500",
+                out[f"get_rps_at_32 ({gen})"] = {"value": get32["throughput_rps"], "target": ">= 300",
                                                  "met": get32["throughput_rps"] >= TARGETS["get_rps_at_32"]}
     if lat:
         worst = lat["submit_to_running_polled_s"]["max"]

@@ -92,9 +92,11 @@ def decayed(amount: float, ended: datetime, now: datetime, life: timedelta) -> f
     return amount * 0.5 ** (max((now - ended).total_seconds(), 0.0) / life.total_seconds())
 
 
-def queue_state(session: Session, queue: str | None, settings: Settings, now: datetime) -> QueueState:
+def queue_state(session: Session, queue: str | None, settings: Settings, now: datetime,
+                owners: Iterable[int] = ()) -> QueueState:
     """Every user's load (over all queues: a user's GPUs are theirs wherever they ran) and the cost the policy
-    charges a job of `queue` it plays forward."""
+    charges a job of `queue` it plays forward; `owners`: those with queued jobs (their shares and limits are read
+    even when they have no usage)."""
     life = half_life(settings)
     since = now - life * HORIZON_HALF_LIVES
     rows = session.execute(
@@ -104,6 +106,7 @@ def queue_state(session: Session, queue: str | None, settings: Settings, now: da
     state = QueueState()
     durations = []
     for owner_id, slots, job_state, job_queue, started, finished in rows:
+        assert started is not None  # the query keeps started jobs only
         load = state.loads.setdefault(owner_id, Load())
         if job_state in HELD:
             load.running += slots
@@ -114,10 +117,7 @@ def queue_state(session: Session, queue: str | None, settings: Settings, now: da
                 durations.append((finished - started).total_seconds())
     if durations:
         state.job_cost_s = max(MIN_CHARGE_S, statistics.median(durations))
-    owners = set(state.loads)
-    if queue is not None:
-        owners |= set(session.scalars(select(Job.owner_id).where(Job.state == QUEUED, Job.queue == queue)
-                                      .distinct()))
+    owners = set(state.loads) | set(owners)
     if owners:
         for user_id, weight, max_running in session.execute(
                 select(User.id, User.weight, User.max_running).where(User.id.in_(owners))):
@@ -140,10 +140,12 @@ def _groups(session: Session, queue: str, per_group: int | None) -> dict[tuple[s
     return groups
 
 
-def play(groups: dict[tuple[str, int], deque[Queued]], state: QueueState, limit: int | None = None
-         ) -> list[Placed]:
+def play(groups: dict[tuple[str, int], deque[Queued]], state: QueueState, limit: int | None = None,
+         until: Iterable[str] = ()) -> list[Placed]:
     """The policy played forward: the order in which the queued jobs would start if no job ended meanwhile
-    (held-back owners' jobs follow once no one else's job is left: by then theirs would have ended)."""
+    (held-back owners' jobs follow once no one else's job is left: by then theirs would have ended). Stops after
+    `limit` jobs, or once every job of `until` is placed."""
+    wanted = set(until)
     loads = {owner: Load(load.running, load.usage, load.weight, load.max_running)
              for owner, load in state.loads.items()}
     for _, owner in groups:
@@ -161,6 +163,10 @@ def play(groups: dict[tuple[str, int], deque[Queued]], state: QueueState, limit:
         job = live[key].popleft()
         load = loads[job.owner_id]
         order.append(Placed(job, len(order) + 1, load.usage / 3600, load.weight, held_back))
+        if wanted:
+            wanted.discard(job.id)
+            if not wanted:
+                break
         load.running += job.slots
         load.usage += job.slots * state.job_cost_s
         if not live[key]:
@@ -169,10 +175,12 @@ def play(groups: dict[tuple[str, int], deque[Queued]], state: QueueState, limit:
 
 
 def dispatch_order(session: Session, queue: str, settings: Settings, now: datetime | None = None,
-                   limit: int | None = None) -> list[Placed]:
-    """The queue's queued jobs in the order they will start (the first `limit` of them)."""
+                   limit: int | None = None, until: Iterable[str] = ()) -> list[Placed]:
+    """The queue's queued jobs in the order they will start (the first `limit` of them; or up to the last of the
+    jobs `until`)."""
     now = now or utcnow()
-    return play(_groups(session, queue, limit), queue_state(session, queue, settings, now), limit)
+    groups = _groups(session, queue, limit)
+    return play(groups, queue_state(session, queue, settings, now, {owner for _, owner in groups}), limit, until)
 
 
 def pick_next(session: Session, queue: str, settings: Settings, now: datetime | None = None,
@@ -180,7 +188,6 @@ def pick_next(session: Session, queue: str, settings: Settings, now: datetime | 
     """The id of the queued job a free worker of `queue` should start now, or None (nothing queued, or every
     owner with queued jobs at their max_running)."""
     now = now or utcnow()
-    state = queue_state(session, queue, settings, now)
     skipped = set(skip)
     best: tuple | None = None
     best_id = None
@@ -189,8 +196,10 @@ def pick_next(session: Session, queue: str, settings: Settings, now: datetime | 
         select(Job.priority, Job.owner_id, func.min(Job.id))
         .where(Job.state == QUEUED, Job.queue == queue, Job.id.not_in(skipped) if skipped else true())
         .group_by(Job.priority, Job.owner_id)).all()
-    slots_of = dict(session.execute(select(Job.id, Job.slots).where(Job.id.in_([h[2] for h in heads]))).all()) \
-        if heads else {}
+    if not heads:
+        return None
+    state = queue_state(session, queue, settings, now, {owner for _, owner, _ in heads})
+    slots_of = dict(session.execute(select(Job.id, Job.slots).where(Job.id.in_([h[2] for h in heads]))).all())
     for priority, owner_id, job_id in heads:
         load = state.loads.get(owner_id, Load())
         if load.at_limit(slots_of.get(job_id, 1)):
@@ -199,6 +208,14 @@ def pick_next(session: Session, queue: str, settings: Settings, now: datetime | 
         if best is None or key < best:
             best, best_id = key, job_id
     return best_id
+
+
+def place_in_group(session: Session, job: Job, cap: int) -> int:
+    """How many jobs of the same queue, class and owner are queued ahead of `job`, counted up to `cap` (an index
+    range): a job with `cap` ahead of it in its own group cannot be among the queue's first `cap`."""
+    ahead = (select(Job.id).where(Job.state == QUEUED, Job.queue == job.queue, Job.priority == job.priority,
+                                  Job.owner_id == job.owner_id, Job.id < job.id).limit(cap).subquery())
+    return int(session.scalar(select(func.count()).select_from(ahead)) or 0)
 
 
 def allowed_priorities(user: User) -> tuple[str, ...]:
@@ -218,6 +235,7 @@ def week_usage_hours(session: Session, owner_id: int, now: datetime | None = Non
             select(Job.slots, Job.state, Job.started_at, Job.finished_at)
             .where(Job.owner_id == owner_id, Job.started_at.is_not(None),
                    or_(Job.state.in_(HELD), Job.finished_at > since))):
+        assert started is not None  # the query keeps started jobs only
         end = now if state in HELD or finished is None else finished
         total += slots * max((end - max(started, since)).total_seconds(), 0.0)
     return total / 3600

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from service.ids import new_job_id
 from service.models import Job, JobEvent, User, utcnow
 from service.principal import Principal
-from service.scheduling import dispatch_order
+from service.scheduling import dispatch_order, place_in_group
 from service.settings import Settings
 from service.states import QUEUED
 
@@ -36,13 +36,23 @@ def queue_position(session: Session, job: Job, settings: Settings) -> Position:
 
 def queue_positions(session: Session, jobs: list[Job], settings: Settings) -> dict[str, int | str]:
     """The queued jobs' places in their queue's dispatch order (service/scheduling.py), the first POSITION_CAP of
-    each queue played forward once."""
+    each queue played forward once; a job with POSITION_CAP of its owner's jobs of its class ahead of it is past the
+    cap without playing."""
+    capped = f"{POSITION_CAP}+"
     positions: dict[str, int | str] = {}
-    for queue in sorted({job.queue for job in jobs if job.state == QUEUED}):
-        order = {p.job.id: p.position for p in dispatch_order(session, queue, settings, limit=POSITION_CAP)}
-        for job in jobs:
-            if job.state == QUEUED and job.queue == queue:
-                positions[job.id] = order.get(job.id, f"{POSITION_CAP}+")
+    pending: dict[str, list[Job]] = {}
+    for job in jobs:
+        if job.state != QUEUED:
+            continue
+        if place_in_group(session, job, POSITION_CAP) >= POSITION_CAP:
+            positions[job.id] = capped
+        else:
+            pending.setdefault(job.queue, []).append(job)
+    for queue, waiting in sorted(pending.items()):
+        order = {p.job.id: p.position for p in dispatch_order(session, queue, settings, limit=POSITION_CAP,
+                                                              until=[job.id for job in waiting])}
+        for job in waiting:
+            positions[job.id] = order.get(job.id, capped)
     return positions
 
 
