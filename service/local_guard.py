@@ -61,7 +61,9 @@ def is_loopback(host: str | None) -> bool:
 def is_loopback_peer(scope: Scope) -> bool:
     """The connection arrived on a loopback address (the server's side of it: where it was accepted)."""
     server = scope.get("server")
-    return bool(server) and is_loopback(server[0])
+    if not server:
+        return False
+    return is_loopback(server[0])
 
 
 def refusal(scope: Scope) -> ApiError | None:

@@ -7,7 +7,7 @@ stream and `?after=` pagination use them as cursors. `Job.id` sorts by creation 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -20,6 +20,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
@@ -68,6 +69,8 @@ NAMING = {
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
+    # every mapping here is a table (DeclarativeBase types __table__ as any FromClause, a join included)
+    __table__: ClassVar[Table]
 
 
 class User(Base):

@@ -57,7 +57,7 @@ def transition(session: Session, job: Job, to_state: str, reason: str | None = N
         update(Job).where(Job.id == job.id, Job.state == from_state).values(**values),
         execution_options={"synchronize_session": False},
     )
-    if result.rowcount != 1:
+    if result.rowcount != 1:  # type: ignore[attr-defined]  # an UPDATE's Result is a CursorResult, which has it
         session.refresh(job, ["state"])
         raise IllegalTransition(job.id, job.state, to_state)
     for key, value in values.items():  # what the UPDATE wrote, without marking the object dirty

@@ -28,7 +28,7 @@ from ttm.registry import CHECKPOINT_SUFFIXES, MANIFEST_SUFFIX, checkpoint_name  
 MANIFEST_VERSION = 1
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Write through a temporary file in the same directory, fsync, then rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -79,7 +79,8 @@ def export_torchscript(out_dir: Path, model: nn.Module, example: torch.Tensor, m
     model = getattr(model, "module", model)
     model = getattr(model, "_orig_mod", model)
     was_training = model.training
-    model = model.to("cpu", memory_format=torch.contiguous_format).eval()
+    # torch's overloads of Module.to lack to(device, memory_format=...), which it accepts
+    model = model.to("cpu", memory_format=torch.contiguous_format).eval()  # type: ignore[call-overload]
     path = out_dir / checkpoint_name(manifest_path.stem, "torchscript")
     with torch.no_grad():
         traced = torch.jit.trace(model, example.to("cpu", torch.float32))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated
@@ -213,4 +212,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()  # typer exits with the command's code

@@ -516,6 +516,6 @@ def _target(dest: str | Path | None, response: httpx.Response, job_id: str, whic
     return Path(dest or ".").expanduser() / name
 
 
-def _describe(err: Exception) -> str:
+def _describe(err: BaseException) -> str:
     text = str(err)
     return f"{type(err).__name__}: {text}" if text else type(err).__name__

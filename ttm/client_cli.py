@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import IntEnum
 from pathlib import Path
@@ -124,9 +124,14 @@ def _errors(json_out: bool) -> Iterator[None]:
         yield
     except SpecError as e:
         problems = [{"field": f, "message": m} for f, m in e.problems]
+
+        def human_problems() -> None:
+            err.print("[bold red]invalid spec[/]")
+            for p in problems:
+                err.print(f"  [bold]{p['field'] or '<spec>'}[/]: {p['message']}")
+
         _fail(json_out, Exit.BAD_SPEC, {"code": "invalid_spec", "message": str(e), "errors": problems},
-              lambda: [err.print("[bold red]invalid spec[/]"),
-                       *[err.print(f"  [bold]{p['field'] or '<spec>'}[/]: {p['message']}") for p in problems]])
+              human_problems)
     except ApiError as e:
         api_error, code = e, _code_for(e.status)
         hint = ""
@@ -476,8 +481,9 @@ def download(job_id: JobId, which: Which = "best", fmt: Format = None, output: O
             print(path)
 
 
-COMMANDS = {"upload": upload, "submit": submit, "jobs": jobs, "queue": queue, "status": status, "watch": watch,
-            "logs": logs, "cancel": cancel, "download": download}
+COMMANDS: dict[str, Callable[..., Any]] = {
+    "upload": upload, "submit": submit, "jobs": jobs, "queue": queue, "status": status, "watch": watch,
+    "logs": logs, "cancel": cancel, "download": download}
 
 
 def register(app: typer.Typer) -> None:

@@ -25,6 +25,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -98,6 +99,7 @@ def load_arrays(spec: DatasetSpec, data_root: str | None = None):
         return train_x, train_y, test_x, test_y, _info(spec, train_x, test_x, len(classes), classes)
     train_x, train_y, test_x, test_y, classes = _load_named(spec, data_root)
     train_x, train_y, test_x, test_y = _subset(spec, train_x, train_y, test_x, test_y)
+    assert spec.classes is not None  # only an image folder has no class count before it is read
     return train_x, train_y, test_x, test_y, _info(spec, train_x, test_x, spec.classes, classes)
 
 
@@ -144,6 +146,7 @@ def _load_synthetic(spec: DatasetSpec):
     n, m = n or SYNTHETIC_SIZES[0], m or SYNTHETIC_SIZES[1]
     g = torch.Generator().manual_seed(1234)
     size, classes = spec.image_size, spec.classes
+    assert classes is not None  # synthetic: num_classes or 100
     x = torch.randint(0, 256, (n + m, 3, size, size), generator=g, dtype=torch.uint8)
     y = torch.randint(0, classes, (n + m,), generator=g)
     return x[:n], y[:n], x[n:], y[n:], None
@@ -194,7 +197,7 @@ def _load_mnist_like(spec: DatasetSpec, root: str | None):
     for folder in candidates:
         files = [_find_idx(folder, stem) for stem in _IDX_FILES]
         if all(files):
-            train_x, train_y, test_x, test_y = (torch.from_numpy(read_idx(f)) for f in files)
+            train_x, train_y, test_x, test_y = (torch.from_numpy(read_idx(f)) for f in cast("list[str]", files))
             return (train_x.unsqueeze(1), train_y.long(), test_x.unsqueeze(1), test_y.long(), list(cls.classes))
     if spec.download and root:
         train, test = cls(root, train=True, download=True), cls(root, train=False, download=True)
@@ -235,9 +238,11 @@ def _imagefolder_datasets(spec: DatasetSpec, data_root: str | None):
     from torch.utils.data import Subset
     from torchvision.datasets import ImageFolder
 
+    assert spec.path is not None  # DatasetSpec refuses an imagefolder without a path
     base = Path(spec.path)
-    if not base.is_absolute() and (spec.root or data_root):
-        base = Path(spec.root or data_root) / base
+    root = spec.root or data_root
+    if not base.is_absolute() and root:
+        base = Path(root) / base
     for split in ("train", "val"):
         if not (base / split).is_dir():
             raise FileNotFoundError(f"imagefolder: {base / split} is not a directory (need train/ and val/ in {base})")
@@ -276,8 +281,10 @@ def _decode_all(dataset, transform, num_workers: int) -> tuple[torch.Tensor, tor
     """Every image of `dataset` through a deterministic `transform`, stacked into one uint8 tensor."""
     from torch.utils.data import DataLoader
 
-    loader = DataLoader(_SeededItems(dataset, transform), batch_size=256, num_workers=num_workers,
-                        generator=torch.Generator().manual_seed(0))
+    # any map-style object (__getitem__, __len__) is a dataset to DataLoader; its stub asks for a Dataset
+    loader: DataLoader[Any] = DataLoader(_SeededItems(dataset, transform),  # type: ignore[arg-type]
+                                         batch_size=256, num_workers=num_workers,
+                                         generator=torch.Generator().manual_seed(0))
     xs, ys = zip(*loader)
     return torch.cat(xs), torch.cat(ys)
 
@@ -438,6 +445,8 @@ class _SeededItems:
 class _EpochSampler(torch.utils.data.Sampler):
     """Yields (index, sample seed) in the epoch's order; both drawn from the (seed, epoch) generator."""
 
+    epoch: int | None
+
     def __init__(self, n: int, seed: int):
         self.n, self.seed, self.epoch = n, seed, None
 
@@ -552,6 +561,8 @@ def make_loaders(spec: DatasetSpec, *, batch_size: int, device: torch.device, se
     normalize = _Normalizer(info.mean, info.std, device)
     pad, flip = AUGMENT[spec.name]
     augment = spec.augment and spec.name != "digits"
+    train: TrainBatches
+    test: TestBatches
     if fast:
         train = _FastTrainBatches(train_x.to(device), train_y.to(device), out_size=info.image_size, pad=pad,
                                   flip=flip, augment=augment, batch_size=batch_size, drop_last=drop_last,
@@ -594,6 +605,8 @@ def _imagefolder_loaders(spec: DatasetSpec, *, batch_size: int, test_bs: int, de
     normalize = _Normalizer(mean, std, device)
     info = DataInfo(name="imagefolder", num_classes=len(classes), channels=3, image_size=size, mean=mean,
                     std=std, train_size=len(train_ds), test_size=len(test_ds), fast=fast, class_names=classes)
+    train: TrainBatches
+    test: TestBatches
     if fast:
         train_x, train_y = _decode_all(train_ds, _test_transform(size, crop=margin), num_workers)
         test_x, test_y = _decode_all(test_ds, _test_transform(size), num_workers)

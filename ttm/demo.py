@@ -18,8 +18,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-STUDENT_LOSSES = {
+STUDENT_LOSSES: dict[str, dict[str, Any]] = {
     "ce": {"kind": "ce"},
     "kd": {"kind": "kd", "temperature": 4.0, "kd_weight": 0.9, "ce_weight": 0.1},
     "ttm": {"kind": "ttm", "gamma": 0.3, "beta": 7.0},

@@ -195,7 +195,7 @@ def dist_loss(z: Tensor, v: Tensor, y: Tensor, cfg, epoch: int = 1) -> Parts:
 _missing = [k for k, entry in LOSS_KINDS.items() if entry.fn is None]
 if _missing:
     raise ImportError(f"loss kinds registered in ttm.spec without a function in ttm.losses: {', '.join(_missing)}")
-LOSSES: dict[str, LossFn] = {k: entry.fn for k, entry in LOSS_KINDS.items()}
+LOSSES: dict[str, LossFn] = {k: entry.fn for k, entry in LOSS_KINDS.items() if entry.fn is not None}  # all, above
 
 
 def compute_loss(cfg, z: Tensor, v: Tensor | None, y: Tensor, epoch: int = 1) -> Parts:

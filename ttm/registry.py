@@ -4,7 +4,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, TypeVar, get_args
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+_Spec = TypeVar("_Spec", bound="BaseModel")
 
 # The CIFAR architectures of the paper's tables, under the names RepDistiller/mdistiller use.
 CIFAR_ARCHS: tuple[str, ...] = (
@@ -66,16 +71,16 @@ class LossKind:
 LOSS_KINDS: dict[str, LossKind] = {}
 
 
-def kind_of(cls: type) -> str:
+def kind_of(cls: type[BaseModel]) -> str:
     """The tag of a tagged spec class: the single value of its `kind: Literal[...]` field."""
     (kind,) = get_args(cls.model_fields["kind"].annotation)
     return kind
 
 
-def loss_spec(*, needs_teacher: bool) -> Callable[[type], type]:
+def loss_spec(*, needs_teacher: bool) -> Callable[[type[_Spec]], type[_Spec]]:
     """Class decorator: register a loss's spec class under its `kind` (registration order is the union's order)."""
 
-    def register(cls: type) -> type:
+    def register(cls: type[_Spec]) -> type[_Spec]:
         kind = kind_of(cls)
         if kind in LOSS_KINDS:
             raise ValueError(f"loss kind {kind!r} is registered twice")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -214,7 +214,11 @@ class DISTLoss(Strict):
 
 
 # Every class registered with @loss_spec above, in registration order.
-LossSpec = Annotated[Union[tuple(lk.spec for lk in LOSS_KINDS.values())], Field(discriminator="kind")]  # noqa: UP007
+if TYPE_CHECKING:  # mypy cannot read a union built at run time: the same classes, spelled out
+    LossSpec = CELoss | KDLoss | TTMLoss | WTTMLoss | DKDLoss | DISTLoss
+else:
+    LossSpec = Annotated[Union[tuple(lk.spec for lk in LOSS_KINDS.values())],  # noqa: UP007
+                         Field(discriminator="kind")]
 
 
 # ---------------------------------------------------------------------------------------------- recipe
@@ -263,7 +267,10 @@ class ConstantSchedule(Strict):
 
 
 SCHEDULES = (StepSchedule, CosineSchedule, ConstantSchedule)
-Schedule = Annotated[Union[SCHEDULES], Field(discriminator="kind")]  # noqa: UP007
+if TYPE_CHECKING:  # mypy cannot read a union built from a tuple: the same classes, spelled out
+    Schedule = StepSchedule | CosineSchedule | ConstantSchedule
+else:
+    Schedule = Annotated[Union[SCHEDULES], Field(discriminator="kind")]  # noqa: UP007
 
 
 class TrainSpec(Strict):
@@ -288,6 +295,7 @@ class TrainSpec(Strict):
     def _schedule_fits(self) -> TrainSpec:
         s = self.schedule
         if getattr(s, "warmup_epochs", 0) >= self.epochs:
+            assert not isinstance(s, ConstantSchedule)  # it has no warm-up: getattr gave 0, below epochs
             raise _at("schedule.warmup_epochs", f"{s.warmup_epochs} must be below epochs={self.epochs}")
         if isinstance(s, StepSchedule):
             if s.milestones is None:  # stored filled in, so the job's JSON says what it ran
@@ -398,7 +406,8 @@ def problems_of(err: ValidationError) -> list[tuple[str, str]]:
     out = []
     for e in err.errors(include_url=False):
         raw = e["loc"]
-        loc = [_shown(p) for i, p in enumerate(raw) if not (i and raw[i - 1] in _UNIONS and p in _UNIONS[raw[i - 1]])]
+        loc = [_shown(p) for i, p in enumerate(raw)
+               if not (i and raw[i - 1] in _UNIONS and p in _UNIONS[str(raw[i - 1])])]
         msg = e["msg"].removeprefix("Value error, ")
         if msg.startswith(_FIELD_MARK):
             field, msg = msg.removeprefix(_FIELD_MARK).split(" ", 1)

@@ -83,6 +83,7 @@ def lr_factor(spec: JobSpec, step: int, steps_per_epoch: int) -> float:
     if warmup and epoch_float < warmup:
         return (step + 1) / (warmup * steps_per_epoch)
     if isinstance(sched, StepSchedule):  # the paper's recipe: ×factor at each milestone epoch (1-based epochs)
+        assert sched.milestones is not None  # TrainSpec fills them in
         passed = sum(1 for m in sched.milestones if epoch_float >= m)
         return sched.factor ** passed
     if isinstance(sched, CosineSchedule):
@@ -146,7 +147,7 @@ def set_seed(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -206,10 +207,10 @@ def train(spec: JobSpec, out_dir: str | Path, *, on_metrics: MetricsCallback | N
                                     "training")
             teacher = load_teacher(arch=tspec.arch, weights=tspec.weights, torchscript=tspec.torchscript,
                                    num_classes=info.num_classes, in_channels=info.channels, fmt=tspec.format)
-            teacher = teacher.to(device, memory_format=memory_format)
+            teacher = teacher.to(device, memory_format=memory_format)  # type: ignore[call-overload]  # stub lacks it
 
         student = build_model(spec.student.arch, num_classes=classes, in_channels=info.channels)
-        student = student.to(device, memory_format=memory_format)
+        student = student.to(device, memory_format=memory_format)  # type: ignore[call-overload]  # stub lacks it
         optimizer = make_optimizer(spec, student)
         steps_per_epoch = len(train_batches)
         scheduler = torch.optim.lr_scheduler.LambdaLR(

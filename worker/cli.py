@@ -277,6 +277,7 @@ class WorkerPool:
     STOP_TIMEOUT_S = 30.0  # a warm shutdown stops the trainer child (3 s grace) and hands the job back
 
     _lifeline: int | None = None  # the read end of a pipe whose write end only this process holds
+    _lifeline_write: int  # that write end, set with _lifeline and never closed
 
     def __init__(self, commands: list[list[str]], env: dict[str, str] | None = None):
         self.commands = commands

@@ -82,7 +82,8 @@ def fit_socket_paths() -> None:
         return
     directory = tempfile.mkdtemp(prefix="pymp-", dir="/tmp")
     multiprocessing.util.Finalize(None, shutil.rmtree, args=(directory, True), exitpriority=-100)
-    multiprocessing.process.current_process()._config["tempdir"] = directory  # what util.get_temp_dir() returns
+    # what util.get_temp_dir() returns; _config is private, so typeshed leaves it out
+    multiprocessing.process.current_process()._config["tempdir"] = directory  # type: ignore[attr-defined]
 
 
 def process_alive(pid: int) -> bool:

@@ -159,6 +159,7 @@ def reconcile_and_send(settings: Settings, enqueue: Callable[[str, str], None] |
         from service.broker import enqueue_job as enqueue
 
         count_messages = partial(waiting_messages, default_celery())
+    assert enqueue is not None  # given, or the broker's
     with session_scope(settings) as session:
         summary = reconcile_once(session, settings, after=after, count_messages=count_messages)
     for job_id, queue in summary.to_send:

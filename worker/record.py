@@ -8,14 +8,17 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Table
 from sqlalchemy.orm import Session
 
 from service.models import Checkpoint, Metric, Worker, utcnow
+
+if TYPE_CHECKING:
+    from sqlalchemy.dialects import postgresql, sqlite
 
 log = logging.getLogger("ttm.worker")
 
@@ -28,6 +31,7 @@ def upsert(session: Session, table: Table, rows: list[dict[str, Any]], keys: Ite
     if not rows:
         return
     dialect = session.get_bind().dialect.name
+    insert: Callable[[Table], postgresql.Insert | sqlite.Insert]  # the two dialects' INSERT ... ON CONFLICT
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     elif dialect == "sqlite":

@@ -60,7 +60,10 @@ def wake_queue(settings, job_id: str) -> None:  # noqa: ANN001
 
     try:
         with session_scope(settings) as session:
-            queue = session.get(Job, job_id).queue
+            job = session.get(Job, job_id)
+            if job is None:
+                raise LookupError(f"job {job_id} is not in the database")
+            queue = job.queue
             depth = queue_depths(session).get(queue, 0)
             next_id = pick_next(session, queue, settings) if depth else None
         if next_id is None:

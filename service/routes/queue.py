@@ -113,7 +113,8 @@ def get_queue(who: CurrentUser, session: ReadSessionDep, settings: SettingsDep,
         select(Job.started_at, Job.finished_at).where(Job.queue == queue, Job.state.in_(FINAL_STATES),
                                                       Job.started_at.is_not(None),
                                                       Job.finished_at > now - half_life(settings))
-        .order_by(Job.finished_at.desc()).limit(500))]
+        .order_by(Job.finished_at.desc()).limit(500))
+        if s is not None and f is not None]  # both are, by the query
     job_seconds = statistics.median(durations) if durations else None
     etas = _etas(session, queue, len(order), job_seconds, now)
     items = []

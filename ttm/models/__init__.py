@@ -97,9 +97,11 @@ def replace_first_conv(model: nn.Module, in_channels: int) -> None:
 def conv_with_in_channels(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
     if conv.groups != 1:
         raise ValueError(f"the first conv is grouped (groups={conv.groups}); cannot change its input channels")
-    new = nn.Conv2d(in_channels, conv.out_channels, kernel_size=conv.kernel_size, stride=conv.stride,
-                    padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
-                    padding_mode=conv.padding_mode)
+    # torch types a conv's kernel_size/stride/padding/dilation as tuple[int, ...], its arguments as tuple[int, int]
+    new = nn.Conv2d(in_channels, conv.out_channels,
+                    kernel_size=conv.kernel_size, stride=conv.stride,  # type: ignore[arg-type]
+                    padding=conv.padding, dilation=conv.dilation, groups=conv.groups,  # type: ignore[arg-type]
+                    bias=conv.bias is not None, padding_mode=conv.padding_mode)
     # torchvision's CNNs draw their convs with kaiming fan_out; fan_out does not depend on the input channels, so
     # the new stem gets the distribution the old one had.
     nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")

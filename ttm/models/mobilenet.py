@@ -94,6 +94,7 @@ class MobileNetV1(nn.Module):
 
     def __init__(self, num_classes: int, in_channels: int = 3):
         super().__init__()
+        layers: list[nn.Module]
         layers, channels = [conv_bn_relu(in_channels, 32, 3, stride=2)], 32
         for out_channels, stride in self.UNITS:
             layers.append(depthwise_separable(channels, out_channels, stride))

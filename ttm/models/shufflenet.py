@@ -69,6 +69,8 @@ class ShuffleNetV1(nn.Module):
 class ShuffleV2Unit(nn.Module):
     """Keeps half the channels, runs the other half through 1×1 → 3×3 depthwise → 1×1, concatenates, shuffles."""
 
+    half: int  # type: ignore[assignment]  # an int that hides Module.half() on this unit (never called on it)
+
     def __init__(self, channels: int):
         super().__init__()
         self.half = channels // 2
