@@ -2,6 +2,7 @@
 policy, service/scheduling.py), played forward for the first POSITION_CAP: past it the position reads "1000+"."""
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from sqlalchemy import func, select
@@ -36,24 +37,37 @@ def queue_position(session: Session, job: Job, settings: Settings) -> Position:
 
 def queue_positions(session: Session, jobs: list[Job], settings: Settings) -> dict[str, int | str]:
     """The queued jobs' places in their queue's dispatch order (service/scheduling.py), the first POSITION_CAP of
-    each queue played forward once; a job with POSITION_CAP of its owner's jobs of its class ahead of it is past the
-    cap without playing."""
+    each queue; a job with POSITION_CAP of its owner's jobs of its class ahead of it is past the cap at once."""
     capped = f"{POSITION_CAP}+"
     positions: dict[str, int | str] = {}
-    pending: dict[str, list[Job]] = {}
     for job in jobs:
         if job.state != QUEUED:
             continue
         if place_in_group(session, job, POSITION_CAP) >= POSITION_CAP:
             positions[job.id] = capped
         else:
-            pending.setdefault(job.queue, []).append(job)
-    for queue, waiting in sorted(pending.items()):
-        order = {p.job.id: p.position for p in dispatch_order(session, queue, settings, limit=POSITION_CAP,
-                                                              until=[job.id for job in waiting])}
-        for job in waiting:
-            positions[job.id] = order.get(job.id, capped)
+            positions[job.id] = _first_places(session, job.queue, settings).get(job.id, capped)
     return positions
+
+
+ORDER_MAX_AGE_S = 5.0
+# (database, queue) -> (newest job event id, when, {job id: place}) of the queue's first POSITION_CAP places
+_orders: dict[tuple[str, str], tuple[int, float, dict[str, int]]] = {}
+
+
+def _first_places(session: Session, queue: str, settings: Settings) -> dict[str, int]:
+    """Played again when a job event was written since (a submit, a start, an end, a cancel) and at least every
+    ORDER_MAX_AGE_S (running jobs accrue usage, old usage decays, an admin may change a share): a page of jobs, or a
+    client polling its job, does not replay the queue per request."""
+    newest = session.scalar(select(func.max(JobEvent.id))) or 0
+    key = (settings.database_url, queue)
+    known = _orders.get(key)
+    now = time.monotonic()
+    if known is not None and known[0] == newest and now - known[1] < ORDER_MAX_AGE_S:
+        return known[2]
+    places = {p.job.id: p.position for p in dispatch_order(session, queue, settings, limit=POSITION_CAP)}
+    _orders[key] = (newest, now, places)
+    return places
 
 
 def list_jobs(session: Session, who: Principal, *, states: list[str] | None, before: str | None,

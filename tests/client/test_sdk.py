@@ -118,7 +118,7 @@ def test_wait_times_out_and_the_job_goes_on(api):
         start = time.monotonic()
         with pytest.raises(WaitTimeout) as e:
             c.wait(job["id"], timeout=1.0)
-        assert 0.9 < time.monotonic() - start < 5
+        assert 0.9 < time.monotonic() - start < 30  # not before its timeout; the upper bound is a hang check
         assert e.value.job["state"] == "queued"
 
 

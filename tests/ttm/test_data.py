@@ -51,8 +51,7 @@ def fashion_arrays():
 
 # ---------------------------------------------------------------------------------------------- loading
 def test_fashion_mnist_loads_from_debian_package(fashion_arrays):
-    (train_x, train_y, test_x, test_y, info), seconds = fashion_arrays
-    assert seconds < 5
+    (train_x, train_y, test_x, test_y, info), _ = fashion_arrays  # its speed: benchmarks/, not here
     assert train_x.shape == (60000, 1, 28, 28) and test_x.shape == (10000, 1, 28, 28)
     assert train_x.dtype == torch.uint8 and train_y.dtype == torch.int64
     assert set(train_y.tolist()) == set(range(10)) and set(test_y.tolist()) == set(range(10))

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from sqlalchemy import select
@@ -111,9 +110,7 @@ def test_child_dies_with_its_supervisor(settings):
         wait_for(lambda: epochs_in_file(run_dir), 60, "the first epoch")
         assert child_pids(job_id)
         fake_worker.send_signal(signal.SIGKILL)  # not reaped yet: a zombie, as a killed Celery worker can be
-        t0 = time.monotonic()
-        wait_for(lambda: not child_pids(job_id), 5, "the child to die with its worker")
-        assert time.monotonic() - t0 < 5
+        wait_for(lambda: not child_pids(job_id), 30, "the child to die with its worker")  # a hang check
     finally:
         fake_worker.kill()
         fake_worker.wait()
