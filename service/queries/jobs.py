@@ -51,15 +51,16 @@ def queue_positions(session: Session, jobs: list[Job], settings: Settings) -> di
 
 
 ORDER_MAX_AGE_S = 5.0
-# (database, queue) -> (newest job event id, when, {job id: place}) of the queue's first POSITION_CAP places
-_orders: dict[tuple[str, str], tuple[int, float, dict[str, int]]] = {}
+# (database, queue) -> ((newest job event, newest job), when, {job id: place}) of the queue's first POSITION_CAP
+_orders: dict[tuple[str, str], tuple[tuple[int, str], float, dict[str, int]]] = {}
 
 
 def _first_places(session: Session, queue: str, settings: Settings) -> dict[str, int]:
-    """Played again when a job event was written since (a submit, a start, an end, a cancel) and at least every
+    """Played again when a job or a job event was written since (a submit, a start, an end, a cancel; the newest
+    job's id as well, since event ids can repeat where rows were deleted), and at least every
     ORDER_MAX_AGE_S (running jobs accrue usage, old usage decays, an admin may change a share): a page of jobs, or a
     client polling its job, does not replay the queue per request."""
-    newest = session.scalar(select(func.max(JobEvent.id))) or 0
+    newest = (session.scalar(select(func.max(JobEvent.id))) or 0, session.scalar(select(func.max(Job.id))) or "")
     key = (settings.database_url, queue)
     known = _orders.get(key)
     now = time.monotonic()

@@ -49,7 +49,8 @@ def test_login_queue_and_isolation(api, open_page):
     rows = page.locator("#jobs tr[data-job-id]")
     expect(rows).to_have_count(2)
     expect(page.locator(f'tr[data-job-id="{a1["id"]}"] .position')).to_have_text("1")
-    expect(page.locator(f'tr[data-job-id="{a2["id"]}"] .position')).to_have_text("2")
+    # bob's one job goes between alice's two (fair share: docs/SCHEDULING.md); the page shows only alice's
+    expect(page.locator(f'tr[data-job-id="{a2["id"]}"] .position')).to_have_text("3")
     expect(page.locator(f'tr[data-job-id="{a2["id"]}"] [data-state]')).to_have_text("queued")
     expect(page.locator("#jobs .owner")).to_have_text(["alice", "alice"])
     expect(page.locator(f'tr[data-job-id="{b1["id"]}"]')).to_have_count(0)

@@ -35,6 +35,7 @@ def _with(**parts) -> dict:
     return spec
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # the limits are checked before the database is asked
 @pytest.mark.parametrize("spec, field, setting", [
     (_with(train__epochs=10_000), "train.epochs", "TTM_LIMITS_MAX_EPOCHS"),
     (_with(train__batch_size=65_536), "train.batch_size", "TTM_LIMITS_MAX_BATCH_SIZE"),
@@ -88,6 +89,7 @@ def test_limits_are_the_servers_to_set(db_url, tmp_path, users):
         submit(client, users.alice)
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])
 def test_an_inspection_past_its_timeout_or_memory_is_stopped(db_url, tmp_path, users, teacher_file):
     for overrides, words in (({"inspect_timeout_seconds": 0.05}, "took longer than 0.05 s"),
                              ({"inspect_memory_bytes": 64 * 1024 * 1024}, "memory or CPU limit")):
@@ -107,6 +109,7 @@ def test_an_inspection_past_its_timeout_or_memory_is_stopped(db_url, tmp_path, u
     inspection._arch_cache.clear()
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # what the process imports does not depend on the database
 def test_the_api_process_never_imports_torch(settings, users, teacher_file):
     """Upload weights, submit jobs with a teacher and a torchvision student, read them back: the process that holds
     the database credentials has imported neither torch nor torchvision (its own interpreter, to see it)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import subprocess
 import threading
 from pathlib import Path
 
@@ -49,17 +50,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / 100
 
 
+def start_two_api_processes(procs: Processes, settings: Settings, port: int) -> tuple[subprocess.Popen, list[int]]:
+    """`ttm serve --workers 0 --api-processes 2` once both have started; with the two API processes' pids. No
+    reconciler: it would re-send the messages of jobs queued longer than two (short) leases."""
+    serve = procs.start("serve", ["serve", "--host=127.0.0.1", f"--port={port}", "--workers=0", "--no-reconciler",
+                                  "--api-processes=2", "--no-access-log"], env_for(settings))
+    wait_for(lambda: procs.log("serve").count("Application startup complete") == 2, 120,
+             "both API processes to start", interval=0.3)
+    apis = [pid for pid, cmd in children(serve.pid).items() if "spawn_main" in cmd]
+    assert len(apis) == 2, children(serve.pid)
+    return serve, apis
+
+
 def test_two_api_processes_share_the_port_and_a_sigterm_loses_no_accepted_job(settings: Settings):
     procs = Processes(settings.home)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    serve = procs.start("serve", ["serve", "--host=127.0.0.1", f"--port={port}", "--workers=0",
-                                  "--api-processes=2", "--no-access-log"], env_for(settings))
     try:
-        wait_for(lambda: procs.log("serve").count("Application startup complete") == 2, 120,
-                 "both API processes to start", interval=0.3)
-        apis = [pid for pid, cmd in children(serve.pid).items() if "spawn_main" in cmd]
-        assert len(apis) == 2, children(serve.pid)
+        serve, apis = start_two_api_processes(procs, settings, port)
         cpu_before = {pid: cpu_seconds(pid) for pid in apis}
 
         accepted: list[str] = []
@@ -135,13 +143,8 @@ def test_api_processes_die_with_a_killed_serve(sqlite_settings: Settings):
     """kill -9 leaves uvicorn's supervisor no time to stop its processes: their parent-death signal does."""
     procs = Processes(sqlite_settings.home)
     port = free_port()
-    serve = procs.start("serve", ["serve", "--host=127.0.0.1", f"--port={port}", "--workers=0",
-                                  "--api-processes=2", "--no-access-log"], env_for(sqlite_settings))
     try:
-        wait_for(lambda: procs.log("serve").count("Application startup complete") == 2, 120,
-                 "both API processes to start", interval=0.3)
-        apis = [pid for pid, cmd in children(serve.pid).items() if "spawn_main" in cmd]
-        assert len(apis) == 2
+        serve, apis = start_two_api_processes(procs, sqlite_settings, port)
         serve.send_signal(signal.SIGKILL)
         serve.wait()
         wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in apis), 30, "the API processes to exit")
