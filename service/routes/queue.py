@@ -66,12 +66,16 @@ class UserOut(BaseModel):
     queued: int
 
 
-def _etas(session: Session, queue: str, count: int, job_seconds: float | None, now: datetime) -> list[float | None]:
+def _live_workers(session: Session, queue: str, now: datetime) -> int:
+    return session.scalar(select(func.count()).select_from(Worker).where(
+        Worker.queue.contains(queue), Worker.last_seen > now - timedelta(seconds=WORKER_SEEN_S))) or 0
+
+
+def _etas(session: Session, queue: str, count: int, job_seconds: float | None, workers: int,
+          now: datetime) -> list[float | None]:
     """When each of the first `count` queued jobs starts, if every worker of the queue takes the next one as its
     job ends: running jobs end after their remaining epochs (at their own pace so far), queued ones take the
     median run time."""
-    workers = session.scalar(select(func.count()).select_from(Worker).where(
-        Worker.queue.contains(queue), Worker.last_seen > now - timedelta(seconds=WORKER_SEEN_S))) or 0
     if workers == 0 or job_seconds is None:
         return [None] * count
     free_at: list[float] = []
@@ -116,7 +120,8 @@ def get_queue(who: CurrentUser, session: ReadSessionDep, settings: SettingsDep,
         .order_by(Job.finished_at.desc()).limit(500))
         if s is not None and f is not None]  # both are, by the query
     job_seconds = statistics.median(durations) if durations else None
-    etas = _etas(session, queue, len(order), job_seconds, now)
+    workers = _live_workers(session, queue, now)
+    etas = _etas(session, queue, len(order), job_seconds, workers, now)
     items = []
     for placed, eta in zip(order, etas, strict=True):
         name, owner_id, owner = jobs[placed.job.id]
@@ -128,8 +133,6 @@ def get_queue(who: CurrentUser, session: ReadSessionDep, settings: SettingsDep,
     counts = dict(session.execute(select(Job.state, func.count()).where(Job.queue == queue,
                                                                         Job.state.in_((QUEUED, *HELD)))
                                   .group_by(Job.state)).all())
-    workers = session.scalar(select(func.count()).select_from(Worker).where(
-        Worker.queue.contains(queue), Worker.last_seen > now - timedelta(seconds=WORKER_SEEN_S))) or 0
     return QueueOut(queue=queue, queued=counts.get(QUEUED, 0), running=sum(counts.get(s, 0) for s in HELD),
                     workers=workers, job_seconds=job_seconds, items=items)
 
