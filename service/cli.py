@@ -2,6 +2,7 @@
 everything else goes to stderr."""
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 from typing import Annotated
 
@@ -99,7 +100,7 @@ def _limit(value: str | None, option: str, kind: type) -> object:
         number = kind(value)
     except ValueError:
         raise typer.BadParameter(f"{value!r} is not a number (or 'none' to clear it)", param_hint=option) from None
-    if number <= 0:
+    if not math.isfinite(number) or number <= 0:
         raise typer.BadParameter(f"{value!r}: give a positive number, or 'none' to clear it", param_hint=option)
     return number
 
@@ -123,8 +124,8 @@ def user_set(
     from service.models import User
     from service.scheduling import PRIORITY_RANK, allowed_priorities
 
-    if weight is not None and weight <= 0:
-        raise typer.BadParameter("give a positive share", param_hint="--weight")
+    if weight is not None and (not math.isfinite(weight) or weight <= 0):
+        raise typer.BadParameter(f"{weight!r}: give a positive share", param_hint="--weight")
     limits = {"max_running": _limit(max_running, "--max-running", int),
               "max_queued": _limit(max_queued, "--max-queued", int),
               "gpu_hours_per_week": _limit(gpu_hours_per_week, "--gpu-hours-per-week", float)}

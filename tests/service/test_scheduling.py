@@ -210,3 +210,30 @@ def test_the_queue_as_users_see_it(client, users, settings):
     assert [e["owner"] for e in admin["items"]] == ["alice", "bob", "alice"]
     r = client.get("/v1/queue?queue=tpu", headers=bearer(users.alice))
     assert r.status_code == 422
+
+
+def test_admin_user_set_stores_limits_and_refuses_bad_values(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("TTM_")}, "TTM_HOME": str(tmp_path),
+           "TTM_DATABASE_URL": f"sqlite:///{tmp_path / 'ttm.db'}"}
+
+    def admin(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "service.cli", "admin", *args], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    assert admin("migrate").returncode == 0
+    assert admin("user", "create", "carol").returncode == 0
+    done = admin("user", "set", "carol", "--weight", "2", "--max-running", "3", "--priorities", "low,normal,high")
+    assert done.returncode == 0, done.stderr
+    assert "weight 2; max-running 3" in done.stdout and "priorities high,normal,low" in done.stdout
+    for bad in (["--weight", "nan"], ["--weight", "-1"], ["--gpu-hours-per-week", "inf"], ["--max-running", "0"],
+                ["--priorities", "root"]):
+        refused = admin("user", "set", "carol", *bad)
+        assert refused.returncode == 2 and "Invalid value" in refused.stderr, (bad, refused.stderr)
+    assert "max-running none" in admin("user", "set", "carol", "--max-running", "none").stdout
+    assert admin("user", "set", "nobody", "--weight", "1").returncode == 1
