@@ -7,6 +7,10 @@ Nothing here imports torch or opens a teacher: architectures and files are descr
 """
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,11 +23,14 @@ from service.inspection import InspectionFailed, InspectionRefused, inspect_arch
 from service.models import Job, User
 from service.paths import PathRefused, inside_data_root
 from service.principal import Principal
+from service.queries import artifacts as artifact_queries
 from service.scheduling import allowed_priorities, week_usage_hours
 from service.settings import Settings
 from service.states import QUEUED
 from service.teachers import TeacherProblem, TeacherSource, image_size_of, resolve_teacher, weights_problem
-from ttm.spec import JobSpec, parse_spec
+from service.uploads import Received, blob_path, store_artifact
+from ttm import zoo
+from ttm.spec import JobSpec, TeacherSpec, parse_spec
 
 # (train, test) images of the named datasets as the trainer splits them (ttm.data): a subset may not ask for more.
 DATASET_SIZES = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000), "mnist": (60_000, 10_000),
@@ -159,9 +166,37 @@ def admit(session: Session, who: Principal, body: dict[str, Any], settings: Sett
                                              "class)")
     channels, size = data.channels, image_size_of(spec)
     _arch(spec.student.arch, "student.arch", num_classes, channels, size, settings)
+    if spec.teacher is not None and spec.teacher.zoo:
+        spec.teacher = zoo_teacher(session, who, settings, spec.teacher.zoo)
     if spec.teacher is not None:
         _check_teacher(session, who, spec, num_classes, settings)
     return Admitted(spec, spec.model_dump(mode="json"), queue)
+
+
+def zoo_teacher(session: Session, who: Principal, settings: Settings, name: str) -> TeacherSpec:
+    """A zoo teacher becomes the caller's artifact of the same bytes, stored and inspected once like an upload, so
+    that the job's record names an artifact and an architecture as if the user had uploaded the file."""
+    entry = zoo.get(name)  # the spec checked the name
+    mine = artifact_queries.find_by_sha(session, who.id, entry.sha256)
+    if mine is None or not blob_path(settings, entry.sha256).is_file():
+        tmp_dir = settings.artifact_dir / "tmp"
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix="zoo-", dir=tmp_dir)
+        os.close(fd)
+        try:
+            shutil.copyfile(entry.path, tmp)
+            sha256 = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
+            if sha256 != entry.sha256:
+                raise ApiError(500, f"the zoo's file for {name} does not match its manifest's sha256: this "
+                                    "installation is damaged; reinstall ttm", code="zoo_damaged")
+            received = Received(Path(tmp), sha256, Path(tmp).stat().st_size,
+                                f"zoo-{name.replace('/', '-')}.safetensors")
+            artifact_id = store_artifact(session, who, settings, received)[0].id
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    else:
+        artifact_id = mine.id
+    return TeacherSpec(arch=entry.arch, weights=artifact_id, format="safetensors")
 
 
 def _check_teacher(session: Session, who: Principal, spec: JobSpec, num_classes: int, settings: Settings) -> None:

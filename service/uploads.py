@@ -1,6 +1,9 @@
-"""Receiving an upload: streamed to a temporary file while hashing, never held whole in memory, cut off with 413
-the moment it passes the limit. Takes a raw body (application/octet-stream) or a multipart form whose file field
-is `file` (what `curl -F file=@teacher.pt` sends)."""
+"""Receiving an upload and keeping it.
+
+Received: streamed to a temporary file while hashing, never held whole in memory, cut off with 413 the moment it
+passes the limit; a raw body (application/octet-stream) or a multipart form whose file field is `file` (what
+`curl -F file=@teacher.pt` sends). Kept: inspected in the sandbox (unless these bytes were before), stored once per
+sha256 under the artifact directory, recorded as the owner's artifact."""
 from __future__ import annotations
 
 import hashlib
@@ -13,8 +16,15 @@ from typing import IO
 from fastapi import Request
 from python_multipart.exceptions import ParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
+from sqlalchemy.orm import Session
 
 from service.errors import ApiError
+from service.inspection import InspectionRefused, inspect_file
+from service.principal import Principal
+from service.queries import artifacts as q
+from service.schemas import ArtifactOut
+from service.settings import Settings
+from service.teachers import CODE_REFUSED
 
 MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file in a multipart body
 
@@ -149,3 +159,31 @@ async def receive_upload(request: Request, tmp_dir: Path, limit: int, filename: 
     except BaseException:
         path.unlink(missing_ok=True)
         raise
+
+
+def blob_path(settings: Settings, sha256: str) -> Path:
+    return settings.artifact_dir / "blobs" / sha256[:2] / sha256
+
+
+def store_artifact(session: Session, who: Principal, settings: Settings,
+                   received: Received) -> tuple[ArtifactOut, bool]:
+    """Inspect (unless these bytes were inspected before), keep one blob per sha256, record the owner's artifact."""
+    known = q.blob_known(session, received.sha256)
+    blob = blob_path(settings, received.sha256)
+    if known is not None and blob.is_file() and (known.tensors is not None or known.format == "torchscript"):
+        fmt, tensors = known.format, known.tensors
+    else:
+        try:
+            info = inspect_file(received.path, settings)
+        except InspectionRefused as err:
+            raise ApiError(422, f"file: {err}", code="invalid_artifact", field="file") from None
+        fmt, tensors = info.format, info.tensors
+    if fmt == "torchscript" and not settings.allow_code_teachers:
+        raise ApiError(422, f"file: {received.filename or 'the upload'} {CODE_REFUSED}", code="code_refused",
+                       field="file")
+    if not blob.is_file():
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(received.path, blob)
+    artifact, created = q.add_artifact(session, who.id, sha256=received.sha256, size=received.size, fmt=fmt,
+                                       path=str(blob), filename=received.filename, tensors=tensors)
+    return ArtifactOut.model_validate(artifact, from_attributes=True), created

@@ -68,6 +68,8 @@ def train(
                 (run_dir / name).unlink(missing_ok=True)
         if spec.teacher is not None and spec.teacher.job:
             spec = _teacher_from_run(spec, out / spec.teacher.job)
+        if spec.teacher is not None and spec.teacher.zoo:
+            spec = _teacher_from_zoo(spec)
         _run_with_progress(spec, run_dir, stop_after, str(data_root) if data_root else None)
 
 
@@ -100,6 +102,16 @@ def _teacher_from_run(spec, run_dir: Path):
         raise typer.Exit(EXIT_SPEC_ERROR) from None
     arch = json.loads(manifest.read_text())["arch"]
     teacher = spec.teacher.model_copy(update={"job": None, "arch": arch, "weights": str(run_dir / "best.safetensors"),
+                                              "format": "safetensors"})
+    return spec.model_copy(update={"teacher": teacher})
+
+
+def _teacher_from_zoo(spec):
+    """Locally, `teacher: {zoo: NAME}` is the zoo's file itself."""
+    from ttm import zoo
+
+    entry = zoo.get(spec.teacher.zoo)
+    teacher = spec.teacher.model_copy(update={"zoo": None, "arch": entry.arch, "weights": str(entry.path),
                                               "format": "safetensors"})
     return spec.model_copy(update={"teacher": teacher})
 
@@ -155,6 +167,24 @@ def presets(prefix: Annotated[str, typer.Argument(help="show only presets starti
             loss = p["loss"]
             params = ", ".join(f"{k}={v}" for k, v in loss.items() if k != "kind")
             print(f"{name:48s} {loss['kind']:5s} {params}  lr={p['train']['lr']} epochs={p['train']['epochs']}")
+
+
+@app.command()
+def zoo(as_json: Annotated[bool, typer.Option("--json", help="the manifests, as JSON")] = False) -> None:
+    """List the teacher zoo: teachers this project trained, for `teacher: {zoo: NAME}` in a spec."""
+    import json
+
+    from ttm import zoo as teacher_zoo
+
+    entries = teacher_zoo.teachers()
+    if as_json:
+        print(json.dumps({name: t.manifest for name, t in entries.items()}, indent=2))
+        return
+    print(f"{'name':28s} {'arch':10s} {'test top-1 %':>12s} {'params':>9s} {'MB':>5s}  made by")
+    for name, t in entries.items():
+        m = t.manifest
+        print(f"{name:28s} {t.arch:10s} {m['top1']:12.2f} {m['params']:9,d} {t.path.stat().st_size / 1e6:5.1f}  "
+              f"{m['command']}")
 
 
 @app.command("validate")

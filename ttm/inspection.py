@@ -104,11 +104,16 @@ def check_zip_sizes(path: Path, max_bytes: int) -> None:
 
 
 def state_dict_shapes(path: Path, max_bytes: int) -> dict[str, list[int]]:
+    zipped = zipfile.is_zipfile(path)
+    with path.open("rb") as f:
+        first = f.read(1)
+    if not zipped and first != b"\x80":  # neither a zip nor a pickle of protocol 2+ (what torch.save writes)
+        raise Refused("not a PyTorch weights file (neither a pickle, a torch.save zip, safetensors nor "
+                      "TorchScript)")  # said without importing torch: junk costs no second of start-up
     import torch
 
     from ttm.teacher import WeightsError, load_state_dict_file
 
-    zipped = zipfile.is_zipfile(path)
     if zipped:
         check_zip_sizes(path, max_bytes)
     try:

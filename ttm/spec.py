@@ -56,7 +56,8 @@ class Strict(BaseModel):
 
 # ---------------------------------------------------------------------------------------------- models
 class TeacherSpec(Strict):
-    """Exactly one source: `arch` + `weights`, `torchscript`, or `job` (the best student of a finished job)."""
+    """Exactly one source: `arch` + `weights`, `torchscript`, `job` (the best student of a finished job), or
+    `zoo` (a teacher of this project's zoo, `ttm zoo`)."""
 
     arch: str | None = Field(None, max_length=MAX_NAME)
     weights: str | None = Field(None, max_length=MAX_PATH,
@@ -64,6 +65,8 @@ class TeacherSpec(Strict):
     torchscript: str | None = Field(None, max_length=MAX_PATH, description="a TorchScript archive: path or artifact id")
     job: str | None = Field(None, max_length=MAX_PATH,
                             description="id of a finished job whose best student becomes this teacher")
+    zoo: str | None = Field(None, max_length=MAX_NAME,
+                            description="a teacher of the zoo, e.g. fashion_mnist/resnet20 (`ttm zoo` lists them)")
     format: Literal["auto", "state_dict", "safetensors"] = "auto"
 
     @field_validator("arch")
@@ -73,16 +76,26 @@ class TeacherSpec(Strict):
             raise ValueError(f"unknown architecture {v!r}; {known_archs_hint()}")
         return v
 
+    @field_validator("zoo")
+    @classmethod
+    def _in_zoo(cls, v: str | None) -> str | None:
+        from ttm import zoo
+
+        if v is not None and v not in zoo.teachers():
+            raise ValueError(zoo.unknown_message(v))
+        return v
+
     @model_validator(mode="after")
     def _one_source(self) -> TeacherSpec:
-        sources = [s for s in ("weights", "torchscript", "job") if getattr(self, s)]
+        sources = [s for s in ("weights", "torchscript", "job", "zoo") if getattr(self, s)]
         if len(sources) != 1:
-            raise ValueError("give exactly one of weights (with arch), torchscript or job; got "
+            raise ValueError("give exactly one of weights (with arch), torchscript, job or zoo; got "
                              + (", ".join(sources) or "none"))
         if self.weights and not self.arch:
             raise ValueError("weights need an arch (e.g. arch: resnet56)")
-        if (self.torchscript or self.job) and self.arch:
-            raise ValueError("arch is only for weights: a TorchScript archive or a job carries its own")
+        if (self.torchscript or self.job or self.zoo) and self.arch:
+            raise ValueError("arch is only for weights: a TorchScript archive, a job or a zoo teacher carries its "
+                             "own")
         return self
 
 
@@ -354,6 +367,14 @@ class JobSpec(Strict):
         if not LOSS_KINDS[kind].needs_teacher and self.teacher is not None:
             raise _at("teacher", f"loss {kind} trains without a teacher: remove teacher, or pick "
                       + "/".join(teacher_kinds()))
+        if self.teacher is not None and self.teacher.zoo:
+            from ttm import zoo
+
+            trained_on = zoo.get(self.teacher.zoo).dataset
+            if trained_on != self.dataset.name:
+                raise _at("teacher.zoo", f"{self.teacher.zoo} was trained on {trained_on} (its classes and "
+                          f"normalization), not {self.dataset.name}: pick a zoo teacher of {self.dataset.name} "
+                          "(`ttm zoo`) or bring your own weights")
         classes = self.dataset.classes
         if classes is not None and self.student.num_classes not in (None, classes):
             raise _at("student.num_classes", f"{self.student.num_classes} classes, but {self.dataset.name} "

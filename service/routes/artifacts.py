@@ -1,22 +1,15 @@
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from service.deps import CurrentUser, ReadSessionDep, SessionDep, SettingsDep
-from service.errors import ApiError, not_found
-from service.inspection import InspectionRefused, inspect_file
-from service.principal import Principal
+from service.errors import not_found
 from service.queries import artifacts as q
 from service.schemas import ArtifactOut, error_responses
-from service.settings import Settings
-from service.teachers import CODE_REFUSED
-from service.uploads import Received, receive_upload
+from service.uploads import receive_upload, store_artifact
 
 router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"], responses=error_responses(401, 422))  # on every route
 
@@ -41,33 +34,6 @@ UPLOAD_BODY = {
 }
 
 
-def blob_path(settings: Settings, sha256: str) -> Path:
-    return settings.artifact_dir / "blobs" / sha256[:2] / sha256
-
-
-def _store(session: Session, who: Principal, settings: Settings, received: Received) -> tuple[ArtifactOut, bool]:
-    """Inspect (unless these bytes were inspected before), keep one blob per sha256, record the owner's artifact."""
-    known = q.blob_known(session, received.sha256)
-    blob = blob_path(settings, received.sha256)
-    if known is not None and blob.is_file() and (known.tensors is not None or known.format == "torchscript"):
-        fmt, tensors = known.format, known.tensors
-    else:
-        try:
-            info = inspect_file(received.path, settings)
-        except InspectionRefused as err:
-            raise ApiError(422, f"file: {err}", code="invalid_artifact", field="file") from None
-        fmt, tensors = info.format, info.tensors
-    if fmt == "torchscript" and not settings.allow_code_teachers:
-        raise ApiError(422, f"file: {received.filename or 'the upload'} {CODE_REFUSED}", code="code_refused",
-                       field="file")
-    if not blob.is_file():
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(received.path, blob)
-    artifact, created = q.add_artifact(session, who.id, sha256=received.sha256, size=received.size, fmt=fmt,
-                                       path=str(blob), filename=received.filename, tensors=tensors)
-    return ArtifactOut.model_validate(artifact, from_attributes=True), created
-
-
 @router.post("", status_code=201, response_model=ArtifactOut, openapi_extra={"requestBody": UPLOAD_BODY},
              responses={200: {"model": ArtifactOut, "description": "the same bytes were uploaded before"},
                         **error_responses(400, 401, 413, 422, 503)})
@@ -77,7 +43,7 @@ async def upload_artifact(request: Request, response: Response, who: CurrentUser
     """Upload teacher weights: streamed to disk, addressed by sha256, deduplicated per owner, checked on arrival."""
     received = await receive_upload(request, settings.artifact_dir / "tmp", settings.max_upload_bytes, filename)
     try:
-        out, created = await run_in_threadpool(_store, session, who, settings, received)
+        out, created = await run_in_threadpool(store_artifact, session, who, settings, received)
     finally:
         received.path.unlink(missing_ok=True)
     if not created:
