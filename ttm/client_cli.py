@@ -1,4 +1,4 @@
-"""The client commands of `ttm`: upload, submit, jobs, status, watch, logs, cancel, download.
+"""The client commands of `ttm`: upload, submit, jobs, status, watch, logs, cancel, download, reproduce.
 
 They talk to a job server (`--server`/TTM_SERVER, `--token`/TTM_TOKEN) through `ttm.client`. What a script reads
 goes to stdout (a job id, a file path, or with `--json` exactly one JSON object); progress and messages go to
@@ -481,9 +481,57 @@ def download(job_id: JobId, which: Which = "best", fmt: Format = None, output: O
             print(path)
 
 
+def reproduce(
+    pair: Annotated[str, typer.Argument(metavar="PAIR", help="paper/cifar100/<teacher>-<student>, e.g. "
+                                                             "paper/cifar100/resnet56-resnet20 (`ttm presets`)")],
+    teacher: Annotated[Path, typer.Option(
+        "--teacher", help="the pair's teacher weights, e.g. RepDistiller's <teacher>_vanilla/ckpt_epoch_240.pth",
+        show_default=False)],
+    methods: Annotated[str, typer.Option(help="the students, comma-separated: ce, kd, ttm, wttm, wttm_noce")
+                       ] = "ce,kd,ttm,wttm",
+    seeds: Annotated[int, typer.Option(min=1, max=10, help="seeds 0..N-1 of each student (the paper: 5)")] = 1,
+    gpus: Annotated[int, typer.Option(min=0, help="resources.gpus of each job")] = 1,
+    server: Server = None, token: Token = None, json_out: Json = False, retries: Retries = 5,
+) -> None:
+    """Submit the paper's CIFAR-100 students of one teacher-student pair; prints their job ids.
+
+    The teacher file is uploaded once; each student is the pair's preset (γ, β, recipe of the paper) with that
+    teacher, and CE is the student alone with the same recipe. The jobs' idempotency keys name the pair, method,
+    seed and teacher, so running the command again returns the same jobs. What the paper reports for the pair is
+    printed beside them (docs/REPRODUCE.md)."""
+    from ttm.presets import PAPER_CIFAR100_TOP1, pair_jobs
+
+    with _errors(json_out):  # an unknown pair or method: ValueError, exit 2 naming what exists
+        specs = pair_jobs(pair, [m.strip() for m in methods.split(",") if m.strip()])
+        t_arch, s_arch = pair.rstrip("/").rsplit("/", 1)[1].split("-", 1)
+        paper = PAPER_CIFAR100_TOP1.get((t_arch, s_arch), {})
+        submitted = []
+        with _client(server, token, retries) as client:
+            artifact = client.upload(teacher)
+            for seed in range(seeds):
+                for method, spec in specs.items():
+                    body = {**spec, "name": f"{t_arch}-{s_arch}-{method}-s{seed}",
+                            "train": {**spec.get("train", {}), "seed": seed}, "resources": {"gpus": gpus}}
+                    if method != "ce":
+                        body["teacher"] = {"arch": t_arch, "weights": artifact["id"]}
+                    key = f"reproduce-{t_arch}-{s_arch}-{method}-s{seed}-{artifact['sha256'][:16]}"
+                    job = client.submit(body, idempotency_key=key)
+                    submitted.append({"method": method, "seed": seed, "id": job["id"], "state": job["state"],
+                                      "paper_top1": paper.get(method)})
+        if json_out:
+            _print_json({"pair": pair, "teacher_artifact": artifact["id"], "paper": paper, "jobs": submitted})
+            return
+        err = _stderr()
+        err.print(f"teacher {teacher} is artifact {artifact['id']}; the paper's teacher: {paper.get('teacher')} %")
+        for row in submitted:
+            target = f"the paper: {row['paper_top1']} %" if row["paper_top1"] is not None else "not in Tables 1/3"
+            err.print(f"  {row['method']:9s} seed {row['seed']}  {row['id']}  {row['state']:9s} ({target})")
+            print(row["id"])
+
+
 COMMANDS: dict[str, Callable[..., Any]] = {
     "upload": upload, "submit": submit, "jobs": jobs, "queue": queue, "status": status, "watch": watch,
-    "logs": logs, "cancel": cancel, "download": download}
+    "logs": logs, "cancel": cancel, "download": download, "reproduce": reproduce}
 
 
 def register(app: typer.Typer) -> None:

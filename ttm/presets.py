@@ -31,6 +31,25 @@ CIFAR100_PAIRS: list[tuple[str, str, tuple[float, float], tuple[float, float], f
 ]
 SMALL_LR_STUDENTS = {"MobileNetV2", "ShuffleV1", "ShuffleV2"}
 
+# What the paper reports for each pair (CIFAR-100 test top-1 %, mean of 5 runs; its Tables 1 and 3): the teacher,
+# the student trained alone (CE), and the student with KD, TTM and WTTM. `ttm reproduce` prints these beside its jobs.
+PAPER_CIFAR100_TOP1: dict[tuple[str, str], dict[str, float]] = {
+    (t, s): dict(zip(("teacher", "ce", "kd", "ttm", "wttm"), row)) for t, s, row in [
+        ("wrn_40_2", "wrn_16_2", (75.61, 73.26, 74.92, 76.23, 76.37)),
+        ("wrn_40_2", "wrn_40_1", (75.61, 71.98, 73.54, 74.32, 74.58)),
+        ("resnet56", "resnet20", (72.34, 69.06, 70.66, 71.83, 71.92)),
+        ("resnet110", "resnet20", (74.31, 69.06, 70.67, 71.46, 71.67)),
+        ("resnet110", "resnet32", (74.31, 71.14, 73.08, 73.97, 74.13)),
+        ("resnet32x4", "resnet8x4", (79.42, 72.50, 73.33, 76.17, 76.06)),
+        ("vgg13", "vgg8", (74.64, 70.36, 72.98, 74.33, 74.44)),
+        ("vgg13", "MobileNetV2", (74.64, 64.6, 67.37, 68.98, 69.16)),
+        ("ResNet50", "MobileNetV2", (79.34, 64.6, 67.35, 69.24, 69.59)),
+        ("ResNet50", "vgg8", (79.34, 70.36, 73.81, 74.87, 74.82)),
+        ("resnet32x4", "ShuffleV1", (79.42, 70.5, 74.07, 74.18, 74.37)),
+        ("resnet32x4", "ShuffleV2", (79.42, 71.82, 74.45, 76.57, 76.55)),
+        ("wrn_40_2", "ShuffleV1", (75.61, 70.5, 74.83, 75.39, 75.42)),
+    ]}
+
 # teacher, student, WTTM (γ, β)
 IMAGENET_PAIRS = [
     ("torchvision/resnet34", "torchvision/resnet18", (0.8, 1.6)),
@@ -108,3 +127,30 @@ def expand_preset(data: dict[str, Any]) -> dict[str, Any]:
     if isinstance(t, dict) and (t.get("torchscript") or t.get("job")) and "arch" not in t:
         merged["teacher"].pop("arch", None)
     return merged
+
+
+def pair_jobs(pair: str, methods: list[str]) -> dict[str, dict[str, Any]]:
+    """The paper's students of one CIFAR-100 pair (`paper/cifar100/<teacher>-<student>`) as job specs without the
+    teacher's weights: CE (the student alone, the same recipe) and each method's preset. ValueError names what
+    exists."""
+    pair = pair.rstrip("/")
+    known = sorted({name.rsplit("/", 1)[0] for name in PRESETS if name.startswith("paper/cifar100/")})
+    if pair not in known:
+        import difflib
+
+        close = difflib.get_close_matches(pair, known, n=1)
+        raise ValueError(f"unknown pair {pair!r}; " + (f"did you mean {close[0]}? " if close else "")
+                         + f"known: {', '.join(known)}")
+    specs: dict[str, dict[str, Any]] = {}
+    for method in methods:
+        if method == "ce":
+            spec = copy.deepcopy(PRESETS[f"{pair}/kd"])
+            del spec["teacher"]
+            spec["loss"] = {"kind": "ce"}
+        elif f"{pair}/{method}" in PRESETS:
+            spec = {"preset": f"{pair}/{method}"}
+        else:
+            have = ["ce"] + [n.rsplit("/", 1)[1] for n in PRESETS if n.rsplit("/", 1)[0] == pair]
+            raise ValueError(f"{pair} has no {method!r} student; it has {', '.join(have)}")
+        specs[method] = spec
+    return specs

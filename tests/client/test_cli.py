@@ -137,3 +137,31 @@ def test_queue_shows_the_dispatch_order_and_hides_others_jobs(api):
     r = run_cli("queue", "cpu", "--json", server=api.url, token=api.alice)
     shown = _json(r)
     assert [e["id"] for e in shown["items"]] == [first["id"], None]
+
+
+def test_reproduce_submits_the_papers_students_of_a_pair_once(api, tmp_path):
+    import torch
+
+    from ttm.models import build_model
+
+    teacher = tmp_path / "ckpt_epoch_240.pth"  # RepDistiller's layout: {"model": state_dict}
+    torch.save({"model": build_model("resnet56", num_classes=100, in_channels=3).state_dict()}, teacher)
+    args = ("reproduce", "paper/cifar100/resnet56-resnet20", "--teacher", str(teacher), "--seeds", "2", "--json")
+    r = run_cli(*args, server=api.url, token=api.alice)
+    assert r.returncode == 0, r.stderr
+    out = _json(r)
+    assert [(j["method"], j["seed"]) for j in out["jobs"]] == [(m, s) for s in (0, 1) for m in ("ce", "kd", "ttm",
+                                                                                                 "wttm")]
+    assert out["paper"]["wttm"] == 71.92 and out["jobs"][3]["paper_top1"] == 71.92
+    client = Client(api.url, api.alice)
+    by_method = {j["method"]: client.job(j["id"])["spec"] for j in out["jobs"] if j["seed"] == 1}
+    assert by_method["ce"]["loss"]["kind"] == "ce" and by_method["ce"]["teacher"] is None
+    assert by_method["ttm"]["loss"] == {"kind": "ttm", "gamma": 0.3, "beta": 7.0, "ce_weight": 1.0}  # Table 8
+    assert by_method["wttm"]["teacher"]["weights"] == out["teacher_artifact"]
+    assert by_method["wttm"]["train"]["epochs"] == 240 and by_method["wttm"]["train"]["seed"] == 1
+    assert by_method["kd"]["dataset"]["name"] == "cifar100" and by_method["kd"]["student"]["arch"] == "resnet20"
+    again = _json(run_cli(*args, server=api.url, token=api.alice))  # the same jobs, not eight more
+    assert [j["id"] for j in again["jobs"]] == [j["id"] for j in out["jobs"]]
+    r = run_cli("reproduce", "paper/cifar100/resnet56-resnet2", "--teacher", str(teacher), server=api.url,
+                token=api.alice)
+    assert r.returncode == 2 and "did you mean paper/cifar100/resnet56-resnet20" in r.stderr
