@@ -165,3 +165,18 @@ def test_reproduce_submits_the_papers_students_of_a_pair_once(api, tmp_path):
     r = run_cli("reproduce", "paper/cifar100/resnet56-resnet2", "--teacher", str(teacher), server=api.url,
                 token=api.alice)
     assert r.returncode == 2 and "did you mean paper/cifar100/resnet56-resnet20" in r.stderr
+
+
+def test_reproduce_md_lists_the_figures_and_parameters_the_command_uses():
+    from pathlib import Path
+
+    from ttm.presets import CIFAR100_PAIRS, PAPER_CIFAR100_TOP1
+
+    text = (Path(__file__).parents[2] / "docs" / "REPRODUCE.md").read_text()
+    rows = {line.split("|")[1].strip().strip("`"): [c.strip() for c in line.split("|")[2:-1]]
+            for line in text.splitlines() if line.startswith("| `")}
+    for t, s, (tg, tb), (wg, wb), _ in CIFAR100_PAIRS:
+        paper = PAPER_CIFAR100_TOP1[(t, s)]
+        row = rows[f"{t}-{s}"]
+        assert [float(x) for x in row[:5]] == [paper[k] for k in ("teacher", "ce", "kd", "ttm", "wttm")]
+        assert row[5:] == [f"{tg:g}, {tb:g}", f"{wg:g}, {wb:g}"]
