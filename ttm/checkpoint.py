@@ -66,12 +66,26 @@ def save_student(out_dir: Path, which: str, model: nn.Module, manifest: dict[str
     state = plain_state_dict(model)
     pt, st = out_dir / checkpoint_name(which, "pt"), out_dir / checkpoint_name(which, "safetensors")
     atomic_write(pt, lambda tmp: torch.save(state, tmp))
-    meta = {"arch": str(manifest["arch"]), "num_classes": str(manifest["num_classes"])}
-    atomic_write(st, lambda tmp: save_file(state, str(tmp), metadata=meta))
+    atomic_write(st, lambda tmp: save_file(state, str(tmp), metadata=student_metadata(manifest)))
     manifest = {**manifest, "version": MANIFEST_VERSION, "which": which,
                 "files": {"pt": _file_info(pt), "safetensors": _file_info(st)}}
     write_json(out_dir / f"{which}{MANIFEST_SUFFIX}", manifest)
     return manifest
+
+
+STUDENT_FORMAT = "ttm-student/1"
+
+
+def student_metadata(manifest: dict[str, Any]) -> dict[str, str]:
+    """What a student's safetensors file says of itself (strings only, as safetensors requires): enough for
+    `ttm.load_student` to rebuild the model and its preprocessing without any other file."""
+    channels, height, width = manifest["input_shape"]
+    meta = {"format": STUDENT_FORMAT, "arch": manifest["arch"], "num_classes": manifest["num_classes"],
+            "in_channels": channels, "input_size": height, "input_shape": json.dumps([channels, height, width]),
+            "normalization": json.dumps(manifest["normalization"]), "dataset": manifest.get("dataset"),
+            "class_names": json.dumps(manifest["class_names"]) if manifest.get("class_names") else None,
+            "top1": manifest.get("top1"), "epoch": manifest.get("epoch"), "job_id": manifest.get("job_id")}
+    return {k: str(v) for k, v in meta.items() if v is not None}
 
 
 def export_torchscript(out_dir: Path, model: nn.Module, example: torch.Tensor, manifest_path: Path) -> Path:

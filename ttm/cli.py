@@ -187,6 +187,39 @@ def zoo(as_json: Annotated[bool, typer.Option("--json", help="the manifests, as 
               f"{m['command']}")
 
 
+@app.command()
+def predict(
+    student: Annotated[Path, typer.Argument(help="a student file (.safetensors as `ttm download` gives it)")],
+    images: Annotated[list[Path], typer.Argument(help="image files (PNG, JPEG), or folders of them")],
+    top: Annotated[int, typer.Option(min=1, help="classes to print per image")] = 1,
+) -> None:
+    """Classify images with a student: one line per image, its top classes and their probabilities."""
+    require_trainer("predict")
+    import torch
+
+    from ttm.student import load_student, prepare_image
+    from ttm.teacher import WeightsError
+
+    try:
+        model = load_student(student)
+    except (ValueError, WeightsError, FileNotFoundError) as e:
+        err.print(f"[bold red]cannot load {student}[/]: {e}")
+        raise typer.Exit(EXIT_SPEC_ERROR) from None
+    names = model.info.get("class_names") or []
+    files = [f for p in images for f in (sorted(q for q in p.iterdir() if q.is_file()) if p.is_dir() else [p])]
+    with torch.no_grad():
+        for f in files:
+            try:
+                x = prepare_image(f, model)
+            except (RuntimeError, OSError) as e:
+                err.print(f"{f}: not an image this can read ({str(e).splitlines()[0][:200]})")
+                continue
+            probs = model(x).softmax(dim=1)[0]
+            values, labels = probs.topk(min(top, probs.numel()))
+            print(f"{f}\t" + "\t".join(f"{names[i] if i < len(names) else i} {v:.3f}"
+                                        for v, i in zip(values.tolist(), labels.tolist())))
+
+
 @app.command("validate")
 def validate(spec_path: Annotated[Path, typer.Argument(metavar="SPEC")]) -> None:
     """Check a spec without training; prints the full spec with the preset applied."""

@@ -161,8 +161,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 # ------------------------------------------------------------------------------------------ the run
 def train(spec: JobSpec, out_dir: str | Path, *, on_metrics: MetricsCallback | None = None, resume: bool = True,
-          stop_after_epoch: int | None = None, data_root: str | None = None) -> TrainResult:
+          stop_after_epoch: int | None = None, data_root: str | None = None, job_id: str | None = None
+          ) -> TrainResult:
     """Train `spec`'s student into `out_dir`; resumes from `out_dir/state.pt` when it exists and `resume` is set.
+    `job_id` (the server's) is recorded in the students' manifests and files.
 
     `stop_after_epoch` ends this process's run after that epoch (its checkpoint written), as a stopped job would.
     """
@@ -239,7 +241,8 @@ def train(spec: JobSpec, out_dir: str | Path, *, on_metrics: MetricsCallback | N
             "arch": spec.student.arch, "num_classes": classes, "input_shape": [info.channels, info.image_size,
                                                                                info.image_size],
             "normalization": {"mean": list(info.mean), "std": list(info.std)}, "dataset": info.name,
-            "spec": spec.model_dump(mode="json"),
+            "class_names": info.class_names, "spec": spec.model_dump(mode="json"),
+            **({"job_id": job_id} if job_id else {}),
         }
         if dist.main:
             log.info("job %s: %s → %s on %s (%s), %d train / %d test images, %d steps/epoch, fast path %s",

@@ -77,7 +77,7 @@ def run_trainer(job_id: str, run_dir: Path, rank: int) -> int:
 
     try:
         spec = parse_spec(json.loads((run_dir / "spec.json").read_text()))
-        result = train(spec, run_dir, resume=True, data_root=spec.dataset.root)
+        result = train(spec, run_dir, resume=True, data_root=spec.dataset.root, job_id=job_id)
     except Exception as err:  # every failure becomes a reason; the traceback goes to child.log
         reason = failure_reason(err)
         log.exception("training failed: %s", reason)
