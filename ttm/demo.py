@@ -1,13 +1,19 @@
 """The main job of the README (`./dev demo`): a real distillation through the job server, on the embedded defaults.
 
 It starts `ttm serve` (SQLite, kombu's filesystem broker, artifacts under TTM_HOME; one worker), creates a user,
-and then, through the HTTP API like any client: trains a resnet20 teacher on Fashion-MNIST with CE, distills four
-resnet8 students from it with CE, KD, TTM and WTTM, downloads the best WTTM student, and prints a table of accuracy,
-mean entropy H(q) and time per job, with the dashboard's URL.
+and then, through the HTTP API like any client:
+1. uploads the zoo's Fashion-MNIST resnet20 teacher (ttm/zoo, 92 % on the whole test set) with POST /v1/artifacts,
+   exactly as a user brings weights trained elsewhere;
+2. trains four resnet8 students with CE (no teacher), KD, TTM and WTTM from it;
+3. shows the chain in a short form: a teacher trained by the service itself, then a WTTM student from that job;
+4. downloads the best WTTM student, and prints a table of accuracy, mean entropy H(q) and time per job, with the
+   dashboard's URL.
 
-Default size, chosen to finish in under 10 minutes on a 2-core CPU: the first 6,000 training and 1,000 test images
-of Fashion-MNIST, 4 epochs per job, batch 128, cosine schedule from lr 0.1. The loss settings are the paper's:
-KD T = 4, λ = 0.9; TTM γ = 0.3, β = 7; WTTM γ = 0.3, β = 1.5 (its resnet56 → resnet20 values, Table 8).
+Default size (DEMO_SIZE), chosen by measurement over 3 seeds (`python -m benchmarks.reproduce --size demo`, in
+docs/BENCHMARKS.md) and to finish in about 5 minutes on a 2-core CPU: the first 6,000 training images of
+Fashion-MNIST, the whole test split, 4 epochs per student, batch 128, cosine schedule from lr 0.1. The loss
+settings are the paper's: KD T = 4, λ = 0.9; TTM γ = 0.3, β = 7; WTTM γ = 0.3, β = 1.5 (its resnet56 → resnet20
+values, Table 8).
 """
 from __future__ import annotations
 
@@ -20,12 +26,23 @@ import time
 from pathlib import Path
 from typing import Any
 
+DEMO_TEACHER = "fashion_mnist/resnet20"
+DEMO_SIZE = {"train_size": 6_000, "test_size": 10_000, "student_epochs": 4, "batch_size": 128, "lr": 0.1}
 STUDENT_LOSSES: dict[str, dict[str, Any]] = {
     "ce": {"kind": "ce"},
     "kd": {"kind": "kd", "temperature": 4.0, "kd_weight": 0.9, "ce_weight": 0.1},
     "ttm": {"kind": "ttm", "gamma": 0.3, "beta": 7.0},
     "wttm": {"kind": "wttm", "gamma": 0.3, "beta": 1.5},
 }
+
+
+def upload_zoo_teacher(client, name: str) -> tuple[dict, Any]:
+    """Upload a zoo teacher's file as a user uploads their own; returns the teacher spec naming the artifact."""
+    from ttm import zoo
+
+    entry = zoo.get(name)
+    artifact = client.upload(entry.path)
+    return {"arch": entry.arch, "weights": artifact["id"]}, entry
 
 
 def job_spec(name: str, arch: str, loss: dict, args, teacher: dict | None = None) -> dict:
@@ -135,40 +152,54 @@ def run_demo(args) -> int:
             wait_ready(client, server)
             console.print(f"[bold]ttm serve[/] is up at {url} (TTM_HOME={home}); dashboard: {url}/ui  "
                           f"token: {token}")
-            teacher = client.submit(job_spec("demo-teacher-resnet20-ce", "resnet20", {"kind": "ce"}, args))
-            console.print(f"teacher job {teacher['id']}: resnet20 with CE on Fashion-MNIST")
-            teacher = client.wait(teacher["id"])
-            if teacher["state"] != "succeeded":
-                console.print(f"[red]teacher job {teacher['state']}: {teacher.get('reason')}")
-                return 1
+            teacher, entry = upload_zoo_teacher(client, args.teacher)
+            console.print(f"teacher: the zoo's {entry.name} ({entry.arch}, {entry.manifest['top1']:.2f} % on the "
+                          f"whole test set), uploaded as artifact {teacher['weights']}")
             students = {}
             for method, loss in STUDENT_LOSSES.items():
                 job = client.submit(job_spec(f"demo-student-resnet8-{method}", "resnet8", loss, args,
-                                             teacher=None if method == "ce" else {"job": teacher["id"]}))
+                                             teacher=None if method == "ce" else teacher))
                 students[method] = job
                 console.print(f"student job {job['id']}: resnet8 with {method.upper()}")
-            rows = [("teacher (CE)", "resnet20", teacher)]
+            chain_args = argparse.Namespace(**{**vars(args), "epochs": args.chain_epochs})
+            chain_teacher = client.submit(job_spec("demo-chain-teacher-resnet20-ce", "resnet20", {"kind": "ce"},
+                                                   chain_args))
+            console.print(f"chain: teacher job {chain_teacher['id']} (resnet20 with CE, {args.chain_epochs} epoch(s)), "
+                          "then a WTTM student from it")
+            rows = []
             for method, job in students.items():
                 done = client.wait(job["id"])
                 console.print(f"  {method.upper():5s} {done['state']}  best top-1 {done.get('best_top1')}")
                 rows.append((method.upper(), "resnet8", done))
+            chain_teacher = client.wait(chain_teacher["id"])
+            if chain_teacher["state"] == "succeeded":
+                chain_student = client.wait(client.submit(job_spec(
+                    "demo-chain-student-resnet8-wttm", "resnet8", STUDENT_LOSSES["wttm"], chain_args,
+                    teacher={"job": chain_teacher["id"]}))["id"])
+                chain = [("chain: teacher (CE)", "resnet20", chain_teacher), ("chain: WTTM", "resnet8", chain_student)]
+            else:
+                chain = [("chain: teacher (CE)", "resnet20", chain_teacher)]
             out = Path(args.output).resolve()
             client.download(students["wttm"]["id"], which="best", format="safetensors", dest=out)
 
-            table = Table(title=f"Fashion-MNIST, {args.train_size} train / {args.test_size} test images, "
-                                f"{args.epochs} epochs per job (CPU)")
+            table = Table(title=f"Fashion-MNIST, {args.train_size:,} train / {args.test_size:,} test images, "
+                                f"{args.epochs} epochs per student (CPU); teacher: zoo {entry.name}")
             for col in ("loss", "model", "state", "test top-1 %", "mean H(q) (nats)", "time per job (s)"):
                 table.add_column(col, justify="left" if col in ("loss", "model", "state") else "right")
+            kd_epoch0 = {r["name"]: r["value"] for r in client.metrics(students["kd"]["id"]) if r["epoch"] == 0}
+            table.add_row(f"teacher (zoo {entry.name})", entry.arch, "uploaded",
+                          f"{kd_epoch0.get('teacher/top1', float('nan')):.2f}",
+                          f"{kd_epoch0.get('teacher/entropy', float('nan')):.3f}", "-")
             failed = False
-            for label, arch, job in rows:
+            for label, arch, job in rows + chain:
                 m = final_metrics(client, job["id"])
                 failed |= job["state"] != "succeeded"
                 table.add_row(label, arch, job["state"], f"{m.get('test/top1', float('nan')):.2f}",
                               f"{m.get('test/entropy', float('nan')):.3f}", f"{seconds(job):.0f}")
-            Console().print(table)
+            Console(width=max(Console().width, 110)).print(table)
             print(f"best WTTM student: {out}")
             print(f"dashboard: {url}/ui  (log in with the token above)   "
-                  f"compare: {url}/ui/compare?jobs={','.join(j['id'] for _, _, j in rows[1:])}")
+                  f"compare: {url}/ui/compare?jobs={','.join(j['id'] for _, _, j in rows)}")
             print(f"total time: {time.monotonic() - started:.0f} s")
             if args.serve:
                 console.print("serving until Ctrl-C ...")
@@ -186,10 +217,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--home", default="runs/demo-home", help="TTM_HOME of the demo server")
     ap.add_argument("--port", type=int, default=8000, help="preferred port (another free one if taken)")
     ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--train-size", type=int, default=6_000)
-    ap.add_argument("--test-size", type=int, default=1_000)
-    ap.add_argument("--epochs", type=int, default=4)
-    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--teacher", default=DEMO_TEACHER, help="the zoo teacher to upload (`ttm zoo` lists them)")
+    ap.add_argument("--train-size", type=int, default=DEMO_SIZE["train_size"])
+    ap.add_argument("--test-size", type=int, default=DEMO_SIZE["test_size"])
+    ap.add_argument("--epochs", type=int, default=DEMO_SIZE["student_epochs"], help="epochs per student")
+    ap.add_argument("--chain-epochs", type=int, default=1, help="epochs of the chain's teacher and its student")
+    ap.add_argument("--batch-size", type=int, default=DEMO_SIZE["batch_size"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--output", default="runs/demo-student-wttm.safetensors")
     ap.add_argument("--serve", action=argparse.BooleanOptionalAction, default=sys.stdin.isatty(),

@@ -61,3 +61,15 @@ def test_zoo_names_are_checked(client, users, teacher, dataset, words):
     err = r.json()["error"]
     assert err["field"].startswith("teacher") and words in err["message"], err
     assert client.get("/v1/artifacts", headers=bearer(users.alice)).json() == []
+
+
+def test_the_readme_tours_example_submits_as_written(client, users):
+    """`ttm submit examples/fashion_mnist_service_wttm.yaml` needs nothing trained first: its teacher is a zoo's."""
+    from pathlib import Path
+
+    import yaml
+
+    spec = yaml.safe_load((Path(__file__).parents[2] / "examples" / "fashion_mnist_service_wttm.yaml").read_text())
+    r = client.post("/v1/jobs", json=spec, headers=bearer(users.alice))
+    assert r.status_code == 201, r.text
+    assert r.json()["spec"]["teacher"]["arch"] == "resnet20"
