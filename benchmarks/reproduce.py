@@ -213,6 +213,13 @@ def run(args) -> int:
         if getattr(args, key) is not None:
             size[key] = getattr(args, key)
     methods = args.methods or size["methods"]
+    losses = {m: dict(loss) for m, loss in LOSSES.items()}
+    for setting in args.set or []:  # METHOD.FIELD=VALUE, e.g. ttm.beta=3
+        target, _, value = setting.partition("=")
+        method, _, name = target.partition(".")
+        if method not in losses or not name or not value:
+            raise SystemExit(f"--set {setting!r}: write METHOD.FIELD=VALUE with METHOD one of {', '.join(losses)}")
+        losses[method][name] = float(value)
     started = time.monotonic()
     runs: list[dict] = []
     with ExitStack() as stack:
@@ -231,7 +238,7 @@ def run(args) -> int:
             submitted = []
             for seed in args.seeds:  # seeds outside: a cut-short run still has every loss for the first seeds
                 for method in methods:
-                    spec = spec_for(f"repro-resnet8-{method}-s{seed}", "resnet8", LOSSES[method], size,
+                    spec = spec_for(f"repro-resnet8-{method}-s{seed}", "resnet8", losses[method], size,
                                     size["student_epochs"], seed=seed,
                                     teacher=None if method == "ce" else teacher_spec)
                     done = finished.get(spec_key(spec))
@@ -263,7 +270,7 @@ def run(args) -> int:
             rows = [r for r in runs if r["method"] == method and r["state"] == "succeeded"]
             students[method] = {"top1": mean_std([r["top1"] for r in rows]),
                                 "entropy": mean_std([r["entropy"] for r in rows]),
-                                "seconds": mean_std([r["seconds"] for r in rows]), "loss": LOSSES[method]}
+                                "seconds": mean_std([r["seconds"] for r in rows]), "loss": losses[method]}
         figures = {
             "size": args.size, "recipe": size, "seeds": args.seeds,
             "services": "PostgreSQL + Redis" if args.postgres_redis else "embedded (SQLite, filesystem broker)",
@@ -313,6 +320,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--redis-db", type=int, default=7, help="Redis database number (flushed before and after)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--methods", nargs="+", choices=METHODS, help="student losses to run (default: the size's)")
+    ap.add_argument("--set", action="append", metavar="METHOD.FIELD=VALUE",
+                    help="change one loss parameter of the size's, e.g. ttm.beta=3 (repeatable)")
     ap.add_argument("--reuse-finished", action="store_true",
                     help="count a succeeded job with the very same spec (same --home or database) instead of "
                          "submitting it again, e.g. after an interrupted run")
