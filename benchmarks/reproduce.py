@@ -226,8 +226,9 @@ def run(args) -> int:
         env = stack.enter_context(postgres_redis(redis_db=args.redis_db)) if args.postgres_redis else {}
         home = Path(args.home or tempfile.mkdtemp(prefix="ttm-reproduce-")).resolve()
         port = free_port(args.port)
-        # a user like any other; an admin only to reach --teacher-job, which an earlier run's user owns
-        server, token = start_server(home, port, workers=1, env=env, admin=bool(args.teacher_job))
+        # a user like any other; an admin only to reach an earlier run's jobs (--teacher-job, --reuse-finished)
+        server, token = start_server(home, port, workers=1, env=env,
+                                     admin=bool(args.teacher_job or args.reuse_finished))
         stack.callback(stop_server, server)
         url = f"http://127.0.0.1:{port}"
         with LoadSampler() as load, Client(url, token) as client:
@@ -241,7 +242,7 @@ def run(args) -> int:
                     spec = spec_for(f"repro-resnet8-{method}-s{seed}", "resnet8", losses[method], size,
                                     size["student_epochs"], seed=seed,
                                     teacher=None if method == "ce" else teacher_spec)
-                    done = finished.get(spec_key(spec))
+                    done = finished.get(spec_key(spec, client))
                     submitted.append((method, seed, done or client.submit(spec)["id"], done is not None))
             for method, seed, job_id, reused in submitted:
                 job = client.wait(job_id)
@@ -292,20 +293,26 @@ def run(args) -> int:
         return 0 if all(r["state"] == "succeeded" for r in runs) else 1
 
 
-def spec_key(spec: dict) -> str:
-    """A spec as the server stores it (validated, every default filled in), as one comparable string."""
+def spec_key(spec: dict, client=None) -> str:
+    """A spec as the server stores it (validated, every default filled in), as one comparable string. A teacher
+    artifact counts by its bytes (each run's user uploads the zoo's file as an artifact of their own)."""
     from ttm.spec import parse_spec
 
-    return json.dumps(parse_spec(spec).model_dump(mode="json"), sort_keys=True)
+    data = parse_spec(spec).model_dump(mode="json")
+    weights = (data.get("teacher") or {}).get("weights")
+    if client is not None and weights and weights.startswith("art_"):
+        data["teacher"]["weights"] = client.artifact(weights)["sha256"]
+    return json.dumps(data, sort_keys=True)
 
 
 def finished_jobs(client) -> dict[str, str]:
-    """Succeeded jobs on the server by their spec (`--reuse-finished`): an interrupted run picks up where it
-    stopped instead of training the same student again. The newest job wins."""
+    """Succeeded jobs on the server by their spec (`--reuse-finished`, as an admin: every earlier run's user's),
+    so that an interrupted run picks up where it stopped instead of training the same student again. The newest
+    job wins."""
     out: dict[str, str] = {}
     for job in reversed(client.jobs(state="succeeded", limit=10_000)):  # oldest first: newer ones overwrite
         try:
-            out[spec_key(job["spec"])] = job["id"]
+            out[spec_key(job["spec"], client)] = job["id"]
         except Exception:  # a spec this version no longer reads: not ours
             continue
     return out

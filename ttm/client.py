@@ -236,6 +236,10 @@ class Client:
         found = self._get("/v1/artifacts", sha256=sha256)
         return found[0] if found else None
 
+    def artifact(self, artifact_id: str) -> dict[str, Any]:
+        """One of your artifacts (any, for an admin): id, sha256, size, format, filename, tensors."""
+        return self._get(f"/v1/artifacts/{artifact_id}")
+
     def upload(self, path: str | Path, filename: str | None = None) -> dict[str, Any]:
         """Upload teacher weights (state_dict, safetensors or TorchScript). The sha256 goes first: a file the
         server already has from you is not sent again. The artifact dict gets `uploaded`: whether bytes were sent."""

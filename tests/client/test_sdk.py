@@ -42,7 +42,12 @@ def test_upload_asks_by_sha256_first(api, teacher_pth):
             bob.find_artifact("not-a-sha")
         assert e.value.status == 422 and e.value.field == "sha256"
         assert bob.find_artifact(first["sha256"]) is None
+        with pytest.raises(ApiError) as e:
+            bob.artifact(first["id"])  # alice's: not found for bob
+        assert e.value.status == 404
         assert bob.upload(teacher_pth)["uploaded"] is True
+    with Client(api.url, api.alice) as c:
+        assert c.artifact(first["id"])["sha256"] == first["sha256"]
 
 
 def test_submit_uploads_a_local_teacher_and_is_idempotent(api, teacher_pth, tmp_path):
