@@ -37,16 +37,20 @@ def queue_position(session: Session, job: Job, settings: Settings) -> Position:
 
 def queue_positions(session: Session, jobs: list[Job], settings: Settings) -> dict[str, int | str]:
     """The queued jobs' places in their queue's dispatch order (service/scheduling.py), the first POSITION_CAP of
-    each queue; a job with POSITION_CAP of its owner's jobs of its class ahead of it is past the cap at once."""
+    each queue. When a queue must be played again, a job with POSITION_CAP of its owner's jobs of its class ahead of
+    it is past the cap at once, without the replay."""
     capped = f"{POSITION_CAP}+"
     positions: dict[str, int | str] = {}
     for job in jobs:
         if job.state != QUEUED:
             continue
-        if place_in_group(session, job, POSITION_CAP) >= POSITION_CAP:
-            positions[job.id] = capped
-        else:
-            positions[job.id] = _first_places(session, job.queue, settings).get(job.id, capped)
+        places = _known_places(session, job.queue, settings)
+        if places is None:
+            if place_in_group(session, job, POSITION_CAP) >= POSITION_CAP:
+                positions[job.id] = capped
+                continue
+            places = _play(session, job.queue, settings)
+        positions[job.id] = places.get(job.id, capped)  # not among the first POSITION_CAP: past the cap
     return positions
 
 
@@ -55,19 +59,28 @@ ORDER_MAX_AGE_S = 5.0
 _orders: dict[tuple[str, str], tuple[tuple[int, str], float, dict[str, int]]] = {}
 
 
-def _first_places(session: Session, queue: str, settings: Settings) -> dict[str, int]:
-    """Played again when a job or a job event was written since (a submit, a start, an end, a cancel; the newest
-    job's id as well, since event ids can repeat where rows were deleted), and at least every
-    ORDER_MAX_AGE_S (running jobs accrue usage, old usage decays, an admin may change a share): a page of jobs, or a
-    client polling its job, does not replay the queue per request."""
-    newest = (session.scalar(select(func.max(JobEvent.id))) or 0, session.scalar(select(func.max(Job.id))) or "")
-    key = (settings.database_url, queue)
-    known = _orders.get(key)
-    now = time.monotonic()
-    if known is not None and known[0] == newest and now - known[1] < ORDER_MAX_AGE_S:
-        return known[2]
+def _newest(session: Session) -> tuple[int, str]:
+    """The newest job event and job, in one round trip: what a queue's order was played for."""
+    row = session.execute(select(select(func.max(JobEvent.id)).scalar_subquery(),
+                                 select(func.max(Job.id)).scalar_subquery())).one()
+    return row[0] or 0, row[1] or ""
+
+
+def _known_places(session: Session, queue: str, settings: Settings) -> dict[str, int] | None:
+    """The queue's first places as last played, while no job or job event was written since (a submit, a start, an
+    end, a cancel; the newest job's id as well, since event ids can repeat where rows were deleted) and for at most
+    ORDER_MAX_AGE_S (running jobs accrue usage, old usage decays, an admin may change a share); None otherwise. A
+    page of jobs, or a client polling its job, does not replay the queue per request."""
+    known = _orders.get((settings.database_url, queue))
+    if known is None or time.monotonic() - known[1] >= ORDER_MAX_AGE_S or known[0] != _newest(session):
+        return None
+    return known[2]
+
+
+def _play(session: Session, queue: str, settings: Settings) -> dict[str, int]:
+    newest = _newest(session)
     places = {p.job.id: p.position for p in dispatch_order(session, queue, settings, limit=POSITION_CAP)}
-    _orders[key] = (newest, now, places)
+    _orders[(settings.database_url, queue)] = (newest, time.monotonic(), places)
     return places
 
 
