@@ -169,7 +169,9 @@ def run_demo(args) -> int:
             rows = []
             for method, job in students.items():
                 done = client.wait(job["id"])
-                console.print(f"  {method.upper():5s} {done['state']}  best top-1 {done.get('best_top1')}")
+                best = done.get("best_top1")
+                console.print(f"  {method.upper():5s} {done['state']}  best top-1 "
+                              f"{'-' if best is None else f'{best:.2f}'}")
                 rows.append((method.upper(), "resnet8", done))
             chain_teacher = client.wait(chain_teacher["id"])
             if chain_teacher["state"] == "succeeded":
@@ -187,7 +189,7 @@ def run_demo(args) -> int:
             for col in ("loss", "model", "state", "test top-1 %", "mean H(q) (nats)", "time per job (s)"):
                 table.add_column(col, justify="left" if col in ("loss", "model", "state") else "right")
             kd_epoch0 = {r["name"]: r["value"] for r in client.metrics(students["kd"]["id"]) if r["epoch"] == 0}
-            table.add_row(f"teacher (zoo {entry.name})", entry.arch, "uploaded",
+            table.add_row("teacher (zoo)", entry.arch, "uploaded",
                           f"{kd_epoch0.get('teacher/top1', float('nan')):.2f}",
                           f"{kd_epoch0.get('teacher/entropy', float('nan')):.3f}", "-")
             failed = False
