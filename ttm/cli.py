@@ -14,9 +14,26 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-app = typer.Typer(no_args_is_help=True, add_completion=False,
+app = typer.Typer(no_args_is_help=True, add_completion=False, context_settings={"help_option_names": ["-h", "--help"]},
                   help="TTM/WTTM knowledge distillation: train locally, or run and use the job server.")
 err = Console(stderr=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"ttm {version('ttm')}")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            print("ttm (not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                   help="print the version and exit")] = False) -> None:
+    """TTM/WTTM knowledge distillation: train locally, or run and use the job server."""
 
 EXIT_SPEC_ERROR = 2
 EXIT_TRAINING_FAILED = 1

@@ -85,3 +85,11 @@ def test_epochs_override_rescales_the_default_milestones():
     assert _with_epochs(default, 8).train.schedule.milestones == [5, 6, 7]  # 62.5 / 75 / 87.5 % of 8
     written = parse_spec({**base, "train": {"epochs": 240, "schedule": {"kind": "step", "milestones": [100, 200]}}})
     assert _with_epochs(written, 150).train.schedule.milestones == [100]
+
+
+def test_version_and_short_help():
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout.startswith("ttm 0."), r.stdout + r.stderr
+    r = run("-h")
+    assert r.returncode == 0 and "zoo" in r.stdout and "predict" in r.stdout and "train" in r.stdout
+    assert run("train", "-h").returncode == 0
