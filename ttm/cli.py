@@ -33,7 +33,7 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def _options(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
                                                    help="print the version and exit")] = False) -> None:
-    """TTM/WTTM knowledge distillation: train locally, or run and use the job server."""
+    pass  # the options of `ttm` itself; its help is the Typer app's
 
 EXIT_SPEC_ERROR = 2
 EXIT_TRAINING_FAILED = 1

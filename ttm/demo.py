@@ -48,7 +48,7 @@ def upload_zoo_teacher(client, name: str) -> tuple[dict, Any]:
 def job_spec(name: str, arch: str, loss: dict, args, teacher: dict | None = None) -> dict:
     spec = {"name": name, "student": {"arch": arch}, "loss": loss,
             "dataset": {"name": "fashion_mnist", "subset": {"train": args.train_size, "test": args.test_size}},
-            "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": 0.1,
+            "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": DEMO_SIZE["lr"],
                       "schedule": {"kind": "cosine"}, "seed": args.seed},
             "resources": {"gpus": 0}}
     if teacher:

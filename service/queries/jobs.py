@@ -41,15 +41,18 @@ def queue_positions(session: Session, jobs: list[Job], settings: Settings) -> di
     it is past the cap at once, without the replay."""
     capped = f"{POSITION_CAP}+"
     positions: dict[str, int | str] = {}
+    current: dict[str, dict[str, int] | None] = {}  # per queue, checked once per call (a page holds many jobs)
     for job in jobs:
         if job.state != QUEUED:
             continue
-        places = _known_places(session, job.queue, settings)
+        if job.queue not in current:
+            current[job.queue] = _known_places(session, job.queue, settings)
+        places = current[job.queue]
         if places is None:
             if place_in_group(session, job, POSITION_CAP) >= POSITION_CAP:
                 positions[job.id] = capped
                 continue
-            places = _play(session, job.queue, settings)
+            places = current[job.queue] = _play(session, job.queue, settings)
         positions[job.id] = places.get(job.id, capped)  # not among the first POSITION_CAP: past the cap
     return positions
 
