@@ -487,8 +487,8 @@ def reproduce(
     teacher: Annotated[Path, typer.Option(
         "--teacher", help="the pair's teacher weights, e.g. RepDistiller's <teacher>_vanilla/ckpt_epoch_240.pth",
         show_default=False)],
-    methods: Annotated[str, typer.Option(help="the students, comma-separated: ce, kd, ttm, wttm, wttm_noce")
-                       ] = "ce,kd,ttm,wttm",
+    methods: Annotated[str, typer.Option(
+        help="the students, comma-separated: ce, kd, ttm, wttm, wttm_noce, wttm_crd, wttm_itrd")] = "ce,kd,ttm,wttm",
     seeds: Annotated[int, typer.Option(min=1, max=10, help="seeds 0..N-1 of each student (the paper: 5)")] = 1,
     gpus: Annotated[int, typer.Option(min=0, help="resources.gpus of each job")] = 1,
     server: Server = None, token: Token = None, json_out: Json = False, retries: Retries = 5,

@@ -285,7 +285,7 @@ def _decode_all(dataset, transform, num_workers: int) -> tuple[torch.Tensor, tor
     loader: DataLoader[Any] = DataLoader(_SeededItems(dataset, transform),  # type: ignore[arg-type]
                                          batch_size=256, num_workers=num_workers,
                                          generator=torch.Generator().manual_seed(0))
-    xs, ys = zip(*loader)
+    xs, ys, _ = zip(*loader)
     return torch.cat(xs), torch.cat(ys)
 
 
@@ -300,7 +300,10 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 # ---------------------------------------------------------------------------------------------- batches
 class TrainBatches(ABC):
-    """(x float32 NCHW normalized, y int64), both on the device. Call set_epoch(e) before iterating epoch e."""
+    """(x float32 NCHW normalized, y int64 labels, i int64 sample indices into the training set), all on the device.
+    Call set_epoch(e) before iterating epoch e. `labels` holds every training sample's label, by index."""
+
+    labels: torch.Tensor
 
     @abstractmethod
     def set_epoch(self, epoch: int) -> None: ...
@@ -309,7 +312,7 @@ class TrainBatches(ABC):
     def __len__(self) -> int: ...
 
     @abstractmethod
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]: ...
 
 
 class TestBatches(ABC):
@@ -347,6 +350,7 @@ class _FastTrainBatches(TrainBatches):
     def __init__(self, x: torch.Tensor, y: torch.Tensor, *, out_size: int, pad: int, flip: bool, augment: bool,
                  batch_size: int, drop_last: bool, seed: int, normalize: _Normalizer):
         self.x, self.y, self.out, self.pad, self.flip, self.augment = x, y, out_size, pad, flip, augment
+        self.labels = y
         self.batch_size, self.drop_last, self.seed, self.normalize = batch_size, drop_last, seed, normalize
         self.span = x.shape[-1] + 2 * pad  # side of the padded stored image the crop is taken from
         self.cropping = augment and (self.span > out_size or flip) or x.shape[-1] != out_size
@@ -388,7 +392,7 @@ class _FastTrainBatches(TrainBatches):
             x = self.x.index_select(0, idx)
             if self.cropping:
                 x = self._crop_flip(x, self.offsets[i * bs:(i + 1) * bs], self.flips[i * bs:(i + 1) * bs])
-            yield self.normalize(x), self.y.index_select(0, idx)
+            yield self.normalize(x), self.y.index_select(0, idx), idx
 
 
 class _FastTestBatches(TestBatches):
@@ -430,16 +434,16 @@ class _SeededItems:
         index, seed = key if isinstance(key, tuple) else (key, None)
         img, label = self.base[index]
         if self.transform is None:
-            return img, label
+            return img, label, index
         if seed is None:
-            return self.transform(img), label
+            return self.transform(img), label, index
         # v2 draws from the global CPU generator; seeding only that one is cheaper than torch.manual_seed
         if torch.utils.data.get_worker_info() is not None:  # a worker's RNG is its own
             torch.default_generator.manual_seed(seed)
-            return self.transform(img), label
+            return self.transform(img), label, index
         with torch.random.fork_rng(devices=[]):  # in the trainer's process: leave its RNG as it was
             torch.default_generator.manual_seed(seed)
-            return self.transform(img), label
+            return self.transform(img), label, index
 
 
 class _EpochSampler(torch.utils.data.Sampler):
@@ -475,8 +479,9 @@ def _loader(dataset, *, batch_size: int, sampler, drop_last: bool, num_workers: 
 
 
 class _LoaderTrainBatches(TrainBatches):
-    def __init__(self, dataset, *, batch_size: int, drop_last: bool, seed: int, num_workers: int,
-                 device: torch.device, normalize: _Normalizer):
+    def __init__(self, dataset, labels: torch.Tensor, *, batch_size: int, drop_last: bool, seed: int,
+                 num_workers: int, device: torch.device, normalize: _Normalizer):
+        self.labels = labels.to(device)
         self.sampler = _EpochSampler(len(dataset), seed)
         self.loader = _loader(dataset, batch_size=batch_size, sampler=self.sampler, drop_last=drop_last,
                               num_workers=num_workers, device=device)
@@ -491,8 +496,9 @@ class _LoaderTrainBatches(TrainBatches):
     def __iter__(self):
         if self.sampler.epoch is None:
             raise RuntimeError("call set_epoch(epoch) before iterating the training batches")
-        for x, y in self.loader:
-            yield self.normalize(x.to(self.device, non_blocking=True)), y.to(self.device, non_blocking=True)
+        for x, y, i in self.loader:
+            yield (self.normalize(x.to(self.device, non_blocking=True)), y.to(self.device, non_blocking=True),
+                   i.to(self.device, non_blocking=True))
 
 
 class _LoaderTestBatches(TestBatches):
@@ -506,7 +512,7 @@ class _LoaderTestBatches(TestBatches):
         return len(self.loader)
 
     def __iter__(self):
-        for x, y in self.loader:
+        for x, y, _ in self.loader:
             yield self.normalize(x.to(self.device, non_blocking=True)), y.to(self.device, non_blocking=True)
 
 
@@ -570,7 +576,8 @@ def make_loaders(spec: DatasetSpec, *, batch_size: int, device: torch.device, se
         test = _FastTestBatches(test_x.to(device), test_y.to(device), test_bs, normalize)
     else:
         transform = _named_train_transform(info.image_size, pad, flip) if augment else None
-        train = _LoaderTrainBatches(_SeededItems(_TensorItems(train_x, train_y), transform), batch_size=batch_size,
+        train = _LoaderTrainBatches(_SeededItems(_TensorItems(train_x, train_y), transform), train_y,
+                                    batch_size=batch_size,
                                     drop_last=drop_last, seed=seed, num_workers=num_workers, device=device,
                                     normalize=normalize)
         test = _LoaderTestBatches(_SeededItems(_TensorItems(test_x, test_y), None), batch_size=test_bs,
@@ -616,7 +623,11 @@ def _imagefolder_loaders(spec: DatasetSpec, *, batch_size: int, test_bs: int, de
                                   normalize=normalize)
         test = _FastTestBatches(test_x.to(device), test_y.to(device), test_bs, normalize)
         return train, test, info
-    train = _LoaderTrainBatches(_SeededItems(train_ds, _train_transform(size, spec.augment)), batch_size=batch_size,
+    # a subset is the first N samples (_imagefolder_datasets)
+    targets = (train_ds.dataset if hasattr(train_ds, "dataset") else train_ds).targets[:len(train_ds)]
+    labels = torch.tensor(targets, dtype=torch.int64)
+    train = _LoaderTrainBatches(_SeededItems(train_ds, _train_transform(size, spec.augment)), labels,
+                                batch_size=batch_size,
                                 drop_last=drop_last, seed=seed, num_workers=num_workers, device=device,
                                 normalize=normalize)
     test = _LoaderTestBatches(_SeededItems(test_ds, _test_transform(size)), batch_size=test_bs,

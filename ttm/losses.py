@@ -49,7 +49,7 @@ def loss_for(spec_cls: type) -> Callable[[LossFn], LossFn]:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _upcast(x: Tensor) -> Tensor:
+def upcast(x: Tensor) -> Tensor:
     """Compute in at least float32: bf16/fp16 logits (autocast) lose the digits a KL or a power sum needs."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
@@ -90,14 +90,14 @@ def _with_ce(ce_weight: float, ce: Tensor, distill: Tensor) -> Tensor:
 
 
 def _prepare(z: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-    return _upcast(z), _upcast(v.detach())
+    return upcast(z), upcast(v.detach())
 
 
 # ---------------------------------------------------------------------------------------------- losses
 @loss_for(CELoss)
 def ce_loss(z: Tensor, v: Tensor | None, y: Tensor, cfg, epoch: int = 1) -> Parts:
     """H(y, q). The teacher, if given, is ignored."""
-    ce = F.cross_entropy(_upcast(z), y)
+    ce = F.cross_entropy(upcast(z), y)
     return {"loss": ce, "ce": ce}
 
 
@@ -208,10 +208,10 @@ def compute_loss(cfg, z: Tensor, v: Tensor | None, y: Tensor, epoch: int = 1) ->
 def output_stats(z: Tensor, v: Tensor | None, gamma: float) -> Parts:
     """Per-batch SUMS over samples (the trainer adds them up over an epoch on the device and divides once):
     "entropy" = Σ H(q), and with a teacher "kl" = Σ KL(p_t^T ‖ q) with p_t^T = softmax(γ·v), "u" = Σ U_γ(p_t)."""
-    log_q = F.log_softmax(_upcast(z), dim=1)
+    log_q = F.log_softmax(upcast(z), dim=1)
     stats = {"entropy": _entropy(log_q).sum()}
     if v is not None:
-        log_pt, u = teacher_transform(_upcast(v), gamma)
+        log_pt, u = teacher_transform(upcast(v), gamma)
         stats["kl"] = _kl(log_pt, log_q).sum()
         stats["u"] = u.sum()
     return stats

@@ -168,6 +168,42 @@ NonNeg = Annotated[float, Field(ge=0)]
 Temperature = Annotated[float, Field(gt=0, description="T > 0")]
 
 
+# Feature terms a teacher-based loss may add on the penultimate features (the classifier's input) of both networks:
+# loss = the logit loss + weight·term, as the paper combines WTTM with CRD and ITRD (its eq. 23, Tables 2 and 4).
+class CRDFeatures(Strict):
+    """CRD (Tian et al., ICLR 2020): embedding heads onto the unit sphere, a momentum memory bank of the training set
+    per network, NCE against `negatives` samples of other classes. Defaults: the CRD paper's, and μ = 0.8 (WTTM
+    paper A.5)."""
+
+    kind: Literal["crd"]
+    weight: NonNeg = Field(0.8, description="μ, the term's weight in the total loss")
+    dim: int = Field(128, ge=1, le=8192, description="width of the embedding heads")
+    negatives: int = Field(16384, ge=1, le=1_000_000, description="K, negatives per sample (drawn with "
+                           "replacement from the training samples of other classes)")
+    temperature: float = Field(0.07, gt=0, le=100, description="τ of the NCE scores exp(s·t/τ)")
+    momentum: float = Field(0.5, ge=0, lt=1, description="memory bank update: m·old + (1 − m)·new")
+
+
+class ITRDFeatures(Strict):
+    """ITRD (Miles et al., BMVC 2022): a linear map of the student's features to the teacher's width, then
+    corr_weight·L_corr + mi_weight·L_mi. μ = 1 and β_corr = 2 as in the WTTM paper (A.5); β_mi = 1 (0 for three
+    of its pairs); α_it 1.01 for same-architecture pairs, 1.5 across architectures."""
+
+    kind: Literal["itrd"]
+    weight: NonNeg = Field(1.0, description="μ, the term's weight in the total loss")
+    corr_weight: NonNeg = Field(2.0, description="β_corr, the correlation term's weight")
+    mi_weight: NonNeg = Field(1.0, description="β_mi, the mutual-information term's weight")
+    alpha: float = Field(1.01, gt=0, le=10, description="α_it, the order of the correlation term")
+
+
+FEATURE_TERMS: tuple[type[Strict], ...] = (CRDFeatures, ITRDFeatures)
+FeatureSpec = Annotated[CRDFeatures | ITRDFeatures, Field(discriminator="kind")]
+
+
+# Every loss that distills from a teacher has this field, last: a feature term, or None (logits only).
+Features = Annotated[FeatureSpec | None, Field(description="add CRD or ITRD on the penultimate features")]
+
+
 @loss_spec(needs_teacher=False)
 class CELoss(Strict):
     kind: Literal["ce"]
@@ -181,6 +217,7 @@ class KDLoss(Strict):
     temperature: Temperature = 4.0
     kd_weight: NonNeg = 0.9
     ce_weight: NonNeg = 0.1
+    features: Features = None
 
 
 @loss_spec(needs_teacher=True)
@@ -191,6 +228,7 @@ class TTMLoss(Strict):
     gamma: Gamma
     beta: NonNeg
     ce_weight: NonNeg = 1.0
+    features: Features = None
 
 
 @loss_spec(needs_teacher=True)
@@ -201,6 +239,7 @@ class WTTMLoss(Strict):
     gamma: Gamma
     beta: NonNeg
     ce_weight: NonNeg = 1.0
+    features: Features = None
 
 
 @loss_spec(needs_teacher=True)
@@ -213,6 +252,7 @@ class DKDLoss(Strict):
     temperature: Temperature = 4.0
     ce_weight: NonNeg = 1.0
     warmup_epochs: int = Field(20, ge=0, le=MAX_EPOCHS)
+    features: Features = None
 
 
 @loss_spec(needs_teacher=True)
@@ -224,6 +264,7 @@ class DISTLoss(Strict):
     intra_weight: NonNeg = 2.0
     temperature: Temperature = 4.0
     ce_weight: NonNeg = 1.0
+    features: Features = None
 
 
 # Every class registered with @loss_spec above, in registration order.
@@ -367,6 +408,13 @@ class JobSpec(Strict):
         if not LOSS_KINDS[kind].needs_teacher and self.teacher is not None:
             raise _at("teacher", f"loss {kind} trains without a teacher: remove teacher, or pick "
                       + "/".join(teacher_kinds()))
+        features = getattr(self.loss, "features", None)
+        if features is not None and self.teacher is not None and self.teacher.torchscript:
+            raise _at("loss.features", f"{features.kind} reads the teacher's penultimate features, which a "
+                      "TorchScript teacher does not expose: give teacher.arch and teacher.weights instead")
+        if features is not None and self.resources.gpus > 1:
+            raise _at("loss.features", f"{features.kind} keeps its heads and memory in one process: set "
+                      f"resources.gpus to 1 (not {self.resources.gpus})")
         if self.teacher is not None and self.teacher.zoo:
             from ttm import zoo
 
@@ -404,7 +452,8 @@ class SpecError(ValueError):
 
 
 # The tagged unions of the spec: the field holding one, and its tags in order (pydantic puts the tag in error paths).
-_UNIONS: dict[str, list[str]] = {"loss": list(LOSS_KINDS), "schedule": [kind_of(c) for c in SCHEDULES]}
+_UNIONS: dict[str, list[str]] = {"loss": list(LOSS_KINDS), "schedule": [kind_of(c) for c in SCHEDULES],
+                                  "features": [kind_of(c) for c in FEATURE_TERMS]}
 
 
 def _shown(part: Any, limit: int = 100) -> str:

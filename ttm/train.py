@@ -93,12 +93,14 @@ def lr_factor(spec: JobSpec, step: int, steps_per_epoch: int) -> float:
     return 1.0
 
 
-def make_optimizer(spec: JobSpec, model: nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(spec: JobSpec, *modules: nn.Module) -> torch.optim.Optimizer:
+    """The recipe's optimizer over the parameters of `modules` (the student, and a feature term's heads)."""
     t = spec.train
+    params = [p for m in modules for p in m.parameters()]
     if t.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, nesterov=t.nesterov,
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov,
                                weight_decay=t.weight_decay)
-    return torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
 
 
 def stats_gamma(spec: JobSpec) -> float | None:
@@ -213,7 +215,16 @@ def train(spec: JobSpec, out_dir: str | Path, *, on_metrics: MetricsCallback | N
 
         student = build_model(spec.student.arch, num_classes=classes, in_channels=info.channels)
         student = student.to(device, memory_format=memory_format)  # type: ignore[call-overload]  # stub lacks it
-        optimizer = make_optimizer(spec, student)
+        features = None  # CRD or ITRD on the penultimate features, with heads of its own (ttm.features)
+        loss_features = getattr(spec.loss, "features", None)
+        if loss_features is not None and teacher is not None:
+            from ttm.features import FeatureError, FeatureTerm
+
+            try:
+                features = FeatureTerm(loss_features, student, teacher, train_batches.labels).to(device)
+            except FeatureError as e:
+                raise TrainingError(str(e)) from e
+        optimizer = make_optimizer(spec, student, *([features] if features is not None else []))
         steps_per_epoch = len(train_batches)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(spec, step, steps_per_epoch))
@@ -223,6 +234,8 @@ def train(spec: JobSpec, out_dir: str | Path, *, on_metrics: MetricsCallback | N
         if resume and state_path.exists():
             state = load_state(state_path)
             student.load_state_dict(state["model"])
+            if features is not None:
+                features.load_state_dict(state["features"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             set_rng_state(state["rng"])
@@ -264,15 +277,17 @@ def train(spec: JobSpec, out_dir: str | Path, *, on_metrics: MetricsCallback | N
             sums: dict[str, torch.Tensor] = {}
             seen = 0
             epoch_start = time.perf_counter()
-            for x, y in train_batches:
+            for x, y, idx in train_batches:
                 if dist.world > 1:
-                    x, y = x[dist.rank::dist.world], y[dist.rank::dist.world]
+                    x, y, idx = x[dist.rank::dist.world], y[dist.rank::dist.world], idx[dist.rank::dist.world]
                 x = x.contiguous(memory_format=memory_format)
                 with autocast():
                     z = step_student(x)
                     with torch.no_grad():
                         v = step_teacher(x) if step_teacher is not None else None
                 parts = compute_loss(spec.loss, z, v, y, epoch=epoch)
+                if features is not None:
+                    parts = features.add(parts, idx)
                 optimizer.zero_grad(set_to_none=True)
                 parts["loss"].backward()
                 optimizer.step()
@@ -316,6 +331,7 @@ def train(spec: JobSpec, out_dir: str | Path, *, on_metrics: MetricsCallback | N
             # (rows are upserted), where the other order would lose the epoch's metrics for good
             _emit(out_dir, on_metrics, epoch, metrics)
             save_state(state_path, {"model": student.state_dict(), "optimizer": optimizer.state_dict(),
+                                    **({"features": features.state_dict()} if features is not None else {}),
                                     "scheduler": scheduler.state_dict(), "rng": rng_state(), "epoch": epoch,
                                     "best_top1": best_top1, "best_epoch": best_epoch})
             last = metrics

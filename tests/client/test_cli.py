@@ -175,8 +175,9 @@ def test_reproduce_md_lists_the_figures_and_parameters_the_command_uses():
     text = (Path(__file__).parents[2] / "docs" / "REPRODUCE.md").read_text()
     rows = {line.split("|")[1].strip().strip("`"): [c.strip() for c in line.split("|")[2:-1]]
             for line in text.splitlines() if line.startswith("| `")}
-    for t, s, (tg, tb), (wg, wb), *_ in CIFAR100_PAIRS:
+    for t, s, (tg, tb), (wg, wb), _, (cg, cb), (ig, ib), _ in CIFAR100_PAIRS:
         paper = PAPER_CIFAR100_TOP1[(t, s)]
         row = rows[f"{t}-{s}"]
-        assert [float(x) for x in row[:5]] == [paper[k] for k in ("teacher", "ce", "kd", "ttm", "wttm")]
-        assert row[5:] == [f"{tg:g}, {tb:g}", f"{wg:g}, {wb:g}"]
+        assert [float(x) for x in row[:7]] == [paper[k] for k in ("teacher", "ce", "kd", "ttm", "wttm", "wttm_crd",
+                                                                  "wttm_itrd")]
+        assert row[7:] == [f"{tg:g}, {tb:g}", f"{wg:g}, {wb:g}", f"{cg:g}, {cb:g}", f"{ig:g}, {ib:g}"]

@@ -32,7 +32,7 @@ def to_uint8(x: torch.Tensor, info: data.DataInfo) -> torch.Tensor:
 
 
 def collect(batches) -> tuple[torch.Tensor, torch.Tensor]:
-    xs, ys = zip(*batches)
+    xs, ys = zip(*((batch[0], batch[1]) for batch in batches))  # training batches also carry indices
     return torch.cat(xs), torch.cat(ys)
 
 
@@ -102,12 +102,28 @@ def test_normalized_train_data_is_centred():
     train, _, info = data.make_loaders(fashion(augment=False), batch_size=10000, device=CPU, seed=0)
     train.set_epoch(0)
     total, sq, n = 0.0, 0.0, 0
-    for x, y in train:
+    for x, y, _ in train:
         assert x.dtype == torch.float32 and x.is_contiguous() and y.dtype == torch.int64
         total, sq, n = total + float(x.sum()), sq + float((x * x).sum()), n + x.numel()
     mean = total / n
     assert abs(mean) < 0.05
     assert abs((sq / n - mean**2) ** 0.5 - 1) < 0.05
+
+
+@pytest.mark.parametrize("fast_path", ["on", "off"])
+def test_training_batches_carry_each_samples_index(fast_path):
+    # CRD's memory bank is indexed by sample: the index must name the very image and label of the batch row
+    spec = small(train=300, test=10, augment=False)
+    train_x, train_y, *_ = data.load_arrays(spec)
+    train, _, _ = data.make_loaders(spec, batch_size=64, device=CPU, seed=3, fast_path=fast_path, num_workers=0,
+                                    drop_last=False)
+    train.set_epoch(2)
+    seen = []
+    for x, y, i in train:
+        assert i.dtype == torch.int64 and torch.equal(y, train_y[i]) and torch.equal(train.labels[i], y)
+        assert torch.equal(x, train.normalize(train_x[i]))
+        seen.append(i)
+    assert sorted(torch.cat(seen).tolist()) == list(range(300))  # every sample once per epoch
 
 
 @pytest.mark.parametrize("fast_path", ["on", "off"])
@@ -192,7 +208,7 @@ def test_drop_last_and_the_test_split_covers_every_sample_once(fashion_arrays):
     spec = small(train=1000, test=300, augment=False)
     train, test, info = data.make_loaders(spec, batch_size=64, device=CPU, seed=0, test_batch_size=128)
     train.set_epoch(0)
-    sizes = [len(x) for x, _ in train]
+    sizes = [len(x) for x, *_ in train]
     assert len(train) == 15 and sizes == [64] * 15
     assert len(test) == 3 and [len(x) for x, _ in test] == [128, 128, 44]
     x, y = collect(test)
@@ -202,7 +218,7 @@ def test_drop_last_and_the_test_split_covers_every_sample_once(fashion_arrays):
         train, _, _ = data.make_loaders(spec, batch_size=64, device=CPU, seed=0, drop_last=False,
                                         fast_path=fast_path, num_workers=0)
         train.set_epoch(0)
-        assert len(train) == 16 and [len(x) for x, _ in train][-1] == 1000 - 15 * 64
+        assert len(train) == 16 and [len(x) for x, *_ in train][-1] == 1000 - 15 * 64
         x, y = collect(train)
         assert multiset(to_uint8(x, info), y) == multiset(train_x[:1000], train_y[:1000])
 

@@ -138,6 +138,22 @@ def test_submit_run_succeed_with_metrics_over_sse_and_a_checkpoint_that_reloads(
     assert all(torch.equal(state[k], v) for k, v in student.state_dict().items())
 
 
+def test_the_papers_best_rows_wttm_with_crd_and_itrd_run_through_the_service(server: Server):
+    # WTTM + 0.8·CRD and WTTM + ITRD (the paper's Tables 2 and 4) on real digits, from the zoo's teacher
+    loss = {"kind": "wttm", "gamma": 0.3, "beta": 1.5}
+    jobs = {kind: server.submit(spec_data(epochs=1, name=f"wttm-{kind}", teacher={"zoo": "digits/resnet20"},
+                                          loss={**loss, "features": features}))
+            for kind, features in {"crd": {"kind": "crd", "negatives": 1024},
+                                   "itrd": {"kind": "itrd", "alpha": 1.01}}.items()}
+    for kind, job in jobs.items():
+        done = server.wait(job["id"], {"succeeded", "failed"}, timeout=180)
+        assert done["state"] == "succeeded", done
+        assert done["spec"]["loss"]["features"]["kind"] == kind
+        names = {m["name"] for m in server.http.get(f"/v1/jobs/{job['id']}/metrics").json()["items"]}
+        assert ({"train/crd"} if kind == "crd" else {"train/corr", "train/mi"}) <= names, names
+        assert done["best_top1"] > 20
+
+
 def test_cancel_while_running_stops_the_child(server: Server):
     job = server.submit(spec_data(epochs=500, name="long"))
     wait_for(lambda: server.http.get(f"/v1/jobs/{job['id']}/metrics").json()["items"], 60, "the first epoch",
