@@ -154,6 +154,8 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     best_top1: Mapped[float | None] = mapped_column(Float, nullable=True)
     out_dir: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # set on a running job that a waiting high job preempts (that job's id); cleared when it stops running
+    preempted_by: Mapped[str | None] = mapped_column(String(40), nullable=True)
 
 
 class JobEvent(Base):

@@ -14,9 +14,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.models import Worker, utcnow
 from service.queries.jobs import counts_by_state, queue_depths
+from service.scheduling import WORKER_SEEN_S
 from service.states import ALL_STATES
 
-WORKER_SEEN_SECONDS = 60
 disable_created_metrics()  # no *_created samples: they double the scrape for nothing a dashboard uses
 
 
@@ -52,7 +52,7 @@ class JobCollector(Collector):
         with self.make_session() as session:
             states = counts_by_state(session)
             depths = queue_depths(session)
-            since = utcnow() - timedelta(seconds=WORKER_SEEN_SECONDS)
+            since = utcnow() - timedelta(seconds=WORKER_SEEN_S)
             workers = dict(session.execute(select(Worker.queue, func.count()).where(Worker.last_seen >= since)
                                            .group_by(Worker.queue)).all())
         jobs = GaugeMetricFamily("ttm_jobs", "jobs by state", labels=["state"])
@@ -64,7 +64,7 @@ class JobCollector(Collector):
             depth.add_metric([queue], depths.get(queue, 0))
         yield depth
         seen = GaugeMetricFamily("ttm_workers_seen", f"workers with a heartbeat in the last "
-                                                     f"{WORKER_SEEN_SECONDS} s", labels=["queue"])
+                                                     f"{WORKER_SEEN_S} s", labels=["queue"])
         for queue, n in sorted(workers.items()):
             seen.add_metric([queue], n)
         yield seen

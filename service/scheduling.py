@@ -9,6 +9,11 @@ Within a queue, a job's place is given by, in order:
    running job counts until now, undecayed. A user with nothing running and nothing lately goes first;
 3. the job's submit time (its id).
 
+Preemption: when the job a free worker would take next is `high` but every live worker of its queue is busy, and
+some of them run `low` or `normal` work, the running job of the lowest class (the newest-started among equals) is
+asked to give up its worker (`preemption_victim`; the reconciler asks, the job's worker stops it at its next epoch
+boundary and puts it back in the queue). One at a time per queue; TTM_PREEMPTION=false turns it off.
+
 An owner at their max_running is held back at dispatch (their jobs wait; nothing is refused). The order is a pure
 function of the database's rows and the clock: `dispatch_order` computes the whole sequence a queue will start in
 if nothing else changes, by playing the policy forward (each job it picks charges its owner what such a job costs,
@@ -26,7 +31,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, func, or_, select, true
 from sqlalchemy.orm import Session
 
-from service.models import Job, User, utcnow
+from service.models import Job, User, Worker, utcnow
 from service.settings import Settings
 from service.states import CANCELLING, FINAL_STATES, QUEUED, RUNNING
 
@@ -35,6 +40,7 @@ DEFAULT_PRIORITIES = ("low", "normal")  # what a user may submit in unless an ad
 MIN_CHARGE_S = 60.0  # a job costs at least a slot-minute: its start is what took the slot from someone else
 HELD = (RUNNING, CANCELLING)
 HORIZON_HALF_LIVES = 10  # older usage weighs under 0.1 %: not read
+WORKER_SEEN_S = 60  # a worker that has not beaten its heart for this long is not counted as one of its queue's
 
 
 @dataclass
@@ -208,6 +214,39 @@ def pick_next(session: Session, queue: str, settings: Settings, now: datetime | 
         if best is None or key < best:
             best, best_id = key, job_id
     return best_id
+
+
+def live_workers(session: Session, queue: str, now: datetime) -> int:
+    """Workers of `queue` that have beaten their heart in the last WORKER_SEEN_S seconds."""
+    return session.scalar(select(func.count()).select_from(Worker).where(
+        Worker.queue.contains(queue), Worker.last_seen > now - timedelta(seconds=WORKER_SEEN_S))) or 0
+
+
+def preemption_victim(session: Session, queue: str, settings: Settings, now: datetime | None = None
+                      ) -> tuple[str, str] | None:
+    """(the running job to stop, the high job it makes room for), or None: preemption is off, the next job to
+    start is not `high`, a worker of the queue is free (or there is none), a preemption in the queue is already
+    under way, or every running job of the queue is `high` too."""
+    if not settings.preemption:
+        return None
+    now = now or utcnow()
+    running = session.execute(
+        select(Job.id, Job.priority, Job.started_at, Job.preempted_by)
+        .where(Job.queue == queue, Job.state.in_(HELD), Job.lease_expires_at > now)).all()
+    if not running or any(r.preempted_by is not None for r in running):
+        return None
+    workers = live_workers(session, queue, now)
+    if workers == 0 or len(running) < workers:
+        return None
+    waiting = pick_next(session, queue, settings, now)
+    if waiting is None or session.scalar(select(Job.priority).where(Job.id == waiting)) != "high":
+        return None
+    victims = [r for r in running if PRIORITY_RANK.get(r.priority, 1) > PRIORITY_RANK["high"]]
+    if not victims:
+        return None
+    # the lowest class first; among equals the newest-started (it has the least work to lose), then the newest id
+    victim = max(victims, key=lambda r: (PRIORITY_RANK.get(r.priority, 1), r.started_at or now, r.id))
+    return victim.id, waiting
 
 
 def place_in_group(session: Session, job: Job, cap: int) -> int:

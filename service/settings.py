@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     fair_share_half_life_hours: float = Field(168.0, gt=0, description="how fast a user's past usage stops "
                                                                          "counting in the lab queue's order")
     limits_max_queued_per_user: int = Field(500, gt=0, description="a user's queued jobs; past it, 429")
+    preemption: bool = Field(True, description="a high job that finds every worker of its queue busy with low or "
+                                               "normal work stops one of them (off: it waits)")
+    preempt_grace_seconds: float = Field(
+        300.0, ge=0, description="how long a preempted job may run on to end its epoch; then it stops and resumes "
+                                 "from its last epoch checkpoint")
 
     @field_validator("home", mode="after")
     @classmethod

@@ -1,7 +1,8 @@
 """Job states and the one function that moves a job between them.
 
 queued → running → succeeded | failed | cancelled, plus cancelling (a cancel asked of a running job, until its
-worker has stopped the trainer). running → queued is a lost lease that the reconciler re-enqueues.
+worker has stopped the trainer). running → queued is a lost lease that the reconciler re-enqueues, a worker shutting
+down, or a preemption (a high job took the worker; the job resumes from its last epoch checkpoint).
 """
 from __future__ import annotations
 
@@ -51,6 +52,8 @@ def transition(session: Session, job: Job, to_state: str, reason: str | None = N
         values["started_at"] = now
     if to_state in FINAL_STATES:
         values["finished_at"] = now
+    if from_state in (RUNNING, CANCELLING) and to_state not in (RUNNING, CANCELLING):
+        values["preempted_by"] = None  # a preemption ends with the run it stopped
     if reason is not None:
         values["reason"] = reason
     result = session.execute(

@@ -8,6 +8,7 @@ to someone else.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import NamedTuple
 
 from sqlalchemy import and_, case, literal, or_, select, update
 from sqlalchemy.orm import Session
@@ -84,21 +85,30 @@ def take_job(session: Session, message_job_id: str, worker_name: str, settings: 
 TAKE_TRIES = 20
 
 
-def renew_lease(session: Session, job_id: str, worker_name: str, lease_seconds: float) -> str | None:
-    """Push the expiry forward; returns the job's state (running or cancelling), or None when the lease is lost."""
+class Held(NamedTuple):
+    """A held job as its worker sees it between ticks: running or cancelling, and the high job preempting it."""
+
+    state: str
+    preempted_by: str | None
+
+
+def renew_lease(session: Session, job_id: str, worker_name: str, lease_seconds: float) -> Held | None:
+    """Push the expiry forward; returns the job's state (running or cancelling) and preemption, or None when the
+    lease is lost."""
     stmt = (
         update(Job)
         .where(Job.id == job_id, Job.worker == worker_name, Job.state.in_(HELD_STATES))
         .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
-        .returning(Job.state)
+        .returning(Job.state, Job.preempted_by)
         .execution_options(synchronize_session=False)
     )
-    return session.scalars(stmt).one_or_none()
+    row = session.execute(stmt).one_or_none()
+    return None if row is None else Held(row.state, row.preempted_by)
 
 
-def held_state(session: Session, job_id: str, worker_name: str) -> str | None:
+def held_state(session: Session, job_id: str, worker_name: str) -> Held | None:
     """The job's state if this worker still holds its lease, else None. A read: the cheap check between renewals."""
-    row = session.execute(select(Job.state, Job.worker).where(Job.id == job_id)).one_or_none()
+    row = session.execute(select(Job.state, Job.worker, Job.preempted_by).where(Job.id == job_id)).one_or_none()
     if row is None or row.worker != worker_name or row.state not in HELD_STATES:
         return None
-    return row.state
+    return Held(row.state, row.preempted_by)

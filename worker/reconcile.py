@@ -7,7 +7,9 @@ One pass (`reconcile_once`) looks at the jobs table, and at how many messages th
 - a queued job whose message may have been lost (a broker restarted without persistence, a worker killed holding a
   message of the filesystem transport) is re-sent after RESEND_LEASES leases, then at doubling intervals, while
   its queue's broker holds fewer messages than the queue has queued jobs. Sending a job twice is harmless: the
-  second delivery finds the lease taken and does nothing.
+  second delivery finds the lease taken and does nothing;
+- a `high` job that waits while every worker of its queue runs lower-class work: the running job the policy picks
+  (service/scheduling.py `preemption_victim`) is marked preempted, and its worker stops it at its next epoch boundary.
 
 Several reconcilers may run at once: every state change is a conditional UPDATE (`states.transition`), so only one
 of them acts on a job. `ttm serve` runs the loop in a thread; a lab runs `ttm reconcile --loop` (or `ttm serve`).
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from service.models import Job, JobEvent, utcnow
@@ -46,11 +48,12 @@ class ReconcileSummary:
     failed: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
     resent: list[str] = field(default_factory=list)
+    preempted: list[str] = field(default_factory=list)
     to_send: list[tuple[str, str]] = field(default_factory=list)  # (job id, queue): send once committed
     resume_after: str | None = None  # the last queued job this pass looked at, when more follow it
 
     def __bool__(self) -> bool:
-        return bool(self.requeued or self.failed or self.cancelled or self.resent)
+        return bool(self.requeued or self.failed or self.cancelled or self.resent or self.preempted)
 
 
 def reconcile_once(session: Session, settings: Settings, now: datetime | None = None, after: str | None = None,
@@ -64,7 +67,30 @@ def reconcile_once(session: Session, settings: Settings, now: datetime | None = 
     summary = ReconcileSummary()
     _expired_leases(session, settings, now, summary)
     _lost_messages(session, settings, now, summary, after, page, count_messages)
+    _preemptions(session, settings, now, summary)
     return summary
+
+
+def _preemptions(session: Session, settings: Settings, now: datetime, summary: ReconcileSummary) -> None:
+    from service.scheduling import preemption_victim
+
+    if not settings.preemption:
+        return
+    for queue in sorted(queue_depths(session)):
+        found = preemption_victim(session, queue, settings, now)
+        if found is None:
+            continue
+        victim, waiting = found
+        marked = session.execute(
+            update(Job).where(Job.id == victim, Job.state == RUNNING, Job.preempted_by.is_(None))
+            .values(preempted_by=waiting), execution_options={"synchronize_session": False})
+        if marked.rowcount != 1:  # type: ignore[attr-defined]  # ended meanwhile, or another reconciler was first
+            continue
+        session.add(JobEvent(job_id=victim, at=now, kind="log", reason=(
+            f"preempted: high job {waiting} waits for a worker of queue {queue}; this job stops at its next epoch "
+            f"boundary (within {settings.preempt_grace_seconds:g} s) and resumes later from its checkpoint")))
+        summary.preempted.append(victim)
+    session.flush()
 
 
 def _expired_leases(session: Session, settings: Settings, now: datetime, summary: ReconcileSummary) -> None:
@@ -168,8 +194,9 @@ def reconcile_and_send(settings: Settings, enqueue: Callable[[str, str], None] |
         except Exception as err:  # the broker is away: the job stays queued and is re-sent on a later pass
             log.warning("job %s: could not send it to queue %s: %s", job_id, queue, err)
     if summary:
-        log.info("reconciled: requeued %s, failed %s, cancelled %s, re-sent %s", summary.requeued or "-",
-                 summary.failed or "-", summary.cancelled or "-", summary.resent or "-")
+        log.info("reconciled: requeued %s, failed %s, cancelled %s, re-sent %s, preempted %s",
+                 summary.requeued or "-", summary.failed or "-", summary.cancelled or "-", summary.resent or "-",
+                 summary.preempted or "-")
     return summary
 
 

@@ -40,6 +40,7 @@ STOP_GRACE_S = 3.0  # between SIGTERM and SIGKILL when stopping a child
 LOG_TAIL_LINES = 5
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 REQUEUE = "requeue"  # not a state: the worker is shutting down and hands the job back
+PREEMPT = "preempt"  # not a state: a high job took the worker; the job goes back to the queue, its attempt unspent
 
 
 @dataclass
@@ -133,6 +134,7 @@ def _supervise(proc: subprocess.Popen, job_id: str, worker_name: str, settings: 
     renew_every = max(POLL_S, settings.lease_seconds / 3)
     next_renewal = time.monotonic() + renew_every
     recorder = RunRecorder(job_id, run_dir)
+    preemption: _Preemption | None = None
     while True:
         try:
             code = proc.wait(timeout=POLL_S)
@@ -147,25 +149,56 @@ def _supervise(proc: subprocess.Popen, job_id: str, worker_name: str, settings: 
         try:
             with session_scope(settings) as session:
                 if time.monotonic() >= next_renewal:
-                    state = renew_lease(session, job_id, worker_name, settings.lease_seconds)
+                    held = renew_lease(session, job_id, worker_name, settings.lease_seconds)
                     heartbeat(session, worker_name, queues)
                     next_renewal = time.monotonic() + renew_every
                 else:
-                    state = held_state(session, job_id, worker_name)
-                if state is not None:
+                    held = held_state(session, job_id, worker_name)
+                if held is not None:
                     recorder.record_new(session)  # the epochs and checkpoints the child wrote since the last tick
         except SQLAlchemyError as err:  # the database is away: keep training, try again next tick
             recorder.undo()
             log.warning("job %s: could not reach the database: %s", job_id, err)
             continue
-        if state is None:
+        if held is None:
             log.warning("job %s: lease lost (the reconciler gave the job to another worker); stopping", job_id)
             stop_process_group(proc, STOP_GRACE_S)
             return Outcome(None, "lease lost")
-        if state == CANCELLING:
+        if held.state == CANCELLING:
             log.info("job %s: cancel requested; stopping the trainer", job_id)
             stop_process_group(proc, STOP_GRACE_S)
             return Outcome(CANCELLED, "cancelled on request")
+        if held.preempted_by is not None:
+            if preemption is None:
+                preemption = _Preemption(held.preempted_by, run_dir, settings.preempt_grace_seconds)
+                log.info("job %s: preempted by %s; stopping at the next epoch boundary (within %g s)", job_id,
+                         held.preempted_by, settings.preempt_grace_seconds)
+            if preemption.due():
+                stop_process_group(proc, STOP_GRACE_S)
+                return Outcome(PREEMPT, preemption.reason())
+
+
+class _Preemption:
+    """A preemption under way: the job stops once the trainer has written its next epoch checkpoint (state.pt is
+    replaced atomically after each epoch), or when the grace period is over, whichever comes first."""
+
+    def __init__(self, by: str, run_dir: Path, grace_s: float):
+        self.by, self.state_path = by, run_dir / "state.pt"
+        self.deadline = time.monotonic() + grace_s
+        self.seen = self._mark()
+
+    def _mark(self) -> tuple[int, int] | None:
+        try:
+            st = self.state_path.stat()
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns
+
+    def due(self) -> bool:
+        return self._mark() != self.seen or time.monotonic() >= self.deadline
+
+    def reason(self) -> str:
+        return f"preempted by high job {self.by}; resumes from its last epoch checkpoint"
 
 
 def _outcome_of_exit(code: int, run_dir: Path) -> Outcome:
@@ -229,6 +262,8 @@ def _record(job_id: str, worker_name: str, settings: Settings, run_dir: Path, ou
                 reason = outcome.reason
                 if final == CANCELLED and outcome.state != CANCELLED:
                     reason = "cancelled on request"
+                if final == QUEUED and outcome.state == PREEMPT:
+                    job.attempts -= 1  # a preemption is not a failure: the attempt it cut short is not spent
                 job.lease_expires_at = None
                 transition(session, job, final, reason)
             break
@@ -244,7 +279,7 @@ def _record(job_id: str, worker_name: str, settings: Settings, run_dir: Path, ou
 
 
 def _final_state(current: str, wanted: str) -> str:
-    if wanted == REQUEUE:
+    if wanted in (REQUEUE, PREEMPT):
         return CANCELLED if current == CANCELLING else QUEUED
     if current == CANCELLING and wanted == FAILED:
         return CANCELLED  # asked to stop, and stopped (the trainer's exit is the cancel's doing, or moot)

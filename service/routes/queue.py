@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import heapq
 import statistics
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
@@ -12,13 +12,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service.deps import CurrentUser, ReadSessionDep, SettingsDep
-from service.models import Job, Metric, User, Worker, utcnow
+from service.models import Job, Metric, User, utcnow
 from service.scheduling import (
     HELD,
     PRIORITY_RANK,
     allowed_priorities,
     dispatch_order,
     half_life,
+    live_workers,
     queue_state,
     week_usage_hours,
 )
@@ -26,7 +27,6 @@ from service.schemas import error_responses
 from service.states import FINAL_STATES, QUEUED
 
 router = APIRouter(prefix="/v1", tags=["queue"], responses=error_responses(401, 422))
-WORKER_SEEN_S = 60  # a worker that has not beaten its heart for this long is not counted for the ETA
 
 
 class QueueEntry(BaseModel):
@@ -64,11 +64,6 @@ class UserOut(BaseModel):
                                            "which orders you among users of one class")
     running: int
     queued: int
-
-
-def _live_workers(session: Session, queue: str, now: datetime) -> int:
-    return session.scalar(select(func.count()).select_from(Worker).where(
-        Worker.queue.contains(queue), Worker.last_seen > now - timedelta(seconds=WORKER_SEEN_S))) or 0
 
 
 def _etas(session: Session, queue: str, count: int, job_seconds: float | None, workers: int,
@@ -120,7 +115,7 @@ def get_queue(who: CurrentUser, session: ReadSessionDep, settings: SettingsDep,
         .order_by(Job.finished_at.desc()).limit(500))
         if s is not None and f is not None]  # both are, by the query
     job_seconds = statistics.median(durations) if durations else None
-    workers = _live_workers(session, queue, now)
+    workers = live_workers(session, queue, now)
     etas = _etas(session, queue, len(order), job_seconds, workers, now)
     items = []
     for placed, eta in zip(order, etas, strict=True):

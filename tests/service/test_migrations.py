@@ -57,7 +57,7 @@ def test_fresh_database_refused_then_migrated_by_cli(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""
     assert is_at_head(settings)
-    assert head_revisions(settings) == {"0005"}
+    assert head_revisions(settings) == {"0006"}
     create_app(settings, host="127.0.0.1")
 
 
@@ -116,3 +116,23 @@ def test_0005_lab_queue_columns_up_and_down(db_url, tmp_path):
     with engine.connect() as conn:  # no job lost on the way down (a rebuilt users table cascaded to them once)
         assert conn.execute(text("SELECT count(*) FROM jobs")).scalar_one() == 2
     upgrade_to_head(settings)
+
+
+def test_0006_preempted_by_up_and_down(db_url, tmp_path):
+    """0006 adds jobs.preempted_by (existing jobs: null) and drops it again without losing a job."""
+    from sqlalchemy import text
+
+    from service.db import session_scope
+    from service.queries.jobs import insert_job
+    from service.queries.users import create_user
+
+    settings = make_settings(tmp_path, db_url)
+    engine = get_engine(settings)
+    with session_scope(settings) as session:
+        user, _ = create_user(session, "frank")
+        insert_job(session, user.id, name="kept", spec={}, queue="gpu", idempotency_key=None, request_hash=None)
+    downgrade_to(settings, "0005")
+    assert "preempted_by" not in {c["name"] for c in inspect(engine).get_columns("jobs")}
+    upgrade_to_head(settings)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT name, preempted_by FROM jobs")).all() == [("kept", None)]

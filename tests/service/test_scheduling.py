@@ -237,3 +237,73 @@ def test_admin_user_set_stores_limits_and_refuses_bad_values(tmp_path):
         assert refused.returncode == 2 and "Invalid value" in refused.stderr, (bad, refused.stderr)
     assert "max-running none" in admin("user", "set", "carol", "--max-running", "none").stdout
     assert admin("user", "set", "nobody", "--weight", "1").returncode == 1
+
+
+# ---------------------------------------------------------------------------------------------- preemption
+def running_job(settings, owner: str, priority: str, started_minutes_ago: float, queue: str = "gpu") -> str:
+    now = utcnow()
+    with session_scope(settings) as session:
+        job = insert_job(session, _ids(session, owner), name=f"run-{priority}", spec={}, queue=queue,
+                         idempotency_key=None, request_hash=None, priority=priority)
+        job.state, job.worker = RUNNING, f"w-{priority}-{started_minutes_ago}"
+        job.started_at = now - timedelta(minutes=started_minutes_ago)
+        job.lease_expires_at = now + timedelta(minutes=5)
+        session.flush()
+        return job.id
+
+
+def workers(settings, n: int, queue: str = "gpu") -> None:
+    from service.models import Worker
+
+    with session_scope(settings) as session:
+        for i in range(n):
+            session.add(Worker(name=f"worker-{queue}-{i}", queue=queue, last_seen=utcnow()))
+
+
+def victim(settings, queue: str = "gpu"):
+    from service.scheduling import preemption_victim
+
+    with session_scope(settings) as session:
+        return preemption_victim(session, queue, settings)
+
+
+def test_a_waiting_high_job_preempts_the_lowest_class_newest_started(settings, users):
+    workers(settings, 3)
+    running_job(settings, "alice", "normal", started_minutes_ago=1)
+    old_low = running_job(settings, "alice", "low", started_minutes_ago=30)
+    new_low = running_job(settings, "bob", "low", started_minutes_ago=5)
+    (high,) = queue_jobs(settings, ("bob", "high"))
+    assert victim(settings) == (new_low, high)  # low before normal; among the lows the newest-started
+    with session_scope(settings) as session:
+        session.get(Job, new_low).preempted_by = high
+    assert victim(settings) is None  # one preemption at a time per queue: the next pass looks again
+    with session_scope(settings) as session:
+        session.get(Job, new_low).state = SUCCEEDED
+        session.get(Job, new_low).preempted_by = None
+    assert victim(settings) is None  # a worker is free now: the high job just starts
+    running_job(settings, "bob", "normal", started_minutes_ago=0)
+    assert victim(settings) == (old_low, high)
+
+
+def test_no_preemption_without_need_or_when_turned_off(settings, users):
+    workers(settings, 1)
+    running_job(settings, "alice", "low", started_minutes_ago=3)
+    queue_jobs(settings, ("bob", "normal"))
+    assert victim(settings) is None  # the next job to start is not high
+    (high,) = queue_jobs(settings, ("bob", "high"))
+    assert victim(settings) is not None
+    assert victim(settings, queue="cpu") is None  # another queue's workers and jobs
+    off = settings.model_copy(update={"preemption": False})
+    from service.scheduling import preemption_victim
+
+    with session_scope(off) as session:
+        assert preemption_victim(session, "gpu", off) is None
+    set_user(settings, "bob", max_running=0)
+    assert victim(settings) is None  # a high job held back by its owner's max-running takes no one's worker
+
+
+def test_high_work_is_not_preempted_by_high_work(settings, users):
+    workers(settings, 1)
+    running_job(settings, "alice", "high", started_minutes_ago=3)
+    queue_jobs(settings, ("bob", "high"))
+    assert victim(settings) is None

@@ -1,12 +1,17 @@
 """Fixtures for the worker tests: a migrated database (SQLite, or a fresh PostgreSQL database per session)."""
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from service.settings import Settings
+
 from worker_helpers import fresh_pg_database, make_settings
+
+REDIS_DB = 10  # the lab tests' Redis database, flushed around each
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +55,17 @@ def sqlite_settings(tmp_path: Path):
     upgrade_to_head(settings)
     (tmp_path / "data").mkdir(exist_ok=True)
     return settings
+
+
+@pytest.fixture(params=["embedded", "postgresql+redis"])
+def lab_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
+    """Token-auth settings for `ttm serve` and real workers: the embedded defaults, or a fresh PostgreSQL database
+    and Redis."""
+    if request.param == "embedded":
+        yield make_settings(tmp_path, f"sqlite:///{tmp_path / 'ttm.db'}", auth="token")
+        return
+    request.applymarker(pytest.mark.postgres)
+    subprocess.run(["redis-cli", "-n", str(REDIS_DB), "flushdb"], capture_output=True, timeout=10)
+    with fresh_pg_database() as url:
+        yield make_settings(tmp_path, url, broker_url=f"redis://127.0.0.1:6379/{REDIS_DB}", auth="token")
+    subprocess.run(["redis-cli", "-n", str(REDIS_DB), "flushdb"], capture_output=True, timeout=10)

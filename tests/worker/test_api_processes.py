@@ -18,16 +18,11 @@ from service.db import session_scope
 from service.models import Job, JobEvent
 from service.settings import Settings
 
-from worker_helpers import Processes, env_for, wait_for
+from worker_helpers import Processes, env_for, free_port, wait_for
 
 SPEC = {"name": "burst", "student": {"arch": "resnet8"}, "dataset": {"name": "digits"}, "loss": {"kind": "ce"},
         "resources": {"gpus": 0}}
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def children(pid: int) -> dict[int, str]:

@@ -3,12 +3,7 @@ submits 4 jobs, then Bob 2: Bob's first job runs second, not fifth, and the jobs
 GET /v1/queue showed while they were all queued. On the embedded defaults and on PostgreSQL + Redis."""
 from __future__ import annotations
 
-import socket
-import subprocess
-from collections.abc import Iterator
-
 import httpx
-import pytest
 from sqlalchemy import select
 
 from service.db import session_scope
@@ -17,27 +12,7 @@ from service.models import Job
 from service.queries.users import create_user
 from service.settings import Settings
 
-from worker_helpers import Processes, env_for, fresh_pg_database, make_settings, spec_data, wait_for
-
-REDIS_DB = 10
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(params=["embedded", "postgresql+redis"])
-def lab_settings(request: pytest.FixtureRequest, tmp_path) -> Iterator[Settings]:
-    if request.param == "embedded":
-        yield make_settings(tmp_path, f"sqlite:///{tmp_path / 'ttm.db'}", auth="token")
-        return
-    request.applymarker(pytest.mark.postgres)
-    subprocess.run(["redis-cli", "-n", str(REDIS_DB), "flushdb"], capture_output=True, timeout=10)
-    with fresh_pg_database() as url:
-        yield make_settings(tmp_path, url, broker_url=f"redis://127.0.0.1:6379/{REDIS_DB}", auth="token")
-    subprocess.run(["redis-cli", "-n", str(REDIS_DB), "flushdb"], capture_output=True, timeout=10)
+from worker_helpers import Processes, env_for, free_port, spec_data, wait_for
 
 
 def test_a_light_user_goes_second_and_jobs_start_in_the_order_shown(lab_settings: Settings):

@@ -7,7 +7,6 @@ import hashlib
 import io
 import json
 import signal
-import socket
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 
 from service.settings import Settings
 
-from worker_helpers import Processes, child_pids, env_for, get_job, make_settings, spec_data, wait_for
+from worker_helpers import Processes, child_pids, env_for, free_port, get_job, make_settings, spec_data, wait_for
 
 
 class Server:
@@ -60,11 +59,6 @@ class Server:
     def run_dir(self, job_id: str) -> Path:
         return self.home / "artifacts" / "jobs" / job_id
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(settings: Settings, procs: Processes, name: str) -> Server:

@@ -36,9 +36,9 @@ def test_lease_is_taken_once(settings):
     assert job.started_at is not None and job.lease_expires_at > utcnow()
     assert [e[:2] for e in events(settings, job_id)] == [("state", QUEUED), ("state", RUNNING)]
     with session_scope(settings) as session:
-        assert renew_lease(session, job_id, "a", 30) == RUNNING
+        assert renew_lease(session, job_id, "a", 30) == (RUNNING, None)
         assert renew_lease(session, job_id, "b", 30) is None
-        assert held_state(session, job_id, "a") == RUNNING
+        assert held_state(session, job_id, "a") == (RUNNING, None)
         assert held_state(session, job_id, "b") is None
 
 

@@ -3,6 +3,7 @@ real worker processes, and waiting."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +19,12 @@ from service.settings import Settings
 import realdb
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def make_settings(home: Path, url: str, **overrides: Any) -> Settings:
