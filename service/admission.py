@@ -26,7 +26,7 @@ from service.principal import Principal
 from service.queries import artifacts as artifact_queries
 from service.scheduling import allowed_priorities, week_usage_hours
 from service.settings import Settings
-from service.states import QUEUED
+from service.states import QUEUED, WAITING
 from service.teachers import TeacherProblem, TeacherSource, image_size_of, resolve_teacher, weights_problem
 from service.uploads import Received, blob_path, store_artifact
 from ttm import zoo
@@ -42,6 +42,7 @@ class Admitted:
     spec: JobSpec
     spec_json: dict[str, Any]
     queue: str
+    waits_for: str | None = None  # a teacher job that has not succeeded yet: the job is stored as waiting
 
     @property
     def slots(self) -> int:
@@ -102,13 +103,13 @@ def check_user_limits(session: Session, who: Principal, spec: JobSpec, settings:
                                             f"{', '.join(allowed)}); an admin grants classes with "
                                             f"`ttm admin user set {user.name} --priorities ...`",
                       code="priority_not_allowed", status=403)
-    queued = session.scalar(select(func.count()).select_from(Job)
-                            .where(Job.owner_id == who.id, Job.state == QUEUED)) or 0
+    queued = session.scalar(select(func.count()).select_from(Job)  # waiting students count: they are queued later
+                            .where(Job.owner_id == who.id, Job.state.in_((QUEUED, WAITING)))) or 0
     limit, setting = ((user.max_queued, "your max-queued, set by an admin") if user.max_queued is not None else
                       (settings.limits_max_queued_per_user, "TTM_LIMITS_MAX_QUEUED_PER_USER"))
     if queued >= limit:
-        raise ApiError(429, f"you have {queued} queued jobs, the limit is {limit} ({setting}); wait for some to "
-                            "start, or cancel some", code="too_many_queued", headers={"Retry-After": "60"})
+        raise ApiError(429, f"you have {queued} queued or waiting jobs, the limit is {limit} ({setting}); wait for "
+                            "some to start, or cancel some", code="too_many_queued", headers={"Retry-After": "60"})
     if user.gpu_hours_per_week is not None:
         used = week_usage_hours(session, who.id)
         if used >= user.gpu_hours_per_week:
@@ -168,9 +169,8 @@ def admit(session: Session, who: Principal, body: dict[str, Any], settings: Sett
     _arch(spec.student.arch, "student.arch", num_classes, channels, size, settings)
     if spec.teacher is not None and spec.teacher.zoo:
         spec.teacher = zoo_teacher(session, who, settings, spec.teacher.zoo)
-    if spec.teacher is not None:
-        _check_teacher(session, who, spec, num_classes, settings)
-    return Admitted(spec, spec.model_dump(mode="json"), queue)
+    waits_for = _check_teacher(session, who, spec, num_classes, settings) if spec.teacher is not None else None
+    return Admitted(spec, spec.model_dump(mode="json"), queue, waits_for)
 
 
 def zoo_teacher(session: Session, who: Principal, settings: Settings, name: str) -> TeacherSpec:
@@ -199,10 +199,12 @@ def zoo_teacher(session: Session, who: Principal, settings: Settings, name: str)
     return TeacherSpec(arch=entry.arch, weights=artifact_id, format="safetensors")
 
 
-def _check_teacher(session: Session, who: Principal, spec: JobSpec, num_classes: int, settings: Settings) -> None:
+def _check_teacher(session: Session, who: Principal, spec: JobSpec, num_classes: int, settings: Settings
+                   ) -> str | None:
+    """Refuses a teacher that is not the caller's or does not fit; returns the teacher job to wait for, if any."""
     assert spec.teacher is not None
     try:
-        source = resolve_teacher(session, spec, None if who.is_admin else who.id, settings)
+        source = resolve_teacher(session, spec, None if who.is_admin else who.id, settings, pending_ok=True)
     except TeacherProblem as err:
         raise _refuse(err.field, str(err), code="invalid_teacher") from None
     assert source is not None
@@ -215,11 +217,12 @@ def _check_teacher(session: Session, who: Principal, spec: JobSpec, num_classes:
         raise _refuse(field, f"the teacher job's student takes {source.in_channels} input channels, this dataset "
                              f"has {channels}", code="invalid_teacher")
     if source.arch is None:  # TorchScript (allowed by an admin): only its trainer child may run it
-        return
+        return None
     expected = _arch(source.arch, "teacher.arch", num_classes, channels, image_size_of(spec), settings)
     problem = weights_problem(source, expected.tensors)
     if problem is not None:
         raise _refuse(field, problem, code="invalid_teacher")
+    return source.pending
 
 
 def _teacher_field(spec: JobSpec, source: TeacherSource) -> str:

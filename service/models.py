@@ -156,6 +156,8 @@ class Job(Base):
     out_dir: Mapped[str | None] = mapped_column(Text, nullable=True)
     # set on a running job that a waiting high job preempts (that job's id); cleared when it stops running
     preempted_by: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    # a waiting student's teacher job (it becomes queued when that one succeeds); null for every other job
+    waits_for: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
 
 
 class JobEvent(Base):

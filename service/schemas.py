@@ -19,7 +19,7 @@ class ArtifactOut(BaseModel):
 class JobOut(BaseModel):
     id: str = Field(examples=["job_01jfz8q2x4m7c9v3b5n8k2r6tw"])
     name: str
-    state: str = Field(description="queued | running | cancelling | succeeded | failed | cancelled")
+    state: str = Field(description="waiting | queued | running | cancelling | succeeded | failed | cancelled")
     queue: str = Field(description="gpu | cpu")
     queue_position: int | str | None = Field(
         description='1 = next to run in its queue; "1000+" past the first 1000; null unless queued')
@@ -31,6 +31,8 @@ class JobOut(BaseModel):
     finished_at: datetime | None
     best_top1: float | None
     spec: dict[str, Any] = Field(description="the job spec as accepted (defaults and preset filled in)")
+    waits_for: str | None = Field(None, description="a waiting job's teacher job: it becomes queued when that one "
+                                                    "succeeds, and fails if that one fails")
 
 
 class JobList(BaseModel):

@@ -3,24 +3,30 @@
 queued → running → succeeded | failed | cancelled, plus cancelling (a cancel asked of a running job, until its
 worker has stopped the trainer). running → queued is a lost lease that the reconciler re-enqueues, a worker shutting
 down, or a preemption (a high job took the worker; the job resumes from its last epoch checkpoint).
+
+waiting → queued | failed | cancelled: a student whose teacher is a job that has not succeeded yet waits for it
+(`jobs.waits_for`). When that job succeeds its waiting students become queued; when it fails or is cancelled they
+fail with its reason, and theirs after them. `transition` does this in the same transaction, so no job is ever left
+waiting on a job that has ended.
 """
 from __future__ import annotations
 
 from typing import Literal, get_args
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from service.models import Job, JobEvent, utcnow
 
-QUEUED, RUNNING, CANCELLING = "queued", "running", "cancelling"
+WAITING, QUEUED, RUNNING, CANCELLING = "waiting", "queued", "running", "cancelling"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
 FINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED})
-JobState = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]  # the API documents these
+JobState = Literal["waiting", "queued", "running", "cancelling", "succeeded", "failed", "cancelled"]  # the API's
 ALL_STATES: tuple[str, ...] = get_args(JobState)
 
 TRANSITIONS: dict[str, frozenset[str]] = {
+    WAITING: frozenset({QUEUED, CANCELLED, FAILED}),
     QUEUED: frozenset({RUNNING, CANCELLED, FAILED}),
     RUNNING: frozenset({SUCCEEDED, FAILED, CANCELLING, CANCELLED, QUEUED}),
     CANCELLING: frozenset({CANCELLED, FAILED, SUCCEEDED}),
@@ -36,8 +42,10 @@ class IllegalTransition(Exception):
         super().__init__(f"job {job_id} is {from_state}; it cannot become {to_state}")
 
 
-def transition(session: Session, job: Job, to_state: str, reason: str | None = None) -> None:
-    """Move `job` to `to_state` and record the change as a JobEvent; raises IllegalTransition.
+def transition(session: Session, job: Job, to_state: str, reason: str | None = None) -> list[tuple[str, str]]:
+    """Move `job` to `to_state` and record the change as a JobEvent; raises IllegalTransition. Returns the jobs
+    (id, queue) that became queued because of it (students that waited for `job`): the caller sends their messages
+    once it has committed.
 
     The UPDATE is conditional on the state this session saw, so two writers (the API cancelling, a worker finishing)
     cannot both win: the loser gets IllegalTransition with the state that is now stored. On PostgreSQL it also locks
@@ -67,3 +75,23 @@ def transition(session: Session, job: Job, to_state: str, reason: str | None = N
         set_committed_value(job, key, value)
     session.add(JobEvent(job_id=job.id, at=now, kind="state", state=to_state, reason=reason))
     session.flush()
+    return settle_waiting(session, job, to_state, reason) if to_state in FINAL_STATES else []
+
+
+def settle_waiting(session: Session, teacher: Job, state: str, reason: str | None) -> list[tuple[str, str]]:
+    """The students waiting for `teacher`, which has ended in `state`: queued if it succeeded, else failed (and
+    theirs after them). Returns the (id, queue) of those now queued."""
+    released: list[tuple[str, str]] = []
+    waiting = session.scalars(select(Job).where(Job.waits_for == teacher.id, Job.state == WAITING)
+                              .order_by(Job.id)).all()
+    for student in waiting:
+        try:
+            if state == SUCCEEDED:
+                transition(session, student, QUEUED, f"teacher job {teacher.id} succeeded")
+                released.append((student.id, student.queue))
+            else:
+                why = f"teacher job {teacher.id} {state}" + (f": {reason}" if reason else "")
+                released += transition(session, student, FAILED, why)
+        except IllegalTransition:  # cancelled meanwhile by its owner
+            continue
+    return released

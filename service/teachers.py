@@ -15,11 +15,13 @@ from sqlalchemy.orm import Session
 from service.models import Artifact, Job
 from service.queries.checkpoints import best_weights
 from service.settings import Settings, get_settings
-from service.states import SUCCEEDED
+from service.states import QUEUED, RUNNING, SUCCEEDED, WAITING
 from ttm.registry import DATASET_CHANNELS
 from ttm.shapes import shape_mismatch
 from ttm.spec import JobSpec, SpecError, parse_spec
 
+# A teacher job in one of these may be named by a new student, which then waits for it (a pipeline).
+PENDING_TEACHER_STATES = (WAITING, QUEUED, RUNNING)
 # Input sizes of the trainer's batches for the named datasets (ttm.data); image folders give their own.
 IMAGE_SIZES = {"mnist": 28, "fashion_mnist": 28, "digits": 8}
 CODE_REFUSED = ("is a TorchScript archive: a program, which can read and write files when it runs. This server "
@@ -44,6 +46,7 @@ class TeacherSource:
     in_channels: int | None = None
     tensors: dict[str, list[int]] | None = None  # an artifact's recorded shapes (None: a job's own checkpoint)
     label: str = "the teacher weights"  # what messages call it: the user's file name, or the job
+    pending: str | None = None  # a teacher job that has not succeeded yet: the student waits for it (no files yet)
 
 
 def image_size_of(spec: JobSpec) -> int:
@@ -69,9 +72,11 @@ def _label(art: Artifact) -> str:
 
 
 def resolve_teacher(session: Session, spec: JobSpec, owner_id: int | None,
-                    settings: Settings | None = None) -> TeacherSource | None:
+                    settings: Settings | None = None, *, pending_ok: bool = False) -> TeacherSource | None:
     """The teacher's files; `owner_id` limits artifacts and jobs to that user's (None: any, e.g. for admins). A
-    TorchScript teacher is refused unless the settings allow code teachers."""
+    TorchScript teacher is refused unless the settings allow code teachers. With `pending_ok`, a teacher job that is
+    waiting, queued or running is accepted: the source names it as `pending` and describes its student from its
+    spec (there are no files yet)."""
     t = spec.teacher
     if t is None:
         return None
@@ -93,22 +98,30 @@ def resolve_teacher(session: Session, spec: JobSpec, owner_id: int | None,
     query = select(Job).where(Job.id == t.job)
     if owner_id is not None:
         query = query.where(Job.owner_id == owner_id)
+    if pending_ok:  # on PostgreSQL: the teacher cannot end (and settle its students) before this submit commits
+        query = query.with_for_update(read=True)
     job = session.scalar(query)
     if job is None:
         raise TeacherProblem("teacher.job", f"unknown job {t.job}")
-    if job.state != SUCCEEDED:
-        raise TeacherProblem("teacher.job", f"job {t.job} is {job.state}; only a succeeded job can teach")
-    ckpt = best_weights(session, job.id)
-    if ckpt is None:
-        raise TeacherProblem("teacher.job", f"job {t.job} has no best checkpoint")
     try:
         parent = parse_spec(job.spec)
     except SpecError as err:
         raise TeacherProblem("teacher.job", f"job {t.job} has a spec this server no longer reads: {err}") from None
+    classes, channels = parent.num_classes, DATASET_CHANNELS.get(parent.dataset.name, 3)
+    label = f"the best student of job {job.id}"
+    if pending_ok and job.state in PENDING_TEACHER_STATES:
+        return TeacherSource(parent.student.arch, None, None, "auto", "", num_classes=classes, in_channels=channels,
+                             label=label, pending=job.id)
+    if job.state != SUCCEEDED:
+        hint = "; a student may name a teacher job that is waiting, queued or running, and waits for it" \
+            if job.state not in PENDING_TEACHER_STATES else ""
+        raise TeacherProblem("teacher.job", f"job {t.job} is {job.state}; only a succeeded job can teach{hint}")
+    ckpt = best_weights(session, job.id)
+    if ckpt is None:
+        raise TeacherProblem("teacher.job", f"job {t.job} has no best checkpoint")
     fmt = "safetensors" if ckpt.format == "safetensors" else "state_dict"
-    return TeacherSource(parent.student.arch, ckpt.path, None, fmt, ckpt.sha256,
-                         num_classes=parent.num_classes, in_channels=DATASET_CHANNELS.get(parent.dataset.name, 3),
-                         label=f"the best student of job {job.id}")
+    return TeacherSource(parent.student.arch, ckpt.path, None, fmt, ckpt.sha256, num_classes=classes,
+                         in_channels=channels, label=label)
 
 
 def weights_problem(source: TeacherSource, expected: dict[str, list[int]]) -> str | None:

@@ -306,6 +306,13 @@ class Client:
         key = idempotency_key or f"ttm-client-{uuid.uuid4().hex}"
         return self._send("POST", "/v1/jobs", json_body=body, headers={"Idempotency-Key": key}).json()
 
+    def submit_pipeline(self, specs: list[Any], idempotency_key: str | None = None) -> list[dict[str, Any]]:
+        """Submit several specs as one pipeline (POST /v1/pipelines), in order: a spec may name an earlier one as
+        its teacher (`teacher: {"job": NAME}`) and waits for it. All are stored, or none; returns the jobs."""
+        body = {"jobs": [self.spec_body(spec) for spec in specs]}
+        key = idempotency_key or f"ttm-client-{uuid.uuid4().hex}"
+        return self._send("POST", "/v1/pipelines", json_body=body, headers={"Idempotency-Key": key}).json()["items"]
+
     def jobs(self, state: str | list[str] | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """Your jobs (an admin: everyone's), newest first, at most `limit`."""
         states = ",".join(state) if isinstance(state, (list, tuple)) else state

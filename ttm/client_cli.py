@@ -249,6 +249,16 @@ def _hms(seconds: float) -> str:
 def follow(client: Client, job: dict[str, Any], *, timeout: float | None, min_accuracy: float | None,
            output: Path | None, which: str, fmt: str | None, cancel_on_timeout: bool, json_out: bool) -> Exit:
     """Watch a job to its end and turn the end into an exit code; download the student when it is accepted."""
+    code, result = _follow(client, job, timeout=timeout, min_accuracy=min_accuracy, output=output, which=which,
+                           fmt=fmt, cancel_on_timeout=cancel_on_timeout)
+    if json_out:
+        _print_json(result)
+    return code
+
+
+def _follow(client: Client, job: dict[str, Any], *, timeout: float | None, min_accuracy: float | None,
+            output: Path | None, which: str, fmt: str | None, cancel_on_timeout: bool
+            ) -> tuple[Exit, dict[str, Any]]:
     from ttm.client import WaitTimeout
 
     err = _stderr()
@@ -279,10 +289,8 @@ def follow(client: Client, job: dict[str, Any], *, timeout: float | None, min_ac
     }
     style = "green" if code is Exit.SUCCEEDED else "red"
     err.print(f"{final['id']} [bold {style}]{messages[code]}[/]")
-    if json_out:
-        _print_json({"job": final, "file": str(file) if file else None, "result": RESULTS[code],
-                     "exit_code": int(code)})
-    return code
+    return code, {"job": final, "file": str(file) if file else None, "result": RESULTS[code],
+                  "exit_code": int(code)}
 
 
 def _pct(value: float | None) -> str:
@@ -324,12 +332,26 @@ def submit(
 ) -> None:
     """Submit a job; prints its id. With --wait, follow it to its end with a live progress bar.
 
+    A file of several specs (YAML documents separated by `---`, as `ttm train` runs them) is one pipeline: a student
+    may name an earlier spec as `teacher: {job: NAME}`, and waits for it on the server. Its ids are printed in
+    order; --wait follows each job in turn, --min-accuracy gates every one of them and -o downloads the last one's
+    student.
+
     --min-accuracy and -o imply --wait. Exit codes: 0 succeeded, 1 failed, 2 bad spec, 3 cancelled, 4 timed out,
     5 below --min-accuracy, 6 server unreachable, 7 auth, 8 other API error."""
+    from ttm.spec import load_specs
+
     seconds = parse_duration(timeout)
     with _errors(json_out):
+        specs = load_specs(spec)
+        if len(specs) > 1:
+            with _client(server, token, retries) as client:
+                code = _submit_pipeline(client, specs, idempotency_key, wait=wait, timeout=seconds,
+                                        min_accuracy=min_accuracy, output=output, which=which, fmt=fmt,
+                                        cancel_on_timeout=cancel_on_timeout, json_out=json_out)
+            raise typer.Exit(int(code))
         with _client(server, token, retries) as client:
-            job = client.submit(spec, idempotency_key=idempotency_key)
+            job = client.submit(specs[0], idempotency_key=idempotency_key)
             where = f", position {job['queue_position']} in the {job['queue']} queue" if job.get("queue_position") \
                 else ""
             _stderr().print(f"{job['id']}: [bold]{job['state']}[/]{where}")
@@ -341,6 +363,31 @@ def submit(
             code = follow(client, job, timeout=seconds, min_accuracy=min_accuracy, output=output, which=which,
                           fmt=fmt, cancel_on_timeout=cancel_on_timeout, json_out=json_out)
     raise typer.Exit(int(code))
+
+
+def _submit_pipeline(client: Client, specs: list, key: str | None, *, wait: bool, timeout: float | None,
+                     min_accuracy: float | None, output: Path | None, which: str, fmt: str | None,
+                     cancel_on_timeout: bool, json_out: bool) -> Exit:
+    jobs = client.submit_pipeline(specs, idempotency_key=key)
+    err = _stderr()
+    for job in jobs:
+        why = f", waits for {job['waits_for']}" if job.get("waits_for") else ""
+        err.print(f"{job['id']} ({job['name']}): [bold]{job['state']}[/]{why}")
+    if not (wait or min_accuracy is not None or output is not None):
+        _print_json({"jobs": jobs}) if json_out else print("\n".join(job["id"] for job in jobs))
+        return Exit.SUCCEEDED
+    if not json_out:
+        print("\n".join(job["id"] for job in jobs))
+    code, results = Exit.SUCCEEDED, []
+    for job in jobs:
+        this, result = _follow(client, job, timeout=timeout, min_accuracy=min_accuracy,
+                               output=output if job is jobs[-1] else None, which=which, fmt=fmt,
+                               cancel_on_timeout=cancel_on_timeout)
+        results.append(result)
+        code = this if code is Exit.SUCCEEDED else code  # the first job that did not succeed says how it ended
+    if json_out:
+        _print_json({"jobs": results, "result": RESULTS[code], "exit_code": int(code)})
+    return code
 
 
 def watch(
@@ -361,8 +408,8 @@ def watch(
 
 def jobs(
     state: Annotated[list[str] | None, typer.Option(
-        help="only these states (repeat, or comma-separate): queued, running, cancelling, succeeded, failed, "
-             "cancelled", show_default=False)] = None,
+        help="only these states (repeat, or comma-separate): waiting, queued, running, cancelling, succeeded, "
+             "failed, cancelled", show_default=False)] = None,
     limit: Annotated[int, typer.Option(min=1, help="at most this many, newest first")] = 50,
     server: Server = None, token: Token = None, json_out: Json = False, retries: Retries = 5,
 ) -> None:

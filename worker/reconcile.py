@@ -8,6 +8,7 @@ One pass (`reconcile_once`) looks at the jobs table, and at how many messages th
   message of the filesystem transport) is re-sent after RESEND_LEASES leases, then at doubling intervals, while
   its queue's broker holds fewer messages than the queue has queued jobs. Sending a job twice is harmless: the
   second delivery finds the lease taken and does nothing;
+- a waiting student whose teacher job has ended without settling it (a crash between the two): settled now;
 - a `high` job that waits while every worker of its queue runs lower-class work: the running job the policy picks
   (service/scheduling.py `preemption_victim`) is marked preempted, and its worker stops it at its next epoch boundary.
 
@@ -29,7 +30,18 @@ from sqlalchemy.orm import Session
 from service.models import Job, JobEvent, utcnow
 from service.queries.jobs import queue_depths
 from service.settings import Settings
-from service.states import CANCELLED, CANCELLING, FAILED, QUEUED, RUNNING, IllegalTransition, transition
+from service.states import (
+    CANCELLED,
+    CANCELLING,
+    FAILED,
+    FINAL_STATES,
+    QUEUED,
+    RUNNING,
+    WAITING,
+    IllegalTransition,
+    settle_waiting,
+    transition,
+)
 
 log = logging.getLogger("ttm.worker.reconcile")
 
@@ -49,11 +61,12 @@ class ReconcileSummary:
     cancelled: list[str] = field(default_factory=list)
     resent: list[str] = field(default_factory=list)
     preempted: list[str] = field(default_factory=list)
+    released: list[str] = field(default_factory=list)  # waiting students queued here (their teacher had ended)
     to_send: list[tuple[str, str]] = field(default_factory=list)  # (job id, queue): send once committed
     resume_after: str | None = None  # the last queued job this pass looked at, when more follow it
 
     def __bool__(self) -> bool:
-        return bool(self.requeued or self.failed or self.cancelled or self.resent or self.preempted)
+        return bool(self.requeued or self.failed or self.cancelled or self.resent or self.preempted or self.released)
 
 
 def reconcile_once(session: Session, settings: Settings, now: datetime | None = None, after: str | None = None,
@@ -67,8 +80,22 @@ def reconcile_once(session: Session, settings: Settings, now: datetime | None = 
     summary = ReconcileSummary()
     _expired_leases(session, settings, now, summary)
     _lost_messages(session, settings, now, summary, after, page, count_messages)
+    _unsettled_waits(session, summary)
     _preemptions(session, settings, now, summary)
     return summary
+
+
+def _unsettled_waits(session: Session, summary: ReconcileSummary) -> None:
+    """`states.transition` settles a teacher's waiting students when it ends; this catches any it could not."""
+    from sqlalchemy.orm import aliased
+
+    teacher = aliased(Job)
+    ended = session.scalars(select(teacher).join(Job, Job.waits_for == teacher.id)
+                            .where(Job.state == WAITING, teacher.state.in_(FINAL_STATES)).distinct()).all()
+    for job in ended:
+        released = settle_waiting(session, job, job.state, job.reason)
+        summary.to_send.extend(released)
+        summary.released.extend(job_id for job_id, _ in released)
 
 
 def _preemptions(session: Session, settings: Settings, now: datetime, summary: ReconcileSummary) -> None:

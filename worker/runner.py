@@ -246,6 +246,7 @@ def _record(job_id: str, worker_name: str, settings: Settings, run_dir: Path, ou
     cancelling) is re-read and the end re-mapped, a few times at most."""
     if outcome.state is None:
         return "lost"
+    released: list[tuple[str, str]] = []
     for _ in range(5):
         try:
             with session_scope(settings) as session:
@@ -265,7 +266,7 @@ def _record(job_id: str, worker_name: str, settings: Settings, run_dir: Path, ou
                 if final == QUEUED and outcome.state == PREEMPT:
                     job.attempts -= 1  # a preemption is not a failure: the attempt it cut short is not spent
                 job.lease_expires_at = None
-                transition(session, job, final, reason)
+                released = transition(session, job, final, reason)  # students waiting for it, now queued
             break
         except IllegalTransition:
             continue
@@ -275,6 +276,9 @@ def _record(job_id: str, worker_name: str, settings: Settings, run_dir: Path, ou
     log.info("job %s: %s%s", job_id, final, f" ({reason})" if reason else "")
     if final == QUEUED:
         _send(job_id, queue, enqueue)
+    for student, student_queue in released:
+        log.info("job %s: its student %s is queued", job_id, student)
+        _send(student, student_queue, enqueue)
     return final
 
 

@@ -13,7 +13,7 @@ from service.models import Job, JobEvent, User, utcnow
 from service.principal import Principal
 from service.scheduling import dispatch_order, place_in_group
 from service.settings import Settings
-from service.states import QUEUED
+from service.states import QUEUED, WAITING
 
 POSITION_CAP = 1000
 Position = int | str | None  # 1 = next to run; f"{POSITION_CAP}+" past the cap; None unless queued
@@ -110,14 +110,16 @@ SUBMITTED = "submitted"  # the reason of a job's first event
 
 def insert_job(session: Session, owner_id: int, *, name: str, spec: dict[str, Any], queue: str,
                idempotency_key: str | None, request_hash: str | None, priority: str = "normal",
-               slots: int = 1) -> Job:
-    """A new queued job (its id sorts by creation time) and its first event; the caller commits."""
-    job = Job(id=new_job_id(), owner_id=owner_id, name=name, spec=spec, state=QUEUED, queue=queue, attempts=0,
+               slots: int = 1, waits_for: str | None = None) -> Job:
+    """A new job (its id sorts by creation time) and its first event; the caller commits. Queued, or waiting for
+    the teacher job `waits_for`."""
+    state = QUEUED if waits_for is None else WAITING
+    job = Job(id=new_job_id(), owner_id=owner_id, name=name, spec=spec, state=state, queue=queue, attempts=0,
               priority=priority, slots=slots, idempotency_key=idempotency_key, request_hash=request_hash,
-              created_at=utcnow())
+              created_at=utcnow(), waits_for=waits_for)
+    reason = SUBMITTED if waits_for is None else f"{SUBMITTED}; waits for its teacher job {waits_for} to succeed"
     # one flush for both rows: the unit of work inserts jobs before job_events (the foreign key orders them)
-    session.add_all([job, JobEvent(job_id=job.id, at=job.created_at, kind="state", state=QUEUED,
-                                   reason=SUBMITTED)])
+    session.add_all([job, JobEvent(job_id=job.id, at=job.created_at, kind="state", state=state, reason=reason)])
     return job
 
 

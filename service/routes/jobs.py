@@ -12,7 +12,7 @@ from pydantic import BeforeValidator
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.admission import admit
+from service.admission import Admitted, admit
 from service.broker import enqueue_job
 from service.deps import CurrentUser, ReadSessionDep, SessionDep, SettingsDep
 from service.errors import ApiError, not_found
@@ -23,7 +23,16 @@ from service.queries import history as hq
 from service.queries import jobs as q
 from service.schemas import JOB_EXAMPLES, CheckpointOut, JobList, JobOut, MetricList, MetricOut, error_responses
 from service.settings import Settings
-from service.states import CANCELLED, CANCELLING, QUEUED, RUNNING, IllegalTransition, JobState, transition
+from service.states import (
+    CANCELLED,
+    CANCELLING,
+    QUEUED,
+    RUNNING,
+    WAITING,
+    IllegalTransition,
+    JobState,
+    transition,
+)
 from ttm.registry import checkpoint_name
 
 log = logging.getLogger("ttm.service")
@@ -37,7 +46,8 @@ JOB_BODY = {"requestBody": {"required": True, "content": {"application/json": {
 def job_out(job: Job, owner: str, position: q.Position) -> JobOut:
     return JobOut(id=job.id, name=job.name, state=job.state, queue=job.queue, queue_position=position,
                   attempts=job.attempts, reason=job.reason, owner=owner, created_at=job.created_at,
-                  started_at=job.started_at, finished_at=job.finished_at, best_top1=job.best_top1, spec=job.spec)
+                  started_at=job.started_at, finished_at=job.finished_at, best_top1=job.best_top1, spec=job.spec,
+                  waits_for=job.waits_for)
 
 
 def visible_job(session: Session, who: Principal, job_id: str) -> tuple[Job, str]:
@@ -47,12 +57,12 @@ def visible_job(session: Session, who: Principal, job_id: str) -> tuple[Job, str
     return found
 
 
-def _request_hash(body: dict[str, Any]) -> str:
+def request_hash(body: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _replay(session: Session, prior: Job, owner: str, body: dict[str, Any], settings: Settings) -> JobOut:
-    if prior.request_hash != _request_hash(body):
+    if prior.request_hash != request_hash(body):
         raise ApiError(409, f"Idempotency-Key {prior.idempotency_key!r} was used for another request "
                             f"(job {prior.id}); use a new key for a new job", code="idempotency_conflict")
     return job_out(prior, owner, q.queue_position(session, prior, settings))
@@ -79,11 +89,8 @@ def submit_job(body: Annotated[dict[str, Any], Body()], who: CurrentUser, sessio
         if prior is not None:  # its first answer, even where the same body would no longer be admitted
             response.status_code = 200
             return _replay(session, prior, who.name, body, settings)
-    admitted = admit(session, who, body, settings)
-    job = q.insert_job(session, who.id, name=admitted.spec.name, spec=admitted.spec_json, queue=admitted.queue,
-                       priority=admitted.spec.resources.priority, slots=admitted.slots,
-                       idempotency_key=idempotency_key,
-                       request_hash=_request_hash(body) if idempotency_key else None)
+    job = store_job(session, who, admit(session, who, body, settings), idempotency_key,
+                    request_hash(body) if idempotency_key else None)
     try:
         session.commit()
     except IntegrityError:  # a concurrent request with the same key committed first: answer with its job
@@ -93,12 +100,26 @@ def submit_job(body: Annotated[dict[str, Any], Body()], who: CurrentUser, sessio
             raise
         response.status_code = 200
         return _replay(session, prior, who.name, body, settings)
+    send(request, job)
+    return job_out(job, who.name, q.queue_position(session, job, settings))
+
+
+def store_job(session: Session, who: Principal, admitted: Admitted, key: str | None, body_hash: str | None
+              ) -> Job:
+    return q.insert_job(session, who.id, name=admitted.spec.name, spec=admitted.spec_json, queue=admitted.queue,
+                        priority=admitted.spec.resources.priority, slots=admitted.slots, idempotency_key=key,
+                        request_hash=body_hash, waits_for=admitted.waits_for)
+
+
+def send(request: Request, job: Job) -> None:
+    """Wake a worker of the job's queue (a waiting job is sent when its teacher job succeeds)."""
+    if job.state != QUEUED:
+        return
     try:
         enqueue_job(job.id, job.queue, request.app.state.celery)
     except Exception as err:  # noqa: BLE001 - kombu raises transport-specific errors; the job is stored
         log.error("could not enqueue %s (%s: %s); it stays queued for the reconciler", job.id,
                   type(err).__name__, err)
-    return job_out(job, who.name, q.queue_position(session, job, settings))
 
 
 def _comma_separated(values: Any) -> Any:
@@ -130,13 +151,13 @@ def get_job(job_id: str, who: CurrentUser, session: ReadSessionDep, settings: Se
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses=error_responses(401, 404, 409))
 def cancel_job(job_id: str, who: CurrentUser, session: SessionDep, settings: SettingsDep) -> JobOut:
-    """A queued job is cancelled at once; a running one becomes `cancelling` until its worker has stopped the
-    trainer. Cancelling a finished job is a 409."""
+    """A waiting or queued job is cancelled at once (students waiting for it fail, saying so); a running one becomes
+    `cancelling` until its worker has stopped the trainer. Cancelling a finished job is a 409."""
     job, owner = visible_job(session, who, job_id)
     for _ in range(3):  # the worker may move the job while we look at it
         if job.state == CANCELLING:
             break
-        target = {QUEUED: CANCELLED, RUNNING: CANCELLING}.get(job.state)
+        target = {WAITING: CANCELLED, QUEUED: CANCELLED, RUNNING: CANCELLING}.get(job.state)
         if target is None:
             raise ApiError(409, f"job {job.id} is already {job.state}", code="job_finished")
         try:

@@ -156,7 +156,8 @@ def test_reproduce_submits_the_papers_students_of_a_pair_once(api, tmp_path):
     client = Client(api.url, api.alice)
     by_method = {j["method"]: client.job(j["id"])["spec"] for j in out["jobs"] if j["seed"] == 1}
     assert by_method["ce"]["loss"]["kind"] == "ce" and by_method["ce"]["teacher"] is None
-    assert by_method["ttm"]["loss"] == {"kind": "ttm", "gamma": 0.3, "beta": 7.0, "ce_weight": 1.0}  # Table 8
+    assert by_method["ttm"]["loss"] == {"kind": "ttm", "gamma": 0.3, "beta": 7.0, "ce_weight": 1.0,  # Table 8
+                                        "features": None}
     assert by_method["wttm"]["teacher"]["weights"] == out["teacher_artifact"]
     assert by_method["wttm"]["train"]["epochs"] == 240 and by_method["wttm"]["train"]["seed"] == 1
     assert by_method["kd"]["dataset"]["name"] == "cifar100" and by_method["kd"]["student"]["arch"] == "resnet20"

@@ -118,8 +118,9 @@ def test_0005_lab_queue_columns_up_and_down(db_url, tmp_path):
     upgrade_to_head(settings)
 
 
-def test_0006_preempted_by_up_and_down(db_url, tmp_path):
-    """0006 adds jobs.preempted_by (existing jobs: null) and drops it again without losing a job."""
+def test_0006_preemption_and_pipelines_up_and_down(db_url, tmp_path):
+    """0006 adds jobs.preempted_by and jobs.waits_for (existing jobs: null) and drops them again without losing a
+    job; a job still waiting when the server is downgraded fails, saying why."""
     from sqlalchemy import text
 
     from service.db import session_scope
@@ -130,9 +131,18 @@ def test_0006_preempted_by_up_and_down(db_url, tmp_path):
     engine = get_engine(settings)
     with session_scope(settings) as session:
         user, _ = create_user(session, "frank")
-        insert_job(session, user.id, name="kept", spec={}, queue="gpu", idempotency_key=None, request_hash=None)
+        teacher = insert_job(session, user.id, name="kept", spec={}, queue="gpu", idempotency_key=None,
+                             request_hash=None)
+        session.flush()
+        insert_job(session, user.id, name="waits", spec={}, queue="gpu", idempotency_key=None, request_hash=None,
+                   waits_for=teacher.id)
     downgrade_to(settings, "0005")
-    assert "preempted_by" not in {c["name"] for c in inspect(engine).get_columns("jobs")}
+    columns = {c["name"] for c in inspect(engine).get_columns("jobs")}
+    assert "preempted_by" not in columns and "waits_for" not in columns
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT name, state FROM jobs ORDER BY name")).all() == [("kept", "queued"),
+                                                                                          ("waits", "failed")]
     upgrade_to_head(settings)
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT name, preempted_by FROM jobs")).all() == [("kept", None)]
+        assert conn.execute(text("SELECT name, preempted_by, waits_for FROM jobs ORDER BY name")).all() == [
+            ("kept", None, None), ("waits", None, None)]

@@ -10,7 +10,8 @@ from service.queries.jobs import insert_job
 from service.queries.users import create_user
 from service.states import ALL_STATES, FINAL_STATES, TRANSITIONS, IllegalTransition, transition
 
-LEGAL = {("queued", "running"), ("queued", "cancelled"), ("queued", "failed"), ("running", "succeeded"),
+LEGAL = {("waiting", "queued"), ("waiting", "cancelled"), ("waiting", "failed"),
+         ("queued", "running"), ("queued", "cancelled"), ("queued", "failed"), ("running", "succeeded"),
          ("running", "failed"), ("running", "cancelling"), ("running", "queued"), ("running", "cancelled"),
          ("cancelling", "cancelled"), ("cancelling", "failed"), ("cancelling", "succeeded")}
 

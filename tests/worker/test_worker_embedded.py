@@ -1,12 +1,16 @@
 """`ttm serve` with the embedded defaults (SQLite, kombu's filesystem transport, artifacts under TTM_HOME), driven
 over HTTP as a user would: submit → running → succeeded with metrics over SSE and a checkpoint that reloads;
-cancel while running; a 2-process (torchrun, gloo on CPU) job."""
+WTTM + CRD / ITRD; a pipeline file (teacher, then students that wait for it; a failing teacher fails them); cancel
+while running; a 2-process (torchrun, gloo on CPU) job."""
 from __future__ import annotations
 
 import hashlib
 import io
 import json
+import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -146,6 +150,50 @@ def test_the_papers_best_rows_wttm_with_crd_and_itrd_run_through_the_service(ser
         names = {m["name"] for m in server.http.get(f"/v1/jobs/{job['id']}/metrics").json()["items"]}
         assert ({"train/crd"} if kind == "crd" else {"train/corr", "train/mi"}) <= names, names
         assert done["best_top1"] > 20
+
+
+def _cli(server: Server, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TTM_")} | {"TTM_SERVER": server.url}
+    return subprocess.run([sys.executable, "-m", "ttm.client_cli", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _pipeline_file(path: Path, teacher_train: dict) -> Path:
+    import yaml
+
+    base = {"dataset": {"name": "digits"}, "resources": {"gpus": 0, "queue": "cpu"},
+            "train": {"epochs": 1, "batch_size": 64, "lr": 0.05, "num_workers": 0, "device": "cpu"}}
+    docs = [{**base, "name": "teacher", "student": {"arch": "resnet20"}, "train": {**base["train"], **teacher_train}},
+            {**base, "name": "wttm", "student": {"arch": "resnet8"}, "teacher": {"job": "teacher"},
+             "loss": {"kind": "wttm", "gamma": 0.3, "beta": 1.5}},
+            {**base, "name": "kd", "student": {"arch": "resnet8"}, "teacher": {"job": "teacher"},
+             "loss": {"kind": "kd"}}]
+    path.write_text(yaml.safe_dump_all(docs))
+    return path
+
+
+def test_a_pipeline_file_submits_a_teacher_and_its_students_in_one_call(server: Server, tmp_path: Path):
+    # as a CI job would: one command, teacher then two students; its exit code and JSON say how all three ended
+    done = _cli(server, "submit", str(_pipeline_file(tmp_path / "pipeline.yaml", {})), "--wait", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    teacher, *students = [r["job"] for r in result["jobs"]]
+    assert [j["name"] for j in (teacher, *students)] == ["teacher", "wttm", "kd"] and result["exit_code"] == 0
+    assert all(j["state"] == "succeeded" for j in (teacher, *students))
+    for job in students:
+        assert job["spec"]["teacher"]["job"] == teacher["id"] and job["waits_for"] == teacher["id"]
+        assert job["started_at"] > teacher["finished_at"]  # they waited for it
+        assert job["best_top1"] > 20
+
+
+def test_a_failing_teacher_fails_its_students_with_its_reason(server: Server, tmp_path: Path):
+    done = _cli(server, "submit", str(_pipeline_file(tmp_path / "bad.yaml", {"lr": 10000.0})), "--wait", "--json")
+    assert done.returncode == 1, done.stderr  # failed
+    teacher, *students = [r["job"] for r in json.loads(done.stdout)["jobs"]]
+    assert teacher["state"] == "failed" and "training loss became" in teacher["reason"]
+    for job in students:
+        assert job["state"] == "failed" and job["started_at"] is None
+        assert job["reason"] == f"teacher job {teacher['id']} failed: {teacher['reason']}"
 
 
 def test_cancel_while_running_stops_the_child(server: Server):

@@ -4,7 +4,7 @@ import { LineChart, PALETTE } from "./chart.js";
 
 const TOKEN_KEY = "ttm.token";
 const FINAL = new Set(["succeeded", "failed", "cancelled"]);
-const STATES = ["queued", "running", "cancelling", "succeeded", "failed", "cancelled"];
+const STATES = ["waiting", "queued", "running", "cancelling", "succeeded", "failed", "cancelled"];
 const CURVES = [
   { metric: "train/loss", title: "Train loss", unit: "loss" },
   { metric: "test/top1", title: "Test top-1", unit: "%" },
@@ -272,7 +272,7 @@ async function jobPage(jobId) {
 
   function render() {
     badge.replaceChildren(stateBadge(job.state));
-    cancel.hidden = !(job.state === "queued" || job.state === "running");
+    cancel.hidden = !["waiting", "queued", "running"].includes(job.state);
     const spec = job.spec || {};
     const teacher = spec.teacher ? (spec.teacher.job ? `job ${spec.teacher.job}` :
       `${spec.teacher.arch || "TorchScript"} (${spec.teacher.weights || spec.teacher.torchscript})`) : "–";
