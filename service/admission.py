@@ -24,6 +24,7 @@ from service.models import Job, User
 from service.paths import PathRefused, inside_data_root
 from service.principal import Principal
 from service.queries import artifacts as artifact_queries
+from service.queries.projects import ProjectError, project_id_for
 from service.scheduling import allowed_priorities, week_usage_hours
 from service.settings import Settings
 from service.states import QUEUED, WAITING
@@ -43,6 +44,7 @@ class Admitted:
     spec_json: dict[str, Any]
     queue: str
     waits_for: str | None = None  # a teacher job that has not succeeded yet: the job is stored as waiting
+    project_id: int | None = None  # resources.project: its members may name the job as their teacher
 
     @property
     def slots(self) -> int:
@@ -170,7 +172,13 @@ def admit(session: Session, who: Principal, body: dict[str, Any], settings: Sett
     if spec.teacher is not None and spec.teacher.zoo:
         spec.teacher = zoo_teacher(session, who, settings, spec.teacher.zoo)
     waits_for = _check_teacher(session, who, spec, num_classes, settings) if spec.teacher is not None else None
-    return Admitted(spec, spec.model_dump(mode="json"), queue, waits_for)
+    project_id = None
+    if spec.resources.project is not None:
+        try:
+            project_id = project_id_for(session, who.id, spec.resources.project)
+        except ProjectError as err:
+            raise _refuse("resources.project", str(err), code="not_a_member", status=403) from None
+    return Admitted(spec, spec.model_dump(mode="json"), queue, waits_for, project_id)
 
 
 def zoo_teacher(session: Session, who: Principal, settings: Settings, name: str) -> TeacherSpec:

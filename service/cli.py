@@ -17,9 +17,11 @@ from service.settings import get_settings
 admin_app = typer.Typer(help="Administer the job server: database migrations, users, API tokens.",
                         no_args_is_help=True)
 user_app = typer.Typer(help="Users.", no_args_is_help=True)
+project_app = typer.Typer(help="Projects: lab members who share teachers.", no_args_is_help=True)
 token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 admin_app.add_typer(user_app, name="user")
 admin_app.add_typer(token_app, name="token")
+admin_app.add_typer(project_app, name="project")
 
 
 def _err(message: str) -> None:
@@ -154,6 +156,61 @@ def user_set(
         typer.echo(f"{user.name}: weight {user.weight:g}; max-running {user.max_running or 'none'}; max-queued "
                    f"{user.max_queued or 'server default'}; gpu-hours-per-week {user.gpu_hours_per_week or 'none'}; "
                    f"priorities {','.join(allowed_priorities(user))}")
+
+
+@project_app.command("create")
+def project_create(name: Annotated[str, typer.Argument(help="the project's name")],
+                   members: Annotated[list[str] | None, typer.Argument(help="users to add")] = None) -> None:
+    """Create a project (and add members): an artifact or job in it can teach every member's jobs."""
+    from service.queries import projects
+
+    _require_head()
+    try:
+        with session_scope() as session:
+            project = projects.create_project(session, name)
+            names = projects.set_members(session, name, members or [], add=True)
+    except projects.ProjectError as err:
+        _err(f"error: {err}")
+        raise typer.Exit(1) from None
+    _err(f"created project {project.name!r}; members: {', '.join(names) or 'none yet'}")
+
+
+def _members(name: str, users_: list[str], add: bool) -> None:
+    from service.queries import projects
+
+    _require_head()
+    try:
+        with session_scope() as session:
+            names = projects.set_members(session, name, users_, add=add)
+    except projects.ProjectError as err:
+        _err(f"error: {err}")
+        raise typer.Exit(1) from None
+    typer.echo(f"{name}: {', '.join(names) or 'no members'}")
+
+
+@project_app.command("add")
+def project_add(name: Annotated[str, typer.Argument(help="an existing project")],
+                members: Annotated[list[str], typer.Argument(help="users to add")]) -> None:
+    """Add members to a project."""
+    _members(name, members, add=True)
+
+
+@project_app.command("remove")
+def project_remove(name: Annotated[str, typer.Argument(help="an existing project")],
+                   members: Annotated[list[str], typer.Argument(help="users to remove")]) -> None:
+    """Remove members from a project (jobs they already started from its teachers go on)."""
+    _members(name, members, add=False)
+
+
+@project_app.command("list")
+def project_list() -> None:
+    """List projects and their members."""
+    from service.queries import projects
+
+    _require_head()
+    with session_scope() as session:
+        for name, names in projects.list_projects(session):
+            typer.echo(f"{name}\t{','.join(names)}")
 
 
 @token_app.command("create")

@@ -109,6 +109,23 @@ def public_token_id(token_hash: str) -> str:
     return "tok_" + token_hash[:12]
 
 
+class Project(Base):
+    """A group of lab members who share teachers: an artifact or a job in the project can teach any member's job."""
+
+    __tablename__ = "projects"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ProjectMember(Base):
+    __tablename__ = "project_members"
+
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True)
+
+
 class Artifact(Base):
     __tablename__ = "artifacts"
     __table_args__ = (UniqueConstraint("owner_id", "sha256"),)
@@ -123,6 +140,8 @@ class Artifact(Base):
     # key → shape of each tensor, as the inspection recorded them (service/inspection.py); None for TorchScript
     tensors: Mapped[dict[str, list[int]] | None] = mapped_column(JSONType, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # shared with a project's members as a teacher (null: its owner's alone)
+    project_id: Mapped[int | None] = mapped_column(Integer, nullable=True)  # projects.id (never deleted)
 
 
 class Job(Base):
@@ -158,6 +177,8 @@ class Job(Base):
     preempted_by: Mapped[str | None] = mapped_column(String(40), nullable=True)
     # a waiting student's teacher job (it becomes queued when that one succeeds); null for every other job
     waits_for: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+    # shared with a project's members as a teacher (resources.project; null: its owner's alone)
+    project_id: Mapped[int | None] = mapped_column(Integer, nullable=True)  # projects.id (never deleted)
 
 
 class JobEvent(Base):

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from service.models import Artifact, Job
 from service.queries.checkpoints import best_weights
+from service.queries.projects import visible_teacher
 from service.settings import Settings, get_settings
 from service.states import QUEUED, RUNNING, SUCCEEDED, WAITING
 from ttm.registry import DATASET_CHANNELS
@@ -60,7 +61,7 @@ def _artifact(session: Session, ref: str, field: str, owner_id: int | None) -> A
                                     "(POST /v1/artifacts) and give its id (art_...)")
     query = select(Artifact).where(Artifact.id == ref)
     if owner_id is not None:
-        query = query.where(Artifact.owner_id == owner_id)
+        query = query.where(visible_teacher(Artifact, owner_id))
     artifact = session.scalar(query)
     if artifact is None:
         raise TeacherProblem(field, f"unknown artifact {ref}")
@@ -73,7 +74,8 @@ def _label(art: Artifact) -> str:
 
 def resolve_teacher(session: Session, spec: JobSpec, owner_id: int | None,
                     settings: Settings | None = None, *, pending_ok: bool = False) -> TeacherSource | None:
-    """The teacher's files; `owner_id` limits artifacts and jobs to that user's (None: any, e.g. for admins). A
+    """The teacher's files; `owner_id` limits artifacts and jobs to that user's and those of their projects (None:
+    any, e.g. for admins). A
     TorchScript teacher is refused unless the settings allow code teachers. With `pending_ok`, a teacher job that is
     waiting, queued or running is accepted: the source names it as `pending` and describes its student from its
     spec (there are no files yet)."""
@@ -97,7 +99,7 @@ def resolve_teacher(session: Session, spec: JobSpec, owner_id: int | None,
     assert t.job is not None
     query = select(Job).where(Job.id == t.job)
     if owner_id is not None:
-        query = query.where(Job.owner_id == owner_id)
+        query = query.where(visible_teacher(Job, owner_id))
     if pending_ok:  # on PostgreSQL: the teacher cannot end (and settle its students) before this submit commits
         query = query.with_for_update(read=True)
     job = session.scalar(query)

@@ -165,9 +165,10 @@ def blob_path(settings: Settings, sha256: str) -> Path:
     return settings.artifact_dir / "blobs" / sha256[:2] / sha256
 
 
-def store_artifact(session: Session, who: Principal, settings: Settings,
-                   received: Received) -> tuple[ArtifactOut, bool]:
-    """Inspect (unless these bytes were inspected before), keep one blob per sha256, record the owner's artifact."""
+def store_artifact(session: Session, who: Principal, settings: Settings, received: Received,
+                   project_id: int | None = None) -> tuple[ArtifactOut, bool]:
+    """Inspect (unless these bytes were inspected before), keep one blob per sha256, record the owner's artifact
+    (shared with the project `project_id`, when given)."""
     known = q.blob_known(session, received.sha256)
     blob = blob_path(settings, received.sha256)
     if known is not None and blob.is_file() and (known.tensors is not None or known.format == "torchscript"):
@@ -185,5 +186,6 @@ def store_artifact(session: Session, who: Principal, settings: Settings,
         blob.parent.mkdir(parents=True, exist_ok=True)
         os.replace(received.path, blob)
     artifact, created = q.add_artifact(session, who.id, sha256=received.sha256, size=received.size, fmt=fmt,
-                                       path=str(blob), filename=received.filename, tensors=tensors)
+                                       path=str(blob), filename=received.filename, tensors=tensors,
+                                       project_id=project_id)
     return ArtifactOut.model_validate(artifact, from_attributes=True), created

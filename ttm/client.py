@@ -240,9 +240,11 @@ class Client:
         """One of your artifacts (any, for an admin): id, sha256, size, format, filename, tensors."""
         return self._get(f"/v1/artifacts/{artifact_id}")
 
-    def upload(self, path: str | Path, filename: str | None = None) -> dict[str, Any]:
+    def upload(self, path: str | Path, filename: str | None = None, project: str | None = None) -> dict[str, Any]:
         """Upload teacher weights (state_dict, safetensors or TorchScript). The sha256 goes first: a file the
-        server already has from you is not sent again. The artifact dict gets `uploaded`: whether bytes were sent."""
+        server already has from you is not sent again (unless it is to be shared with `project`, one of your
+        projects, whose members may then name it as a teacher). The artifact dict gets `uploaded`: whether bytes
+        were sent."""
         path = Path(path).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"no such file: {path}")
@@ -253,7 +255,7 @@ class Client:
             if err.status not in (404, 405):  # an older server without the lookup: just upload
                 raise
             known = None
-        if known is not None:
+        if known is not None and project is None:
             return {**known, "uploaded": False}
         size = path.stat().st_size
 
@@ -262,7 +264,8 @@ class Client:
                 while chunk := f.read(CHUNK):
                     yield chunk
 
-        response = self._send("POST", "/v1/artifacts", params={"filename": filename or path.name}, content=body,
+        params = {"filename": filename or path.name, **({"project": project} if project else {})}
+        response = self._send("POST", "/v1/artifacts", params=params, content=body,
                               headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
                               timeout=httpx.Timeout(self.timeout, write=max(self.timeout, 120.0), read=600.0))
         artifact = response.json()

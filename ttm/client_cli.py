@@ -300,6 +300,8 @@ def _pct(value: float | None) -> str:
 # ---------------------------------------------------------------------------------------------- commands
 def upload(
     file: Annotated[Path, typer.Argument(help="teacher weights: a state_dict (.pt/.pth), safetensors or TorchScript")],
+    project: Annotated[str | None, typer.Option(help="share it with a project of yours: its members may name it as "
+                                                     "a teacher", show_default=False)] = None,
     server: Server = None, token: Token = None, json_out: Json = False, retries: Retries = 5,
 ) -> None:
     """Upload teacher weights; prints the artifact id.
@@ -307,7 +309,7 @@ def upload(
     The sha256 goes first: a file the server already has from you is not sent again."""
     with _errors(json_out):
         with _client(server, token, retries) as client:
-            artifact = client.upload(file)
+            artifact = client.upload(file, project=project)
         if json_out:
             _print_json(artifact)
             return

@@ -370,6 +370,8 @@ class ResourcesSpec(Strict):
     priority: Literal["low", "normal", "high"] = Field(
         "normal", description="the job's class in a shared queue: high before normal before low (which classes a "
                               "user may use is the server admin's to say)")
+    project: str | None = Field(None, min_length=1, max_length=100, description="a project of yours on the server: "
+                                "its members may name this job as their teacher")
 
 
 class OutputSpec(Strict):

@@ -35,13 +35,18 @@ def blob_known(session: Session, sha256: str) -> Artifact | None:
 
 
 def add_artifact(session: Session, owner_id: int, *, sha256: str, size: int, fmt: str, path: str,
-                 filename: str | None, tensors: dict[str, list[int]] | None) -> tuple[Artifact, bool]:
-    """Insert, or return the owner's existing artifact with the same bytes; the flag says whether it is new."""
+                 filename: str | None, tensors: dict[str, list[int]] | None, project_id: int | None = None
+                 ) -> tuple[Artifact, bool]:
+    """Insert, or return the owner's existing artifact with the same bytes (shared with `project_id` now, when
+    given); the flag says whether it is new."""
     existing = find_by_sha(session, owner_id, sha256)
     if existing is not None:
+        if project_id is not None and existing.project_id != project_id:
+            existing.project_id = project_id
+            session.commit()
         return existing, False
     artifact = Artifact(id=new_artifact_id(), owner_id=owner_id, sha256=sha256, size=size, format=fmt, path=path,
-                        filename=filename, tensors=tensors)
+                        filename=filename, tensors=tensors, project_id=project_id)
     session.add(artifact)
     try:
         session.commit()

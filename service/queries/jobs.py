@@ -110,13 +110,13 @@ SUBMITTED = "submitted"  # the reason of a job's first event
 
 def insert_job(session: Session, owner_id: int, *, name: str, spec: dict[str, Any], queue: str,
                idempotency_key: str | None, request_hash: str | None, priority: str = "normal",
-               slots: int = 1, waits_for: str | None = None) -> Job:
+               slots: int = 1, waits_for: str | None = None, project_id: int | None = None) -> Job:
     """A new job (its id sorts by creation time) and its first event; the caller commits. Queued, or waiting for
     the teacher job `waits_for`."""
     state = QUEUED if waits_for is None else WAITING
     job = Job(id=new_job_id(), owner_id=owner_id, name=name, spec=spec, state=state, queue=queue, attempts=0,
               priority=priority, slots=slots, idempotency_key=idempotency_key, request_hash=request_hash,
-              created_at=utcnow(), waits_for=waits_for)
+              created_at=utcnow(), waits_for=waits_for, project_id=project_id)
     reason = SUBMITTED if waits_for is None else f"{SUBMITTED}; waits for its teacher job {waits_for} to succeed"
     # one flush for both rows: the unit of work inserts jobs before job_events (the foreign key orders them)
     session.add_all([job, JobEvent(job_id=job.id, at=job.created_at, kind="state", state=state, reason=reason)])

@@ -6,8 +6,9 @@ from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from service.deps import CurrentUser, ReadSessionDep, SessionDep, SettingsDep
-from service.errors import not_found
+from service.errors import ApiError, not_found
 from service.queries import artifacts as q
+from service.queries.projects import ProjectError, project_id_for
 from service.schemas import ArtifactOut, error_responses
 from service.uploads import receive_upload, store_artifact
 
@@ -39,11 +40,20 @@ UPLOAD_BODY = {
                         **error_responses(400, 401, 413, 422, 503)})
 async def upload_artifact(request: Request, response: Response, who: CurrentUser, session: SessionDep,
                           settings: SettingsDep,
-                          filename: Annotated[str | None, Query(max_length=255)] = None) -> ArtifactOut:
+                          filename: Annotated[str | None, Query(max_length=255)] = None,
+                          project: Annotated[str | None, Query(min_length=1, max_length=100, description=(
+                              "a project of yours: its members may name the artifact as a teacher"))] = None
+                          ) -> ArtifactOut:
     """Upload teacher weights: streamed to disk, addressed by sha256, deduplicated per owner, checked on arrival."""
+    project_id = None
+    if project is not None:  # before reading the body: a refusal costs no upload
+        try:
+            project_id = project_id_for(session, who.id, project)
+        except ProjectError as err:
+            raise ApiError(403, f"project: {err}", code="not_a_member", field="project") from None
     received = await receive_upload(request, settings.artifact_dir / "tmp", settings.max_upload_bytes, filename)
     try:
-        out, created = await run_in_threadpool(store_artifact, session, who, settings, received)
+        out, created = await run_in_threadpool(store_artifact, session, who, settings, received, project_id)
     finally:
         received.path.unlink(missing_ok=True)
     if not created:

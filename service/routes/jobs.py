@@ -108,7 +108,7 @@ def store_job(session: Session, who: Principal, admitted: Admitted, key: str | N
               ) -> Job:
     return q.insert_job(session, who.id, name=admitted.spec.name, spec=admitted.spec_json, queue=admitted.queue,
                         priority=admitted.spec.resources.priority, slots=admitted.slots, idempotency_key=key,
-                        request_hash=body_hash, waits_for=admitted.waits_for)
+                        request_hash=body_hash, waits_for=admitted.waits_for, project_id=admitted.project_id)
 
 
 def send(request: Request, job: Job) -> None:

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from service.deps import CurrentUser, ReadSessionDep, SettingsDep
 from service.models import Job, Metric, User, utcnow
+from service.queries.projects import projects_of
 from service.scheduling import (
     HELD,
     PRIORITY_RANK,
@@ -64,6 +65,8 @@ class UserOut(BaseModel):
                                            "which orders you among users of one class")
     running: int
     queued: int
+    projects: list[str] = Field(default_factory=list, description="your projects: their artifacts and jobs can be "
+                                                                  "your teachers")
 
 
 def _etas(session: Session, queue: str, count: int, job_seconds: float | None, workers: int,
@@ -148,4 +151,5 @@ def me(who: CurrentUser, session: ReadSessionDep, settings: SettingsDep) -> User
                    gpu_hours_per_week=user.gpu_hours_per_week,
                    used_gpu_hours_7d=round(week_usage_hours(session, user.id), 3),
                    usage_hours=round(load.usage / 3600, 3) if load else 0.0,
-                   running=sum(counts.get(s, 0) for s in HELD), queued=counts.get(QUEUED, 0))
+                   running=sum(counts.get(s, 0) for s in HELD), queued=counts.get(QUEUED, 0),
+                   projects=projects_of(session, user.id))

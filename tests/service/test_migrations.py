@@ -57,7 +57,7 @@ def test_fresh_database_refused_then_migrated_by_cli(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""
     assert is_at_head(settings)
-    assert head_revisions(settings) == {"0006"}
+    assert head_revisions(settings) == {"0007"}
     create_app(settings, host="127.0.0.1")
 
 
@@ -146,3 +146,24 @@ def test_0006_preemption_and_pipelines_up_and_down(db_url, tmp_path):
     with engine.connect() as conn:
         assert conn.execute(text("SELECT name, preempted_by, waits_for FROM jobs ORDER BY name")).all() == [
             ("kept", None, None), ("waits", None, None)]
+
+
+def test_0007_projects_up_and_down(db_url, tmp_path):
+    """0007 adds projects, their members and the project of a job or artifact; down and up again keeps the jobs."""
+    from sqlalchemy import text
+
+    from service.db import session_scope
+    from service.queries.jobs import insert_job
+    from service.queries.users import create_user
+
+    settings = make_settings(tmp_path, db_url)
+    engine = get_engine(settings)
+    with session_scope(settings) as session:
+        user, _ = create_user(session, "gina")
+        insert_job(session, user.id, name="kept", spec={}, queue="gpu", idempotency_key=None, request_hash=None)
+    downgrade_to(settings, "0006")
+    assert not {"projects", "project_members"} & set(inspect(engine).get_table_names())
+    assert "project_id" not in {c["name"] for c in inspect(engine).get_columns("jobs")}
+    upgrade_to_head(settings)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT name, project_id FROM jobs")).all() == [("kept", None)]
