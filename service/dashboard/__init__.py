@@ -6,6 +6,7 @@ send that header where EventSource cannot).
     /ui/                 the queue: jobs, states, owners, queue positions
     /ui/jobs/{id}        one job: spec, state history, live curves, checkpoints, cancel
     /ui/compare?jobs=..  several jobs' curves overlaid (KD vs TTM vs WTTM)
+    /ui/queue?queue=gpu  the lab queue in dispatch order, with each owner's usage over share
 
 Mounted by service/app.py: `app.include_router(dashboard.router)`.
 """
@@ -51,6 +52,7 @@ def ui_root() -> RedirectResponse:
 
 @router.get("/ui/")
 @router.get("/ui/compare")
+@router.get("/ui/queue")
 @router.get("/ui/jobs/{job_id}")
 def page(job_id: str | None = None) -> FileResponse:
     """Every page is the same shell; app.js draws the one the path names."""

@@ -76,6 +76,33 @@ def test_login_queue_and_isolation(api, open_page):
     expect(admin.locator("#jobs tr[data-job-id]")).to_have_count(3)
 
 
+def test_the_queue_page_shows_the_dispatch_order_and_usage(api, open_page):
+    with Client(api.url, api.alice) as alice, Client(api.url, api.bob) as bob:
+        done = alice.submit(digits_spec("alice-earlier"))
+        a1, a2 = alice.submit(digits_spec("alice-one")), alice.submit(digits_spec("alice-two"))
+        b1 = bob.submit(digits_spec("bob-one"))
+    run_job(api.settings, done["id"], to="succeeded")  # alice has used the queue lately: bob's job goes first
+    page = open_page(f"{api.url}/ui/queue?queue=cpu", api.alice)
+    expect(page.locator("#nav-lab-queue")).to_have_class(re.compile("active"))
+    rows = page.locator("#lab-queue tr[data-position]")
+    expect(rows).to_have_count(3)
+    expect(rows.nth(0)).to_contain_text("another user's job")  # bob's: its place, not its name
+    expect(rows.nth(0)).not_to_contain_text("bob-one")
+    expect(rows.nth(1).locator("a")).to_have_text("alice-one")
+    expect(rows.nth(2).locator("a")).to_have_attribute("href", f"/ui/jobs/{a2['id']}")
+    # the bars: bob has used nothing, alice a job's worth
+    bob_bar = rows.nth(0).locator(".usage-bar span")
+    alice_bar = rows.nth(1).locator(".usage-bar span")
+    assert float(bob_bar.evaluate("e => e.getBoundingClientRect().width")) < float(
+        alice_bar.evaluate("e => e.getBoundingClientRect().width"))
+    expect(page.locator("#lab-summary")).to_contain_text("3 queued")
+    positions = [job["queue_position"] for job in (Client(api.url, api.alice).job(a1["id"]),
+                                                   Client(api.url, api.bob).job(b1["id"]))]
+    assert positions == [2, 1]  # the page's order is the jobs' own queue_position
+    page.select_option("#queue-name", "gpu")
+    expect(page.locator("#lab-queue")).to_contain_text("Nothing queued.")
+
+
 def test_job_page_curves_grow_downloads_and_cancel(api, open_page):
     with Client(api.url, api.alice) as c:
         job = c.submit(digits_spec("curves", epochs=5))

@@ -235,6 +235,68 @@ async function queuePage() {
   every(3000, refresh);
 }
 
+// The lab queue: each queue's queued jobs in the order they will start (GET /v1/queue), why they stand there, and
+// a bar per row of the owner's recent usage over their share (what orders users within a class).
+function hoursText(seconds) {
+  if (seconds === null || seconds === undefined) return "–";
+  if (seconds < 60) return "now";
+  const m = Math.round(seconds / 60);
+  return m < 90 ? `${m} min` : `${(m / 60).toFixed(1)} h`;
+}
+
+async function labQueuePage() {
+  const params = new URLSearchParams(location.search);
+  const name = params.get("queue") === "cpu" ? "cpu" : "gpu";
+  const select = h("select", { id: "queue-name", "aria-label": "queue" },
+    ...["gpu", "cpu"].map((q) => h("option", { value: q, selected: q === name }, `${q} queue`)));
+  select.addEventListener("change", () => {
+    history.replaceState(null, "", `/ui/queue?queue=${select.value}`);
+    route();
+  });
+  const summary = h("p", { class: "muted", id: "lab-summary" });
+  const tbody = h("tbody", { id: "lab-queue" });
+  main.replaceChildren(
+    h("div", { class: "toolbar" }, h("h1", {}, "Queue"), h("span", { class: "spacer" }), select),
+    summary,
+    h("table", { class: "jobs" },
+      h("thead", {}, h("tr", {}, ...["#", "Job", "Owner", "Class", "Owner's usage / share", "", "Starts in"]
+        .map((c) => h("th", {}, c)))),
+      tbody),
+    h("p", { class: "muted" }, "Order: class (high, normal, low), then the owner's decayed GPU-hours over their " +
+      "share, then submit time. Others' jobs show their place only."));
+
+  async function refresh() {
+    let q;
+    try {
+      q = await getJson(`/v1/queue?queue=${name}&limit=200`);
+    } catch (err) {
+      if (err.status !== 401) summary.textContent = `Could not load the queue: ${err.message}`;
+      return;
+    }
+    const loads = q.items.map((e) => e.owner_usage_hours / (e.owner_share || 1));
+    const top = Math.max(1e-9, ...loads);
+    tbody.replaceChildren(...q.items.map((e, i) => {
+      const load = loads[i];
+      const fill = h("span");
+      fill.style.width = `${Math.max(2, Math.round(100 * load / top))}%`; // CSSOM: the CSP allows no style attributes
+      const bar = h("span", { class: "usage-bar", role: "img", "aria-label": `${load.toFixed(2)} h per share` }, fill);
+      const job = e.id ? h("a", { href: `/ui/jobs/${e.id}`, class: "mono" }, e.name || e.id) :
+        h("span", { class: "muted" }, "another user's job");
+      return h("tr", { dataset: { position: String(e.position), jobId: e.id || "" } },
+        h("td", { class: "num" }, String(e.position)), h("td", {}, job), h("td", {}, e.owner || "–"),
+        h("td", {}, h("span", { class: `state prio-${e.priority}` }, e.priority)),
+        h("td", { class: "num" }, `${e.owner_usage_hours.toFixed(2)} h / ${e.owner_share}`),
+        h("td", { class: "bar-cell" }, bar),
+        h("td", {}, e.held_back ? "held back (owner at max-running)" : hoursText(e.eta_seconds)));
+    }));
+    if (!q.items.length) tbody.append(h("tr", {}, h("td", { colspan: 7, class: "muted" }, "Nothing queued.")));
+    summary.textContent = `${q.queued} queued · ${q.running} running · ${q.workers} worker` +
+      `${q.workers === 1 ? "" : "s"} · updated ${new Date().toLocaleTimeString()}`;
+  }
+  await refresh();
+  every(3000, refresh);
+}
+
 // One job: what it is, how it went, its curves live from the event stream, its checkpoints, and a cancel button.
 async function jobPage(jobId) {
   let job;
@@ -469,6 +531,9 @@ async function route() {
   } else if (path === "/ui/compare") {
     document.getElementById("nav-compare").classList.add("active");
     comparePage();
+  } else if (path === "/ui/queue") {
+    document.getElementById("nav-lab-queue").classList.add("active");
+    labQueuePage();
   } else {
     document.getElementById("nav-queue").classList.add("active");
     queuePage();
