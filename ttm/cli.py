@@ -212,9 +212,7 @@ def predict(
 ) -> None:
     """Classify images with a student: one line per image, its top classes and their probabilities."""
     require_trainer("predict")
-    import torch
-
-    from ttm.student import load_student, prepare_image
+    from ttm.student import load_student
     from ttm.teacher import WeightsError
 
     try:
@@ -222,19 +220,14 @@ def predict(
     except (ValueError, WeightsError, FileNotFoundError) as e:
         err.print(f"[bold red]cannot load {student}[/]: {e}")
         raise typer.Exit(EXIT_SPEC_ERROR) from None
-    names = model.info.get("class_names") or []
     files = [f for p in images for f in (sorted(q for q in p.iterdir() if q.is_file()) if p.is_dir() else [p])]
-    with torch.no_grad():
-        for f in files:
-            try:
-                x = prepare_image(f, model)
-            except (RuntimeError, OSError) as e:
-                err.print(f"{f}: not an image this can read ({str(e).splitlines()[0][:200]})")
-                continue
-            probs = model(x).softmax(dim=1)[0]
-            values, labels = probs.topk(min(top, probs.numel()))
-            print(f"{f}\t" + "\t".join(f"{names[i] if i < len(names) else i} {v:.3f}"
-                                        for v, i in zip(values.tolist(), labels.tolist())))
+    for f in files:
+        try:
+            (classes,) = model.ranked([f], top)
+        except (RuntimeError, OSError) as e:
+            err.print(f"{f}: not an image this can read ({str(e).splitlines()[0][:200]})")
+            continue
+        print(f"{f}\t" + "\t".join(f"{name} {p:.3f}" for name, p in classes))
 
 
 @app.command("validate")

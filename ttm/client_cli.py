@@ -67,8 +67,18 @@ Retries = Annotated[int, typer.Option(min=0, help="retries after connection erro
 JobId = Annotated[str, typer.Argument(metavar="ID", help="a job id (job_...)")]
 Timeout = Annotated[str | None, typer.Option(
     help="stop waiting after this long (2h, 90m, 45s): exit 4", show_default=False)]
+def _percent(value: float | None) -> float | None:
+    if value is None:
+        return None
+    if not 1 <= value <= 100:
+        hint = f"; is it a fraction? as a percentage that is {value * 100:g}" if 0 < value < 1 else ""
+        raise typer.BadParameter(f"{value:g} is not a top-1 percentage between 1 and 100{hint}")
+    return value
+
+
 MinAccuracy = Annotated[float | None, typer.Option(
-    "--min-accuracy", help="exit 5 when the best test top-1 (%) is below this", show_default=False)]
+    "--min-accuracy", help="exit 5 when the best test top-1 (a percentage, 1-100) is below this", show_default=False,
+    callback=_percent)]
 Output = Annotated[Path | None, typer.Option(
     "--output", "-o", help="download the student here when the job succeeds (the format follows the suffix: "
                            ".safetensors, .ts, else pt)", show_default=False)]

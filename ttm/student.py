@@ -47,6 +47,20 @@ class Student(nn.Module):
         x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
         return self.model((x - self.mean) / self.std)
 
+    @torch.no_grad()
+    def ranked(self, files: list[str | Path], top: int = 1) -> list[list[tuple[str, float]]]:
+        """For each image file, its `top` classes (by name when the file says them) with their probabilities."""
+        names = self.info.get("class_names") or []
+        batch = torch.stack([prepare_image(f, self) for f in files])
+        probs = self(batch).softmax(dim=1)
+        values, labels = probs.topk(min(top, probs.shape[1]), dim=1)
+        return [[(names[i] if i < len(names) else str(i), round(v, 4)) for v, i in zip(vs, ls)]
+                for vs, ls in zip(values.tolist(), labels.tolist())]
+
+    def predict(self, files: list[str | Path]) -> list[tuple[str, float]]:
+        """For each image file, its most likely class and that class's probability."""
+        return [best[0] for best in self.ranked(files)]
+
 
 def describe(path: str | Path) -> dict[str, Any]:
     """What the student file says of itself: arch, num_classes, input_shape, normalization (and dataset, top1, epoch,

@@ -101,9 +101,14 @@ def test_base_install_submit_wait_min_accuracy(base_venv, live, tmp_path):
              **server)
     assert r.returncode == Exit.SUCCEEDED, r.stderr
     assert r.stdout.strip().startswith("job_") and "succeeded" in r.stderr
-    # the same training cannot reach 100.5 % top-1: the job succeeds, the gate does not
+    # one epoch does not reach 100 % top-1: the job succeeds, the gate does not
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(digits_spec("base-install-gate", epochs=1)))
-    r = _ttm(base_venv, "submit", "spec.yaml", "--wait", "--timeout", "3m", "--min-accuracy", "100.5",
+    r = _ttm(base_venv, "submit", "spec.yaml", "--wait", "--timeout", "3m", "--min-accuracy", "100",
              cwd=tmp_path, **server)
     assert r.returncode == Exit.BELOW_MIN_ACCURACY, r.stderr
     assert "below --min-accuracy" in r.stderr
+    # a fraction, or more than 100 %, is a mistake said before anything is submitted
+    for wrong, words in (("0.7", "is it a fraction? as a percentage that is 70"), ("170", "between 1 and 100")):
+        r = _ttm(base_venv, "submit", "spec.yaml", "--min-accuracy", wrong, cwd=tmp_path, **server)
+        said = " ".join(r.stderr.replace("│", " ").split())  # rich's box may wrap the message
+        assert r.returncode == 2 and words in said and r.stdout == "", r.stderr

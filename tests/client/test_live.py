@@ -3,7 +3,13 @@ submit --wait in CI style, watching through a connection that drops mid-event, t
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 import threading
+from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -43,7 +49,7 @@ def test_ci_submit_wait_download(live, tmp_path):
     build_model("resnet8", 10, 1).load_state_dict(load_file(tmp_path / "student.safetensors"))
 
     # the pipeline step retried with the same key: the same job, no second training; the gate now fails it
-    r = run_cli(*args[:6], "101", "--idempotency-key", "pipeline-1", "--json", server=live.url, token=live.alice,
+    r = run_cli(*args[:6], "100", "--idempotency-key", "pipeline-1", "--json", server=live.url, token=live.alice,
                 cwd=tmp_path)
     assert r.returncode == Exit.BELOW_MIN_ACCURACY, r.stderr
     assert _json(r)["job"]["id"] == job["id"] and _json(r)["result"] == "below_min_accuracy"
@@ -53,6 +59,56 @@ def test_ci_submit_wait_download(live, tmp_path):
     assert r.returncode == 0 and sha256_file(tmp_path / "last.pt") == best[("last", "pt")]["sha256"]
     r = run_cli("logs", job["id"], server=live.url, token=live.alice)
     assert r.returncode == 0 and "epoch 2/2" in r.stdout
+
+
+def _ci_snippets() -> dict[str, Any]:
+    """The README's GitHub Actions step and GitLab job, as YAML."""
+    text = (Path(__file__).parents[2] / "README.md").read_text()
+    section = text[text.index("### In CI"):]
+    github, gitlab = re.findall(r"```yaml\n(.*?)```", section, re.S)[:2]
+    return {"github": yaml.safe_load(github)[0], "gitlab": yaml.safe_load(gitlab)["distill"]}
+
+
+def _run_step(commands: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """What a CI runner does with a step: each command in one shell, stopping at the first failure. The `pip
+    install` of the client is left out: the base install is tested in test_base_install.py."""
+    lines = [line for c in commands for line in c.splitlines() if not line.lstrip().startswith("pip install")]
+    script = "\n".join(["set -eo pipefail", *lines])
+    full = {k: v for k, v in os.environ.items() if not k.startswith("TTM_")} | {"PYTHONUNBUFFERED": "1", **env}
+    full["PATH"] = f"{Path(sys.executable).parent}:{full.get('PATH', '')}"
+    return subprocess.run(["bash", "-c", script], cwd=cwd, env=full, capture_output=True, text=True, timeout=600)
+
+
+def test_the_readmes_ci_snippets_run_as_ci_jobs_and_retry_safely(live, tmp_path):
+    snippets = _ci_snippets()
+    spec = {**digits_spec("ci-gate", epochs=5), "dataset": {"name": "digits"}}  # reaches the snippets' 70 %
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    step = snippets["github"]
+    server = {"TTM_SERVER": live.url, "TTM_TOKEN": live.alice}
+    assert set(step["env"]) == set(server)
+
+    def github(run_id: str, attempt: str) -> dict:
+        commands = step["run"].replace("${{ github.run_id }}", run_id).replace("${{ github.run_attempt }}", attempt)
+        done = _run_step([commands], server, tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        result = json.loads((tmp_path / "result.json").read_text())
+        assert result["result"] == "succeeded" and result["exit_code"] == 0 and result["job"]["best_top1"] >= 70
+        assert result["file"] == "student.safetensors" and (tmp_path / "student.safetensors").is_file()
+        return result["job"]
+
+    first = github("9001", "1")
+    assert github("9001", "1")["id"] == first["id"]  # the step retried within its attempt: no second training
+    assert github("9001", "2")["id"] != first["id"]  # "Re-run jobs": a new attempt trains again
+
+    job = snippets["gitlab"]
+    ci = {"CI_PIPELINE_ID": "512", "CI_JOB_ID": "7001", **server}
+    done = _run_step(job["script"], ci, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    gitlab = json.loads((tmp_path / "result.json").read_text())["job"]
+    assert gitlab["id"] not in (first["id"],) and gitlab["state"] == "succeeded"
+    again = _run_step(job["script"], {**ci, "CI_JOB_ID": "7002"}, tmp_path)  # GitLab's retry: a new job id
+    assert again.returncode == 0 and json.loads((tmp_path / "result.json").read_text())["job"]["id"] != gitlab["id"]
+    assert set(job["artifacts"]["paths"]) == {"student.safetensors", "result.json"}
 
 
 def test_watch_through_a_dropped_connection(live):
