@@ -35,7 +35,8 @@ class Exit(IntEnum):
     BELOW_MIN_ACCURACY = 5  # the job succeeded with a best test top-1 under --min-accuracy
     UNREACHABLE = 6  # no answer from the server, after retries
     AUTH = 7  # the token is missing, unknown (401) or not allowed (403)
-    API_ERROR = 8  # any other error answer (404 no such job, 409 already finished, ...)
+    API_ERROR = 8  # any other error answer (404 no such job, 409 idempotency conflict, ...)
+    ALREADY_FINISHED = 9  # `ttm cancel` of a job that had ended already: nothing to do (harmless in a clean-up step)
 
 
 RESULTS = {Exit.SUCCEEDED: "succeeded", Exit.FAILED: "failed", Exit.CANCELLED: "cancelled",
@@ -518,10 +519,23 @@ def logs(job_id: JobId,
 
 def cancel(job_id: JobId, server: Server = None, token: Token = None, json_out: Json = False,
            retries: Retries = 5) -> None:
-    """Cancel a job: a queued one at once, a running one once its trainer has stopped."""
+    """Cancel a job: a waiting or queued one at once, a running one once its trainer has stopped.
+
+    A job that had ended already is left as it is: exit 9 (not an error: a CI clean-up step may cancel blindly and
+    treat 0 and 9 alike)."""
+    from ttm.client import ApiError
+
     with _errors(json_out):
         with _client(server, token, retries) as client:
-            job = client.cancel(job_id)
+            try:
+                job = client.cancel(job_id)
+            except ApiError as err:
+                if err.code != "job_finished":
+                    raise
+                job = client.job(job_id)
+                _stderr().print(f"{job_id} had already {job['state']}: nothing to cancel")
+                _print_json(job) if json_out else print(f"{job['id']}: {job['state']}")
+                raise typer.Exit(int(Exit.ALREADY_FINISHED)) from None
         if json_out:
             _print_json(job)
         else:

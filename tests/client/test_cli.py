@@ -20,7 +20,7 @@ def _json(result) -> dict:
 
 
 def test_exit_codes_are_distinct_and_documented():
-    assert len({int(e) for e in Exit}) == len(Exit) == 9
+    assert len({int(e) for e in Exit}) == len(Exit) == 10
     from pathlib import Path
 
     table = (Path(__file__).parents[2] / "docs" / "CLI.md").read_text()
@@ -96,8 +96,9 @@ def test_watch_exit_codes_follow_the_final_state(api):
     assert r.returncode == 0 and r.stdout.strip() == f"{cancelled['id']}: cancelled"
     r = run_cli("watch", cancelled["id"], server=api.url, token=api.alice)
     assert r.returncode == Exit.CANCELLED
-    r = run_cli("cancel", cancelled["id"], server=api.url, token=api.alice)
-    assert r.returncode == Exit.API_ERROR and "already cancelled" in r.stderr
+    r = run_cli("cancel", cancelled["id"], server=api.url, token=api.alice)  # a clean-up step, cancelling blindly
+    assert r.returncode == Exit.ALREADY_FINISHED == 9 and "had already cancelled: nothing to cancel" in r.stderr
+    assert r.stdout.strip() == f"{cancelled['id']}: cancelled"
 
     run_job(api.settings, done["id"], epochs=2, checkpoint=True, log="epoch 1\nepoch 2\n")
     run_job(api.settings, done["id"], to="succeeded")
