@@ -51,6 +51,20 @@ def known_archs_hint() -> str:
     return "known: " + ", ".join(CIFAR_ARCHS + IMAGENET_ARCHS) + ", or torchvision/<name> (e.g. torchvision/resnet18)"
 
 
+def closest_names(name: str, names: list[str] | tuple[str, ...], prefix: str = "") -> str | None:
+    """"did you mean a or b?" for the names nearest `name` (each written with `prefix`), or None."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(names), n=3, cutoff=0.6) if len(name) <= 200 else []
+    return f"did you mean {' or '.join(prefix + c for c in close)}?" if close else None
+
+
+def unknown_arch_message(name: str) -> str:
+    """What to say of an architecture name this project does not have: the nearest of its own names, else them all."""
+    return f"unknown architecture {name!r}; " + (closest_names(name, CIFAR_ARCHS + IMAGENET_ARCHS)
+                                                  or known_archs_hint())
+
+
 # ---------------------------------------------------------------------------------------------- loss kinds
 @dataclass
 class LossKind:

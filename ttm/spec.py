@@ -17,7 +17,7 @@ import difflib
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ttm.registry import (
     DATASET_CHANNELS,
@@ -25,9 +25,9 @@ from ttm.registry import (
     LOSS_KINDS,
     is_known_arch,
     kind_of,
-    known_archs_hint,
     loss_spec,
     teacher_kinds,
+    unknown_arch_message,
 )
 
 INT64_MAX = 2**63 - 1
@@ -73,7 +73,7 @@ class TeacherSpec(Strict):
     @classmethod
     def _known_arch(cls, v: str | None) -> str | None:
         if v is not None and not is_known_arch(v):
-            raise ValueError(f"unknown architecture {v!r}; {known_archs_hint()}")
+            raise ValueError(unknown_arch_message(v))
         return v
 
     @field_validator("zoo")
@@ -107,7 +107,7 @@ class StudentSpec(Strict):
     @classmethod
     def _known_arch(cls, v: str) -> str:
         if not is_known_arch(v):
-            raise ValueError(f"unknown architecture {v!r}; {known_archs_hint()}")
+            raise ValueError(unknown_arch_message(v))
         return v
 
 
@@ -163,7 +163,15 @@ class DatasetSpec(Strict):
 
 
 # ---------------------------------------------------------------------------------------------- losses
-Gamma = Annotated[float, Field(gt=0, le=1, description="γ = 1/T, in (0, 1]")]
+def _gamma(v: float) -> float:
+    if not 0 < v <= 1:
+        as_t = f"; a temperature T = {v:g} is γ = {1 / v:.3g}" if v > 1 else ""
+        raise ValueError(f"γ = 1/T must be in (0, 1], not {v:g}{as_t} (T = 4 is γ = 0.25)")
+    return v
+
+
+Gamma = Annotated[float, AfterValidator(_gamma), Field(description="γ = 1/T, in (0, 1]", json_schema_extra={
+    "exclusiveMinimum": 0, "maximum": 1})]  # the bounds for the schema; _gamma says them in the paper's terms
 NonNeg = Annotated[float, Field(ge=0)]
 Temperature = Annotated[float, Field(gt=0, description="T > 0")]
 

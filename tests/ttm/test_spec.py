@@ -44,8 +44,8 @@ def test_presets_cover_the_papers_tables():
 
 
 @pytest.mark.parametrize("loss, field, words", [
-    ({"kind": "wttm", "gamma": 0, "beta": 1}, "loss.gamma", "greater than 0"),
-    ({"kind": "wttm", "gamma": 1.5, "beta": 1}, "loss.gamma", "less than or equal to 1"),
+    ({"kind": "wttm", "gamma": 0, "beta": 1}, "loss.gamma", "γ = 1/T must be in (0, 1], not 0"),
+    ({"kind": "wttm", "gamma": 3, "beta": 1}, "loss.gamma", "a temperature T = 3 is γ = 0.333"),
     ({"kind": "ttm", "gamma": 0.3, "beta": -1}, "loss.beta", "greater than or equal to 0"),
     ({"kind": "kd", "temperature": 0}, "loss.temperature", "greater than 0"),
     ({"kind": "wttm", "gamma": 0.3, "beta": 1, "temperature": 4}, "loss.temperature", "unknown field"),

@@ -23,7 +23,7 @@ def test_a_bad_spec_names_the_field_without_a_traceback(tmp_path):
                     "dataset: {name: cifar100}\nloss: {kind: wttm, gamma: 1.5, beta: 1, temprature: 4}\n")
     r = run("train", str(spec), "--out", str(tmp_path / "runs"))
     assert r.returncode == 2
-    assert "loss.gamma" in r.stderr and "less than or equal to 1" in r.stderr
+    assert "loss.gamma" in r.stderr and "γ = 1/T must be in (0, 1]" in r.stderr
     assert "loss.temprature" in r.stderr and "unknown field" in r.stderr
     assert "Traceback" not in r.stderr + r.stdout
     assert run("train", str(tmp_path / "missing.yaml")).returncode == 2

@@ -20,7 +20,7 @@ from ttm.models.resnet import cifar_resnet, resnet50
 from ttm.models.shufflenet import shufflenet_v1, shufflenet_v2
 from ttm.models.vgg import cifar_vgg
 from ttm.models.wrn import wide_resnet
-from ttm.registry import known_archs_hint, torchvision_archs
+from ttm.registry import closest_names, torchvision_archs, unknown_arch_message
 
 # name → builder(num_classes, in_channels). The names are RepDistiller's/mdistiller's, which the paper's tables use;
 # ttm.registry lists the same names without importing torch (a test keeps the two in step).
@@ -58,7 +58,7 @@ def build_model(arch: str, num_classes: int, in_channels: int = 3) -> nn.Module:
     if arch.startswith(TORCHVISION_PREFIX):
         return build_torchvision_model(arch.removeprefix(TORCHVISION_PREFIX), num_classes, in_channels)
     if arch not in ARCHS:
-        raise ValueError(f"unknown architecture {arch!r}; {known_archs_hint()}")
+        raise ValueError(unknown_arch_message(arch))
     return ARCHS[arch](num_classes, in_channels)
 
 
@@ -71,7 +71,9 @@ def build_torchvision_model(name: str, num_classes: int, in_channels: int = 3) -
     import torchvision
 
     if name not in torchvision_archs():
-        raise ValueError(f"unknown architecture {TORCHVISION_PREFIX + name!r}; {known_archs_hint()}")
+        hint = closest_names(name, sorted(torchvision_archs()), prefix=TORCHVISION_PREFIX) or \
+            "torchvision's classifiers are listed by torchvision.models.list_models()"
+        raise ValueError(f"unknown architecture {TORCHVISION_PREFIX + name!r}; {hint}")
     kwargs: dict = {}
     if name in ("googlenet", "inception_v3"):
         # Their auxiliary heads make training-mode forward return a tuple; the trainer wants logits only.
