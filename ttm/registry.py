@@ -61,8 +61,10 @@ def closest_names(name: str, names: list[str] | tuple[str, ...], prefix: str = "
 
 def unknown_arch_message(name: str) -> str:
     """What to say of an architecture name this project does not have: the nearest of its own names, else them all."""
-    return f"unknown architecture {name!r}; " + (closest_names(name, CIFAR_ARCHS + IMAGENET_ARCHS)
-                                                  or known_archs_hint())
+    near = closest_names(name, CIFAR_ARCHS + IMAGENET_ARCHS)
+    if near and 0 < len(name) <= 64 and name.isascii() and all(c.islower() or c.isdigit() or c == "_" for c in name):
+        near += f" (torchvision's is torchvision/{name})"  # resnet18: the user may mean torchvision's
+    return f"unknown architecture {name!r}; " + (near or known_archs_hint())
 
 
 # ---------------------------------------------------------------------------------------------- loss kinds

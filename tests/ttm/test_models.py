@@ -142,9 +142,15 @@ def test_torchvision_googlenet_returns_logits_in_training():
     assert isinstance(out, torch.Tensor) and out.shape == (2, 10)
 
 
-@pytest.mark.parametrize("arch", ["resnet57", "torchvision/resnet_nope", "resnet18"])
-def test_unknown_arch_names_it_and_lists_the_known(arch):
+@pytest.mark.parametrize(("arch", "said"), [
+    ("resnet57", "did you mean resnet56 or resnet8 or resnet44?"),
+    ("resnet18", "did you mean resnet8 or resnet14 or resnet8x4? (torchvision's is torchvision/resnet18)"),
+    ("torchvision/resnet999", "did you mean torchvision/resnet50 or torchvision/resnet34 or torchvision/resnet18?"),
+    ("torchvision/zzz", "torchvision's classifiers are listed by torchvision.models.list_models()"),
+    ("xyz", "known: resnet8, resnet14"),  # nothing near: the whole list
+])
+def test_unknown_arch_names_it_and_what_is_near(arch, said):
     with pytest.raises(ValueError) as err:
         build_model(arch, num_classes=10)
     message = str(err.value)
-    assert repr(arch) in message and "resnet56" in message and "ShuffleV2" in message and "torchvision/" in message
+    assert message.startswith(f"unknown architecture {arch!r}; ") and said in message
