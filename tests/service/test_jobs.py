@@ -47,7 +47,8 @@ def test_submit_and_get(client, users, settings):
 
 @pytest.mark.parametrize("patch, field, words", [
     ({"student": {"arch": "resnet9000"}}, "student.arch", "unknown architecture"),
-    ({"loss": {"kind": "wttm", "gamma": 1.5, "beta": 1}, "teacher": {"job": "job_x"}}, "loss.gamma", "γ = 1/T must be in (0, 1]"),
+    ({"loss": {"kind": "wttm", "gamma": 1.5, "beta": 1}, "teacher": {"job": "job_x"}}, "loss.gamma",
+     "γ = 1/T must be in (0, 1]"),
     ({"loss": {"kind": "ttm", "gamma": 0.5, "beta": -1}, "teacher": {"job": "job_x"}}, "loss.beta", "greater"),
     ({"loss": {"kind": "kd", "temperature": 0}, "teacher": {"job": "job_x"}}, "loss.temperature", "greater"),
     ({"dataset": {"name": "imagenet21k"}}, "dataset.name", "Input should be"),
