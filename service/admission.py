@@ -85,12 +85,33 @@ def check_limits(spec: JobSpec, queue: str, settings: Settings) -> None:
     if classes is not None:
         field = "student.num_classes" if spec.student.num_classes else "dataset.num_classes"
         over(field, classes, settings.limits_max_num_classes, "MAX_NUM_CLASSES")
+    check_feature_memory(spec, settings)
     sizes, subset = DATASET_SIZES.get(spec.dataset.name), spec.dataset.subset
     if sizes is not None and subset is not None:
         for split, asked, has in (("train", subset.train, sizes[0]), ("test", subset.test, sizes[1])):
             if asked is not None and asked > has:
                 raise _refuse(f"dataset.subset.{split}", f"{asked} samples asked, but {spec.dataset.name}'s "
                                                          f"{split} split has {has}")
+
+
+def check_feature_memory(spec: JobSpec, settings: Settings) -> None:
+    """CRD's memory banks hold 2·N·dim floats and one step gathers 2·B·(K+1)·dim: a spec may not ask for more than
+    TTM_LIMITS_MAX_FEATURE_BYTES of either (16 GiB; CRD's own CIFAR-100 setting needs 51 MB and 1.1 GB)."""
+    features = getattr(spec.loss, "features", None)
+    if features is None or features.kind != "crd":
+        return
+    limit = settings.limits_max_feature_bytes
+    step = 2 * spec.train.batch_size * (features.negatives + 1) * features.dim * 4
+    train = (spec.dataset.subset.train if spec.dataset.subset and spec.dataset.subset.train else
+             DATASET_SIZES.get(spec.dataset.name, (0, 0))[0])
+    bank = 2 * train * features.dim * 4
+    for what, need, field in (("one step's gather of negatives", step, "loss.features.negatives"),
+                              ("the memory banks", bank, "loss.features.dim")):
+        if need > limit:
+            raise _refuse(field, f"CRD with batch {spec.train.batch_size}, {features.negatives} negatives and dim "
+                                 f"{features.dim} needs {need / 2**30:.1f} GiB for {what}, over this server's limit of "
+                                 f"{limit / 2**30:.0f} GiB (TTM_LIMITS_MAX_FEATURE_BYTES); lower negatives, dim or "
+                                 "train.batch_size", code="over_limit")
 
 
 def check_user_limits(session: Session, who: Principal, spec: JobSpec, settings: Settings) -> None:

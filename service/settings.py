@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     fair_share_half_life_hours: float = Field(168.0, gt=0, description="how fast a user's past usage stops "
                                                                          "counting in the lab queue's order")
     limits_max_queued_per_user: int = Field(500, gt=0, description="a user's queued jobs; past it, 429")
+    limits_max_feature_bytes: int = Field(16 * 1024**3, gt=0, description="what a CRD feature term may hold: its "
+                                          "memory banks (2·N·dim floats) and one step's gather (2·B·(K+1)·dim)")
     preemption: bool = Field(True, description="a high job that finds every worker of its queue busy with low or "
                                                "normal work stops one of them (off: it waits)")
     preempt_grace_seconds: float = Field(

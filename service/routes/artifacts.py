@@ -37,7 +37,7 @@ UPLOAD_BODY = {
 
 @router.post("", status_code=201, response_model=ArtifactOut, openapi_extra={"requestBody": UPLOAD_BODY},
              responses={200: {"model": ArtifactOut, "description": "the same bytes were uploaded before"},
-                        **error_responses(400, 401, 413, 422, 503)})
+                        **error_responses(400, 401, 403, 413, 422, 503)})
 async def upload_artifact(request: Request, response: Response, who: CurrentUser, session: SessionDep,
                           settings: SettingsDep,
                           filename: Annotated[str | None, Query(max_length=255)] = None,

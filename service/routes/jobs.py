@@ -78,7 +78,7 @@ IdempotencyKey = Annotated[str | None, Header(
 @router.post("", status_code=201, response_model=JobOut, openapi_extra=JOB_BODY,
              responses={200: {"model": JobOut, "description": "replay of an earlier request with this "
                                                                "Idempotency-Key"},
-                        **error_responses(400, 401, 409, 413, 422, 429, 503)})
+                        **error_responses(400, 401, 403, 409, 413, 422, 429, 503)})
 def submit_job(body: Annotated[dict[str, Any], Body()], who: CurrentUser, session: SessionDep,
                settings: SettingsDep, request: Request, response: Response,
                idempotency_key: IdempotencyKey = None) -> JobOut:

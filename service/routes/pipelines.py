@@ -24,7 +24,7 @@ from ttm.spec import SpecError
 
 router = APIRouter(prefix="/v1/pipelines", tags=["jobs"], responses=error_responses(401, 422))
 
-MAX_JOBS = 50  # specs in one pipeline
+MAX_JOBS = 20  # specs in one pipeline: each is admitted (architectures inspected) inside the one request
 KEY_MAX = 190  # each job stores the key with "#<index>" after it, in a column of 200
 
 
@@ -37,15 +37,21 @@ PipelineKey = Annotated[str | None, Header(
     description="the same key with the same body gives the same jobs (200); with another body, a 409")]
 
 
-@router.post("", status_code=201, response_model=PipelineOut,
+PIPELINE_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": {"type": "object", "required": ["jobs"], "properties": {"jobs": {
+        "type": "array", "minItems": 1, "maxItems": MAX_JOBS, "items": {"$ref": "#/components/schemas/JobSpec"}}}},
+    "examples": {"teacher-then-student": {"summary": "a teacher, then a WTTM student that waits for it", "value": {
+        "jobs": [{"name": "teacher", "student": {"arch": "resnet20"}, "dataset": {"name": "digits"}},
+                 {"name": "student", "teacher": {"job": "teacher"}, "student": {"arch": "resnet8"},
+                  "dataset": {"name": "digits"}, "loss": {"kind": "wttm", "gamma": 0.3, "beta": 1.5}}]}}}}}}}
+
+
+@router.post("", status_code=201, response_model=PipelineOut, openapi_extra=PIPELINE_BODY,
              responses={200: {"model": PipelineOut, "description": "replay of an earlier request with this key"},
                         **error_responses(400, 401, 403, 409, 413, 422, 429, 503)})
-def submit_pipeline(body: Annotated[dict[str, Any], Body(examples=[{"jobs": [
-                        {"name": "teacher", "student": {"arch": "resnet20"}, "dataset": {"name": "digits"}},
-                        {"name": "student", "teacher": {"job": "teacher"}, "student": {"arch": "resnet8"},
-                         "dataset": {"name": "digits"}, "loss": {"kind": "wttm", "gamma": 0.3, "beta": 1.5}}]}])],
-                    who: CurrentUser, session: SessionDep, settings: SettingsDep, request: Request,
-                    response: Response, idempotency_key: PipelineKey = None) -> PipelineOut:
+def submit_pipeline(body: Annotated[dict[str, Any], Body()], who: CurrentUser, session: SessionDep,
+                    settings: SettingsDep, request: Request, response: Response,
+                    idempotency_key: PipelineKey = None) -> PipelineOut:
     """Submit `{"jobs": [spec, ...]}` in order; a student names a teacher of the same submit by its name."""
     specs = body.get("jobs")
     if set(body) != {"jobs"} or not isinstance(specs, list) or not specs:

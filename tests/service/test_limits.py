@@ -49,6 +49,10 @@ def _with(**parts) -> dict:
     ({**spec_ce(), "student": {"arch": "torchvision/vit_h_14"},
       "dataset": {"name": "synthetic", "num_classes": 10, "image_size": 224}},
      "student.arch", "TTM_LIMITS_MAX_PARAMS"),
+    # a CRD term whose negatives or memory banks would take the host's memory (CRD's own needs ~1 GB)
+    ({**spec_ce(), "teacher": {"zoo": "fashion_mnist/resnet20"}, "train": {"batch_size": 4096},
+      "loss": {"kind": "wttm", "gamma": 0.3, "beta": 1, "features": {"kind": "crd", "negatives": 1_000_000}}},
+     "loss.features.negatives", "TTM_LIMITS_MAX_FEATURE_BYTES"),
 ])
 def test_a_job_over_a_limit_is_refused_and_names_its_setting(client, users, spec, field, setting):
     err = _error(client.post("/v1/jobs", json=spec, headers=bearer(users.alice)), 422)

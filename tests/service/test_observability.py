@@ -74,7 +74,8 @@ def test_openapi_has_an_example_for_every_body(client):
     schema = client.get("/openapi.json").json()
     bodies = [(path, method, op["requestBody"]) for path, ops in schema["paths"].items()
               for method, op in ops.items() if "requestBody" in op]
-    assert {(p, m) for p, m, _ in bodies} == {("/v1/jobs", "post"), ("/v1/artifacts", "post")}
+    assert {(p, m) for p, m, _ in bodies} == {("/v1/jobs", "post"), ("/v1/artifacts", "post"),
+                                              ("/v1/pipelines", "post")}
     for path, _, body in bodies:
         for media, content in body["content"].items():
             assert content.get("example") is not None or content.get("examples"), (path, media)

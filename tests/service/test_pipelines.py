@@ -64,8 +64,8 @@ def test_a_pipeline_is_stored_whole_or_not_at_all(client, users, settings):
     for body in ({"jobs": []}, {"jobs": "x"}, {"jobs": [spec_ce()], "more": 1}, {"jobs": [1]}):
         r = client.post("/v1/pipelines", json=body, headers=bearer(users.alice))
         assert r.status_code == 422, body
-    r = pipeline(client, users.alice, *[spec_ce(f"j{i}") for i in range(51)])
-    assert r.status_code == 422 and "the most one pipeline takes is 50" in r.json()["error"]["message"]
+    r = pipeline(client, users.alice, *[spec_ce(f"j{i}") for i in range(21)])
+    assert r.status_code == 422 and "the most one pipeline takes is 20" in r.json()["error"]["message"]
     assert job_count(settings) == before
 
 

@@ -70,7 +70,8 @@ def test_listing_commands():
     presets = run("presets", "paper/cifar100/resnet56-resnet20")
     assert presets.returncode == 0
     lines = presets.stdout.splitlines()
-    assert len(lines) == 4 and any("gamma=0.3, beta=1.5" in l for l in lines)
+    assert len(lines) == 6 and any("gamma=0.3, beta=1.5" in l for l in lines)  # kd ttm wttm wttm_noce +crd +itrd
+    assert any("wttm_crd" in l and "crd" in l.split("wttm_crd", 1)[1] for l in lines)
     v = run("validate", str(Path(__file__).parents[2] / "examples" / "cifar100_resnet56_resnet20_wttm.yaml"))
     assert v.returncode == 0 and json.loads(v.stdout)["loss"]["beta"] == 1.5
 

@@ -60,7 +60,8 @@ def sqlite_settings(tmp_path: Path):
 @pytest.fixture(params=["embedded", "postgresql+redis"])
 def lab_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
     """Token-auth settings for `ttm serve` and real workers: the embedded defaults, or a fresh PostgreSQL database
-    and Redis."""
+    and Redis. A test that runs on one of them only names it: @pytest.mark.parametrize("lab_settings", [...],
+    indirect=True)."""
     if request.param == "embedded":
         yield make_settings(tmp_path, f"sqlite:///{tmp_path / 'ttm.db'}", auth="token")
         return

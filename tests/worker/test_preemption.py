@@ -1,12 +1,13 @@
 """Preemption with real processes: `ttm serve --workers 0` (the API and the reconciler) and one `ttm worker`. Alice's
 low job runs; Bob's high job arrives; the low job stops at its next epoch boundary, the high job runs, then the low
 job resumes and ends with one metric row per (epoch, name), its attempt unspent, and the same weights as the same
-spec run without interruption. On the embedded defaults and on PostgreSQL + Redis."""
+spec run without interruption. On PostgreSQL + Redis."""
 from __future__ import annotations
 
 from datetime import datetime
 
 import httpx
+import pytest
 import torch
 from sqlalchemy import select
 
@@ -21,6 +22,9 @@ from worker_helpers import Processes, env_for, free_port, spec_data, wait_for
 GRACE_S = 60.0
 
 
+# on a lab's setup only: the policy and the reconciler are the same SQL on SQLite (tests/service/test_scheduling.py
+# runs the choice of victim on both), and the suite's time is bounded
+@pytest.mark.parametrize("lab_settings", ["postgresql+redis"], indirect=True)
 def test_a_high_job_preempts_a_low_one_which_resumes_to_the_same_weights(lab_settings: Settings):
     settings = lab_settings.model_copy(update={"lease_seconds": 6, "preempt_grace_seconds": GRACE_S})
     upgrade_to_head(settings)
