@@ -22,23 +22,17 @@ def fm_spec(name, **over):
     return parse_spec(base)
 
 
-@pytest.fixture(scope="module")
-def fm_teacher(tmp_path_factory):
-    out = tmp_path_factory.mktemp("teacher")
-    result = train(fm_spec("teacher", student={"arch": "resnet14"}), out)
-    return out, result
+def test_teacher_then_wttm_student_on_fashion_mnist(tmp_path):
+    from ttm import zoo
 
-
-def test_teacher_then_wttm_student_on_fashion_mnist(fm_teacher, tmp_path):
-    teacher_dir, teacher_result = fm_teacher
-    assert teacher_result.best_top1 > 70  # 10 classes: chance is 10 %
+    teacher = zoo.get("fashion_mnist/resnet20")  # trained by this project (tests/ttm/test_zoo.py checks the file)
     seen: list[tuple[int, dict]] = []
-    spec = fm_spec("student", teacher={"arch": "resnet14", "weights": str(teacher_dir / "best.safetensors")},
+    spec = fm_spec("student", teacher={"arch": teacher.arch, "weights": str(teacher.path)},
                    loss={"kind": "wttm", "gamma": 0.3, "beta": 1.5})
     result = train(spec, tmp_path, on_metrics=lambda e, m: seen.append((e, m)))
 
     assert [e for e, _ in seen] == [0, 1, 2, 3]  # epoch 0: the teacher's accuracy, once
-    assert seen[0][1]["teacher/top1"] == pytest.approx(teacher_result.best_top1, abs=0.2)
+    assert seen[0][1]["teacher/top1"] > 85  # its 92 % on the whole test split; chance is 10 %
     for _, m in seen[1:]:
         assert all(torch.isfinite(torch.tensor(v)) for v in m.values()), m
         for key in ("train/loss", "train/ce", "train/wttm", "train/u", "test/top1", "test/top5", "test/entropy",

@@ -1,8 +1,8 @@
 """The lab queue with real processes: `ttm serve --workers 0` takes the submits, `ttm worker`s run them. Alice
 submits 3 jobs, then Bob 2, then a `high` job arrives: it runs first, Bob's first job runs third, not fifth, and the
 jobs start in exactly the order GET /v1/queue showed while they were all queued. With two workers, a user at
-max-running 1 never holds two while the other worker serves someone else (on the embedded defaults). The first on
-the embedded defaults and on PostgreSQL + Redis."""
+max-running 1 never holds two while the other worker serves someone else. The first on PostgreSQL + Redis, the
+second on the embedded defaults (both passed on both when written; the suite runs one each for its time)."""
 from __future__ import annotations
 
 import httpx
@@ -18,6 +18,7 @@ from service.settings import Settings
 from worker_helpers import Processes, env_for, free_port, spec_data, wait_for
 
 
+@pytest.mark.parametrize("lab_settings", ["postgresql+redis"], indirect=True)  # a lab's setup (the suite's time)
 def test_a_light_user_goes_second_and_jobs_start_in_the_order_shown(lab_settings: Settings):
     settings = lab_settings
     upgrade_to_head(settings)
@@ -83,7 +84,7 @@ def test_max_running_holds_a_user_back_while_another_worker_serves_others(lab_se
         ids = {}
         for user, n in [("alice", 4), ("bob", 2)]:
             for i in range(n):
-                r = http.post("/v1/jobs", json=spec_data(epochs=2, name=f"{user}-{i}"),
+                r = http.post("/v1/jobs", json=spec_data(epochs=1, name=f"{user}-{i}"),
                               headers={"Authorization": f"Bearer {tokens[user]}"})
                 assert r.status_code == 201, r.text
                 ids[r.json()["id"]] = user

@@ -140,6 +140,7 @@ def test_the_papers_best_rows_wttm_with_crd_and_itrd_run_through_the_service(ser
     # WTTM + 0.8·CRD and WTTM + ITRD (the paper's Tables 2 and 4) on real digits, from the zoo's teacher
     loss = {"kind": "wttm", "gamma": 0.3, "beta": 1.5}
     jobs = {kind: server.submit(spec_data(epochs=1, name=f"wttm-{kind}", teacher={"zoo": "digits/resnet20"},
+                                          dataset={"name": "digits", "subset": {"train": 512, "test": 297}},
                                           loss={**loss, "features": features}))
             for kind, features in {"crd": {"kind": "crd", "negatives": 1024},
                                    "itrd": {"kind": "itrd", "alpha": 1.01}}.items()}
