@@ -218,6 +218,11 @@ class JobProgress:
             self.console.print(f"{self.job['id']}: [bold]{d.get('state')}[/]{reason}")
         elif event.type == "metric":
             epoch, name, value = int(event.data["epoch"]), event.data["name"], float(event.data["value"])
+            if epoch == 0:  # before the first epoch: the teacher's accuracy on the test split, said at once
+                if name == "teacher/top1":
+                    self.console.print(f"teacher: test top-1 {value:.2f}%")
+                    self.progress.update(self.task, top1=f"teacher {value:.2f}")
+                return
             if any(e < epoch and e not in self.printed for e in self.epochs):
                 self._flush()
             self.epochs.setdefault(epoch, {})[name] = value
@@ -488,20 +493,40 @@ def status(job_id: JobId, server: Server = None, token: Token = None, json_out: 
     with _errors(json_out):
         with _client(server, token, retries) as client:
             job = client.job(job_id)
+            client_metrics = client.metrics(job_id) if not json_out and job["state"] != "waiting" else []
         if json_out:
             _print_json(job)
             return
         loss = job.get("spec", {}).get("loss", {})
+        progress = _progress(client_metrics, job)
         rows = [("id", job["id"]), ("name", job["name"]), ("state", job["state"]), ("owner", job["owner"]),
                 ("queue", job["queue"] + (f" (position {job['queue_position']})" if job.get("queue_position")
                                           else "")),
                 ("loss", ", ".join(f"{k}={v}" for k, v in loss.items())), ("attempts", job.get("attempts")),
                 ("created", job.get("created_at")), ("started", job.get("started_at")),
-                ("finished", job.get("finished_at")), ("best top-1", _pct(job.get("best_top1"))),
+                ("finished", job.get("finished_at")), ("progress", progress),
+                ("best top-1", _pct(job.get("best_top1"))), ("waits for", job.get("waits_for")),
                 ("reason", job.get("reason"))]
         for key, value in rows:
             if value not in (None, ""):
                 print(f"{key + ':':12s}{value}")
+
+
+def _progress(rows: list[dict[str, Any]], job: dict[str, Any]) -> str | None:
+    """"epoch 3/10, test top-1 71.20 %, ETA 0:04:10" from the job's metric rows (the latest epoch's), or None."""
+    epochs = [r["epoch"] for r in rows if r["epoch"] > 0]
+    if not epochs:
+        teacher = next((r["value"] for r in rows if r["name"] == "teacher/top1"), None)
+        return None if teacher is None else f"before epoch 1; the teacher's test top-1 {teacher:.2f} %"
+    last = max(epochs)
+    m = {r["name"]: r["value"] for r in rows if r["epoch"] == last}
+    total = job.get("spec", {}).get("train", {}).get("epochs") or "?"
+    parts = [f"epoch {last}/{total}"]
+    if "test/top1" in m:
+        parts.append(f"test top-1 {m['test/top1']:.2f} %")
+    if "eta_s" in m and job["state"] in ("running", "cancelling"):
+        parts.append(f"ETA {_hms(m['eta_s'])}")
+    return ", ".join(parts)
 
 
 def logs(job_id: JobId,

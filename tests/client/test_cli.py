@@ -9,7 +9,7 @@ import yaml
 from ttm.client import Client
 from ttm.client_cli import Exit
 
-from client_helpers import digits_spec, run_cli, run_job
+from client_helpers import add_metrics, digits_spec, run_cli, run_job
 from svc_helpers import free_port
 
 
@@ -50,7 +50,16 @@ def test_upload_and_submit_with_a_local_teacher(api, teacher_pth, tmp_path):
     r = run_cli("status", job_id, "--json", server=api.url, token=api.alice)
     assert r.returncode == 0 and _json(r)["id"] == job_id and _json(r)["queue_position"] == 1
     r = run_cli("status", job_id, server=api.url, token=api.alice)
-    assert "state:      queued" in r.stdout and "position 1" in r.stdout
+    assert "state:      queued" in r.stdout and "position 1" in r.stdout and "progress" not in r.stdout
+    # running: where it is, from its metric rows (the teacher's accuracy first, then the latest epoch)
+    run_job(api.settings, job_id)
+    add_metrics(api.settings, job_id, 0, {"teacher/top1": 91.5})
+    r = run_cli("status", job_id, server=api.url, token=api.alice)
+    assert "progress:   before epoch 1; the teacher's test top-1 91.50 %" in r.stdout, r.stdout
+    add_metrics(api.settings, job_id, 1, {"train/loss": 1.2, "test/top1": 60.25, "eta_s": 125.0})
+    add_metrics(api.settings, job_id, 2, {"train/loss": 0.9, "test/top1": 71.5, "eta_s": 62.0})
+    r = run_cli("status", job_id, server=api.url, token=api.alice)
+    assert "progress:   epoch 2/3, test top-1 71.50 %, ETA 0:01:02" in r.stdout, r.stdout
     r = run_cli("jobs", server=api.url, token=api.alice)
     assert r.returncode == 0 and job_id in r.stdout and "WTTM" in r.stdout.upper()
 
@@ -183,3 +192,22 @@ def test_reproduce_md_lists_the_figures_and_parameters_the_command_uses():
         assert [float(x) for x in row[:7]] == [paper[k] for k in ("teacher", "ce", "kd", "ttm", "wttm", "wttm_crd",
                                                                   "wttm_itrd")]
         assert row[7:] == [f"{tg:g}, {tb:g}", f"{wg:g}, {wb:g}", f"{cg:g}, {cb:g}", f"{ig:g}, {ib:g}"]
+
+
+def test_progress_says_the_teachers_accuracy_before_the_first_epoch():
+    import io
+
+    from rich.console import Console
+
+    from ttm.client import Event
+    from ttm.client_cli import JobProgress
+
+    out = io.StringIO()
+    job = {"id": "job_x", "name": "wttm", "spec": {"train": {"epochs": 2}}}
+    with JobProgress(job, Console(file=out, width=200)) as progress:
+        for epoch, name, value in [(0, "teacher/top1", 92.15), (0, "teacher/top5", 99.8), (0, "teacher/entropy", 0.2),
+                                   (1, "train/loss", 1.1), (1, "test/top1", 70.5), (1, "eta_s", 30.0)]:
+            progress.on_event(Event("metric", {"epoch": epoch, "name": name, "value": value}))
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "teacher: test top-1 92.15%"  # at once, not after the first epoch
+    assert lines[1].startswith("epoch 1/2  loss 1.1000  top-1 70.50") and not any("epoch 0" in l for l in lines)
