@@ -2,12 +2,15 @@
 member; everything else about it stays its owner's (and the admins')."""
 from __future__ import annotations
 
+import re
+
 from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import Session
 
 from service.models import Project, ProjectMember, User
 
 MAX_NAME = 100
+NAME_PATTERN = r"^[A-Za-z0-9._-]+$"  # what create_project accepts; a query naming a project is held to it too
 
 
 class ProjectError(ValueError):
@@ -37,7 +40,7 @@ def projects_of(session: Session, user_id: int) -> list[str]:
 
 
 def create_project(session: Session, name: str) -> Project:
-    if not name or len(name) > MAX_NAME or not all(c.isalnum() or c in "-_." for c in name) or not name.isascii():
+    if not name or len(name) > MAX_NAME or not re.fullmatch(NAME_PATTERN, name):
         raise ProjectError(f"a project name is 1-{MAX_NAME} ASCII letters, digits, '-', '_' or '.', not {name!r}")
     if session.scalar(select(Project.id).where(Project.name == name)) is not None:
         raise ProjectError(f"project {name!r} exists already")

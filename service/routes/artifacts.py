@@ -8,7 +8,7 @@ from starlette.concurrency import run_in_threadpool
 from service.deps import CurrentUser, ReadSessionDep, SessionDep, SettingsDep
 from service.errors import ApiError, not_found
 from service.queries import artifacts as q
-from service.queries.projects import ProjectError, project_id_for
+from service.queries.projects import MAX_NAME, NAME_PATTERN, ProjectError, project_id_for
 from service.schemas import ArtifactOut, error_responses
 from service.uploads import receive_upload, store_artifact
 
@@ -41,7 +41,8 @@ UPLOAD_BODY = {
 async def upload_artifact(request: Request, response: Response, who: CurrentUser, session: SessionDep,
                           settings: SettingsDep,
                           filename: Annotated[str | None, Query(max_length=255)] = None,
-                          project: Annotated[str | None, Query(min_length=1, max_length=100, description=(
+                          project: Annotated[str | None, Query(min_length=1, max_length=MAX_NAME,
+                                                               pattern=NAME_PATTERN, description=(
                               "a project of yours: its members may name the artifact as a teacher"))] = None
                           ) -> ArtifactOut:
     """Upload teacher weights: streamed to disk, addressed by sha256, deduplicated per owner, checked on arrival."""

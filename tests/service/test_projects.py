@@ -69,6 +69,10 @@ def test_sharing_needs_membership(client, users, settings, teacher_file):
         r = client.post(f"/v1/artifacts?project={project}", content=teacher_file.read_bytes(),
                         headers=bearer(users.bob))
         assert r.status_code == 403 and r.json()["error"]["code"] == "not_a_member"
+    for hostile in ("a\x00b", "../x", "x" * 101):  # PostgreSQL cannot even compare a NUL: refused before the query
+        r = client.post("/v1/artifacts", params={"project": hostile}, content=teacher_file.read_bytes(),
+                        headers=bearer(users.bob))
+        assert r.status_code == 422 and r.json()["error"]["field"] == "project", r.text
 
 
 def test_admin_project_commands(settings):
