@@ -26,7 +26,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
 def utcnow() -> datetime:
@@ -179,6 +179,24 @@ class Job(Base):
     waits_for: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
     # shared with a project's members as a teacher (resources.project; null: its owner's alone)
     project_id: Mapped[int | None] = mapped_column(Integer, nullable=True)  # projects.id (never deleted)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)  # its owner's words on it, changeable
+    # loaded when read (a page of jobs loads them in one query: service/queries/jobs.py list_jobs)
+    tag_rows: Mapped[list[JobTag]] = relationship(order_by="JobTag.tag", cascade="all, delete-orphan",
+                                                  passive_deletes=True)
+
+    @property
+    def tags(self) -> list[str]:
+        return [row.tag for row in self.tag_rows]
+
+
+class JobTag(Base):
+    """A tag on a job (its owner's label, changeable; not part of the spec)."""
+
+    __tablename__ = "job_tags"
+    __table_args__ = (Index("ix_job_tags_tag", "tag", "job_id"),)
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(64), primary_key=True)
 
 
 class JobEvent(Base):

@@ -1,10 +1,11 @@
 """Response bodies and the examples /docs shows."""
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 
 class ArtifactOut(BaseModel):
@@ -33,6 +34,40 @@ class JobOut(BaseModel):
     spec: dict[str, Any] = Field(description="the job spec as accepted (defaults and preset filled in)")
     waits_for: str | None = Field(None, description="a waiting job's teacher job: it becomes queued when that one "
                                                     "succeeds, and fails if that one fails")
+    tags: list[str] = Field(default_factory=list, description="its owner's labels (PATCH changes them)")
+    note: str | None = Field(None, description="its owner's note (PATCH changes it)")
+
+
+TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,63}$"
+MAX_TAGS = 20  # per job
+MAX_NOTE = 4000  # characters
+
+
+def _tag(value: str) -> str:
+    if not re.fullmatch(TAG_PATTERN, value):
+        raise ValueError(f"tag {value[:80]!r} is not a tag: 1-64 letters, digits or . _ : + -, starting with a "
+                         "letter or digit (e.g. baseline, paper:table2, lr-0.1)")
+    return value
+
+
+def _note(value: str) -> str:
+    bad = next((c for c in value if ord(c) < 32 and c not in "\n\t"), None)
+    if bad is not None:
+        raise ValueError(f"a note holds text: control character {bad!r} is not allowed (newlines and tabs are)")
+    return value
+
+
+Tag = Annotated[str, AfterValidator(_tag)]
+Note = Annotated[str, Field(max_length=MAX_NOTE), AfterValidator(_note)]
+
+
+class JobPatch(BaseModel):
+    """What its owner may change on a job after submitting it; a field left out stays as it is."""
+
+    model_config = ConfigDict(extra="forbid")
+    tags: list[Tag] | None = Field(None, max_length=MAX_TAGS, description="the job's tags from now on (replaces them; "
+                                                                           "[] removes all)")
+    note: Note | None = Field(None, description='the job\'s note from now on ("" removes it)')
 
 
 class JobList(BaseModel):

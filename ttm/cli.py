@@ -14,6 +14,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from ttm.client_cli import Overrides
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, context_settings={"help_option_names": ["-h", "--help"]},
                   help="TTM/WTTM knowledge distillation: train locally, or run and use the job server.")
 err = Console(stderr=True)
@@ -64,6 +66,7 @@ def train(
     stop_after: Annotated[int | None, typer.Option(help="stop after this epoch (resume later)")] = None,
     epochs: Annotated[int | None, typer.Option(help="override train.epochs (milestones past it are dropped)")] = None,
     data_root: Annotated[Path | None, typer.Option(help="where datasets live (torchvision layout)")] = None,
+    overrides: Overrides = None,
 ) -> None:
     """Train the student(s) of SPEC on this machine; one line per epoch, checkpoints every epoch.
 
@@ -74,7 +77,8 @@ def train(
     from ttm.spec import SpecError, load_specs
 
     try:
-        specs = [_with_epochs(s, epochs) for s in load_specs(spec_path)] if epochs else load_specs(spec_path)
+        specs = load_specs(spec_path, overrides or [])
+        specs = [_with_epochs(s, epochs) for s in specs] if epochs else specs
     except SpecError as e:
         print_spec_error(e)
         raise typer.Exit(EXIT_SPEC_ERROR) from None

@@ -23,7 +23,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -160,7 +160,7 @@ class RetryPolicy:
         failure is raised as it was."""
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.retries + 1),
-            wait=tenacity.wait_exponential_jitter(initial=self.backoff, max=self.cap, jitter=self.backoff),
+            wait=tenacity.wait_exponential_jitter(multiplier=self.backoff, max=self.cap, jitter=self.backoff),
             retry=tenacity.retry_if_exception(retry_on), reraise=True, before_sleep=self._log(what))
         return retrying(fn)
 
@@ -302,12 +302,39 @@ class Client:
                 teacher[key] = artifact["id"]
         return body
 
-    def submit(self, spec: Any, idempotency_key: str | None = None) -> dict[str, Any]:
+    def submit(self, spec: Any, idempotency_key: str | None = None, tags: Sequence[str] = (),
+               note: str | None = None) -> dict[str, Any]:
         """Submit a job; returns it (queued). The same `idempotency_key` with the same spec returns the job of
-        the first submission instead of a new one; with another spec, ApiError 409."""
+        the first submission instead of a new one; with another spec, ApiError 409. `tags` and `note` label it
+        (they are not part of the spec; `tag_job`/`note_job` change them later)."""
         body = self.spec_body(spec)
         key = idempotency_key or f"ttm-client-{uuid.uuid4().hex}"
-        return self._send("POST", "/v1/jobs", json_body=body, headers={"Idempotency-Key": key}).json()
+        params: dict[str, Any] = {"tag": list(tags)} if tags else {}
+        if note:
+            params["note"] = note
+        return self._send("POST", "/v1/jobs", json_body=body, headers={"Idempotency-Key": key},
+                          params=params).json()
+
+    def clone_spec(self, job_id: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
+        """The spec job `job_id` ran (as the server accepted it), with `overrides` (FIELD=VALUE) applied: submit
+        it to run the job again with changes."""
+        from ttm.spec import apply_overrides
+
+        return apply_overrides(self.job(job_id)["spec"], overrides)
+
+    def tag_job(self, job_id: str, add: Sequence[str] = (), remove: Sequence[str] = ()) -> dict[str, Any]:
+        """Add and remove tags of a job; returns the job."""
+        tags = [t for t in self.job(job_id)["tags"] if t not in remove]
+        tags += [t for t in add if t not in tags]
+        return self._send("PATCH", f"/v1/jobs/{job_id}", json_body={"tags": tags}).json()
+
+    def note_job(self, job_id: str, note: str) -> dict[str, Any]:
+        """Set a job's note ("" removes it); returns the job."""
+        return self._send("PATCH", f"/v1/jobs/{job_id}", json_body={"note": note}).json()
+
+    def metrics_csv(self, job_id: str) -> str:
+        """Every metric of the job as CSV: one row per epoch, one column per metric."""
+        return self._send("GET", f"/v1/jobs/{job_id}/metrics.csv").text
 
     def submit_pipeline(self, specs: list[Any], idempotency_key: str | None = None) -> list[dict[str, Any]]:
         """Submit several specs as one pipeline (POST /v1/pipelines), in order: a spec may name an earlier one as
@@ -316,13 +343,16 @@ class Client:
         key = idempotency_key or f"ttm-client-{uuid.uuid4().hex}"
         return self._send("POST", "/v1/pipelines", json_body=body, headers={"Idempotency-Key": key}).json()["items"]
 
-    def jobs(self, state: str | list[str] | None = None, limit: int = 50) -> list[dict[str, Any]]:
-        """Your jobs (an admin: everyone's), newest first, at most `limit`."""
+    def jobs(self, state: str | list[str] | None = None, limit: int = 50, tags: Sequence[str] = (),
+             search: str | None = None) -> list[dict[str, Any]]:
+        """Your jobs (an admin: everyone's), newest first, at most `limit`; only those with every tag of `tags`,
+        and `search` in the name or note (ignoring case), when given."""
         states = ",".join(state) if isinstance(state, (list, tuple)) else state
         out: list[dict[str, Any]] = []
         cursor = None
         while len(out) < limit:
-            page = self._get("/v1/jobs", state=states, cursor=cursor, limit=min(200, limit - len(out)))
+            page = self._get("/v1/jobs", state=states, cursor=cursor, limit=min(200, limit - len(out)),
+                             tag=list(tags) or None, q=search)
             out.extend(page["items"])
             cursor = page.get("next_cursor")
             if not cursor:

@@ -1,4 +1,5 @@
-"""The client commands of `ttm`: upload, submit, jobs, status, watch, logs, cancel, download, reproduce.
+"""The client commands of `ttm`: upload, submit, jobs, status, watch, logs, cancel, tag, note, metrics, download,
+reproduce.
 
 They talk to a job server (`--server`/TTM_SERVER, `--token`/TTM_TOKEN) through `ttm.client`. What a script reads
 goes to stdout (a job id, a file path, or with `--json` exactly one JSON object); progress and messages go to
@@ -87,6 +88,11 @@ Which = Annotated[str, typer.Option(help="best | last checkpoint")]
 Format = Annotated[str | None, typer.Option(
     "--format", help="pt | safetensors | torchscript [default: from -o's suffix, else pt]", show_default=False)]
 CancelOnTimeout = Annotated[bool, typer.Option("--cancel-on-timeout", help="cancel the job when --timeout passes")]
+Overrides = Annotated[list[str] | None, typer.Option(
+    "--set", metavar="FIELD=VALUE", help="change the spec: a dotted field and a YAML value (train.lr=0.1, "
+                                         "loss.kind=kd, 'loss={kind: kd, temperature: 4}'; null removes); repeat",
+    show_default=False)]
+Tags = Annotated[list[str] | None, typer.Option("--tag", help="a tag (repeat for more)", show_default=False)]
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -335,8 +341,14 @@ def upload(
 
 
 def submit(
-    spec: Annotated[Path, typer.Argument(metavar="SPEC", help="job spec (YAML or JSON); a local teacher file in "
-                                                              "it is uploaded for you")],
+    spec: Annotated[Path | None, typer.Argument(metavar="[SPEC]", help="job spec (YAML or JSON); a local teacher "
+                                                                       "file in it is uploaded for you",
+                                                show_default=False)] = None,
+    from_job: Annotated[str | None, typer.Option(
+        "--from", metavar="JOB", help="instead of SPEC: the spec job JOB ran, changed by --set", show_default=False)]
+    = None,
+    overrides: Overrides = None, tags: Tags = None,
+    note: Annotated[str | None, typer.Option(help="a note on the job", show_default=False)] = None,
     wait: Annotated[bool, typer.Option("--wait", help="follow the job to its end; the exit code says how it "
                                                       "ended")] = False,
     timeout: Timeout = None, min_accuracy: MinAccuracy = None, output: Output = None, which: Which = "best",
@@ -355,13 +367,22 @@ def submit(
     order; --wait follows each job in turn, --min-accuracy gates every one of them and -o downloads the last one's
     student.
 
+    `--from JOB --set train.lr=0.1` runs JOB again with a change (the new job is a job of its own).
+
     --min-accuracy and -o imply --wait. Exit codes: 0 succeeded, 1 failed, 2 bad spec, 3 cancelled, 4 timed out,
     5 below --min-accuracy, 6 server unreachable, 7 auth, 8 other API error."""
-    from ttm.spec import load_specs
+    from ttm.spec import SpecError, load_specs
 
     seconds = parse_duration(timeout)
     with _errors(json_out):
-        specs = load_specs(spec)
+        if (spec is None) == (from_job is None):
+            raise SpecError([("", "give a spec file, or --from JOB to run a job's spec again (not both)")])
+        if from_job is not None:
+            with _client(server, token, retries) as client:
+                specs: list[Any] = [client.clone_spec(from_job, overrides or [])]
+        else:
+            assert spec is not None
+            specs = list(load_specs(spec, overrides or []))
         if len(specs) > 1:
             with _client(server, token, retries) as client:
                 code = _submit_pipeline(client, specs, idempotency_key, wait=wait, timeout=seconds,
@@ -369,7 +390,7 @@ def submit(
                                         cancel_on_timeout=cancel_on_timeout, json_out=json_out)
             raise typer.Exit(int(code))
         with _client(server, token, retries) as client:
-            job = client.submit(specs[0], idempotency_key=idempotency_key)
+            job = client.submit(specs[0], idempotency_key=idempotency_key, tags=tags or [], note=note)
             where = f", position {job['queue_position']} in the {job['queue']} queue" if job.get("queue_position") \
                 else ""
             _stderr().print(f"{job['id']}: [bold]{job['state']}[/]{where}")
@@ -429,12 +450,18 @@ def jobs(
         help="only these states (repeat, or comma-separate): waiting, queued, running, cancelling, succeeded, "
              "failed, cancelled", show_default=False)] = None,
     limit: Annotated[int, typer.Option(min=1, help="at most this many, newest first")] = 50,
+    tags: Annotated[list[str] | None, typer.Option("--tag", help="only jobs with this tag (repeat: with all of "
+                                                                 "them)", show_default=False)] = None,
+    search: Annotated[str | None, typer.Option("--search", "-q", help="only jobs with this text in their name or "
+                                                                      "note (ignoring case)", show_default=False)]
+    = None,
     server: Server = None, token: Token = None, json_out: Json = False, retries: Retries = 5,
 ) -> None:
-    """List your jobs (an admin: everyone's), newest first."""
+    """List your jobs (an admin: everyone's), newest first; filter by state, tag and text."""
     with _errors(json_out):
         with _client(server, token, retries) as client:
-            items = client.jobs(state=",".join(state) if state else None, limit=limit)
+            items = client.jobs(state=",".join(state) if state else None, limit=limit, tags=tags or [],
+                                search=search)
         if json_out:
             _print_json({"items": items})
             return
@@ -442,12 +469,12 @@ def jobs(
         from rich.table import Table
 
         table = Table(box=None, header_style="bold")
-        for column in ("ID", "NAME", "STATE", "QUEUE", "POS", "OWNER", "LOSS", "TOP-1", "CREATED"):
+        for column in ("ID", "NAME", "STATE", "QUEUE", "POS", "OWNER", "LOSS", "TOP-1", "CREATED", "TAGS"):
             table.add_column(column, no_wrap=column in ("ID", "CREATED"))
         for j in items:
             table.add_row(j["id"], j["name"], j["state"], j["queue"], str(j.get("queue_position") or ""),
                           j["owner"], j.get("spec", {}).get("loss", {}).get("kind", ""), _pct(j.get("best_top1")),
-                          str(j["created_at"])[:19].replace("T", " "))
+                          str(j["created_at"])[:19].replace("T", " "), ",".join(j.get("tags", [])))
         out = Console(highlight=False)
         if not out.is_terminal:  # piped: full lines, whatever the width
             out = Console(highlight=False, width=240)
@@ -506,7 +533,7 @@ def status(job_id: JobId, server: Server = None, token: Token = None, json_out: 
                 ("created", job.get("created_at")), ("started", job.get("started_at")),
                 ("finished", job.get("finished_at")), ("progress", progress),
                 ("best top-1", _pct(job.get("best_top1"))), ("waits for", job.get("waits_for")),
-                ("reason", job.get("reason"))]
+                ("reason", job.get("reason")), ("tags", ", ".join(job.get("tags", []))), ("note", job.get("note"))]
         for key, value in rows:
             if value not in (None, ""):
                 print(f"{key + ':':12s}{value}")
@@ -565,6 +592,45 @@ def cancel(job_id: JobId, server: Server = None, token: Token = None, json_out: 
             _print_json(job)
         else:
             print(f"{job['id']}: {job['state']}")
+
+
+def tag(job_id: JobId,
+        add: Annotated[list[str] | None, typer.Argument(metavar="[TAG]...", help="tags to add",
+                                                        show_default=False)] = None,
+        remove: Annotated[list[str] | None, typer.Option("--remove", "-r", help="a tag to remove (repeat)",
+                                                         show_default=False)] = None,
+        server: Server = None, token: Token = None, json_out: Json = False, retries: Retries = 5) -> None:
+    """Add or remove tags of a job (in any state); prints its tags. `ttm jobs --tag T` finds them again."""
+    with _errors(json_out):
+        with _client(server, token, retries) as client:
+            job = client.tag_job(job_id, add or [], remove or [])
+        _print_json(job) if json_out else print(" ".join(job["tags"]))
+
+
+def note(job_id: JobId,
+         text: Annotated[str, typer.Argument(metavar="TEXT", help='the note ("" removes it)')],
+         server: Server = None, token: Token = None, json_out: Json = False, retries: Retries = 5) -> None:
+    """Write a note on a job (in any state), replacing its note; `ttm jobs -q` searches notes too."""
+    with _errors(json_out):
+        with _client(server, token, retries) as client:
+            job = client.note_job(job_id, text)
+        if json_out:
+            _print_json(job)
+
+
+def metrics(job_id: JobId,
+            output: Annotated[Path | None, typer.Option("--output", "-o", help="write the CSV here instead of to "
+                                                                              "stdout", show_default=False)] = None,
+            server: Server = None, token: Token = None, retries: Retries = 5) -> None:
+    """A job's metrics as CSV: one row per epoch (0: before training), one column per metric."""
+    with _errors(False):
+        with _client(server, token, retries) as client:
+            text = client.metrics_csv(job_id)
+        if output is None:
+            sys.stdout.write(text)
+        else:
+            output.write_text(text)
+            print(output)
 
 
 def download(job_id: JobId, which: Which = "best", fmt: Format = None, output: Output = None,
@@ -629,7 +695,8 @@ def reproduce(
 
 COMMANDS: dict[str, Callable[..., Any]] = {
     "upload": upload, "submit": submit, "jobs": jobs, "queue": queue, "status": status, "watch": watch,
-    "logs": logs, "cancel": cancel, "download": download, "reproduce": reproduce}
+    "logs": logs, "cancel": cancel, "tag": tag, "note": note, "metrics": metrics, "download": download,
+    "reproduce": reproduce}
 
 
 def register(app: typer.Typer) -> None:

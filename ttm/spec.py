@@ -13,7 +13,10 @@ dispatch table all come from that one registry, `ttm.registry.LOSS_KINDS`.
 """
 from __future__ import annotations
 
+import copy
 import difflib
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
@@ -538,11 +541,47 @@ def parse_spec(data: dict[str, Any]) -> JobSpec:
         raise SpecError([("", "nested too deeply: a spec is a few levels of mappings")]) from None
 
 
-def load_specs(path: str | Path) -> list[JobSpec]:
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # 1e-3, which YAML 1.1 reads as a string
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """A copy of the spec mapping `data` with each `FIELD=VALUE` of `overrides` (`--set` on the command line) set:
+    FIELD is a dotted path (train.lr, loss.beta, dataset.subset.train), VALUE is read as YAML (0.1 and 1e-3 are
+    numbers, kd a string, `{kind: kd, temperature: 4}` a whole mapping) and `null` removes the field."""
+    import yaml
+
+    out = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise SpecError([("", f"--set {_shown(item)!r}: expected FIELD=VALUE, e.g. train.lr=0.1 or "
+                                  "loss.kind=wttm")])
+        field = ".".join(parts)
+        try:
+            value = float(raw) if _NUMBER.fullmatch(raw.strip()) else yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise SpecError([(field, f"--set {_shown(item)!r}: the value is not YAML ({err}); quote it")]) from None
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise SpecError([(".".join(parts[:i + 1]), f"--set {_shown(item)!r}: "
+                                  f"{'.'.join(parts[:i + 1])} is {_shown(child)!r}, not a mapping")])
+            node = child
+        if value is None:
+            node.pop(parts[-1], None)
+        else:
+            node[parts[-1]] = value
+    return out
+
+
+def load_specs(path: str | Path, overrides: Sequence[str] = ()) -> list[JobSpec]:
     """Read a YAML or JSON spec file: one job, or several YAML documents (`---`) run in order, e.g. a teacher
     trained with `ce` and then a student whose `teacher: {job: <teacher's name>}` refers to it.
 
     Relative paths in a spec are relative to the file's directory. Errors name the document when there are several.
+    `overrides` (FIELD=VALUE, see apply_overrides) change every document before it is checked.
     """
     import yaml
 
@@ -563,7 +602,7 @@ def load_specs(path: str | Path) -> list[JobSpec]:
         if not isinstance(data, dict):
             raise SpecError([("", f"{where}{path} must hold a mapping at the top level")])
         try:
-            specs.append(resolve_relative_paths(parse_spec(data), path.parent))
+            specs.append(resolve_relative_paths(parse_spec(apply_overrides(data, overrides)), path.parent))
         except SpecError as err:
             raise SpecError([(f, where + m) for f, m in err.problems]) from None
     names = [s.name for s in specs]
@@ -572,9 +611,9 @@ def load_specs(path: str | Path) -> list[JobSpec]:
     return specs
 
 
-def load_spec(path: str | Path) -> JobSpec:
+def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> JobSpec:
     """Read a spec file holding exactly one job."""
-    specs = load_specs(path)
+    specs = load_specs(path, overrides)
     if len(specs) != 1:
         raise SpecError([("", f"{path} holds {len(specs)} jobs; expected one")])
     return specs[0]

@@ -12,6 +12,11 @@ def events_after(session: Session, job_id: str, after: int = 0, limit: int = 500
                                 .order_by(JobEvent.id).limit(limit)))
 
 
+def all_metrics(session: Session, job_id: str) -> list[Metric]:
+    """Every metric row of a job (epochs × names: thousands at most), in sequence order."""
+    return list(session.scalars(select(Metric).where(Metric.job_id == job_id).order_by(Metric.id)))
+
+
 def metrics_after(session: Session, job_id: str, after: int = 0, limit: int = 1000) -> list[Metric]:
     return list(session.scalars(select(Metric).where(Metric.job_id == job_id, Metric.id > after)
                                 .order_by(Metric.id).limit(limit)))

@@ -6,10 +6,10 @@ import time
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from service.ids import new_job_id
-from service.models import Job, JobEvent, User, utcnow
+from service.models import Job, JobEvent, JobTag, User, utcnow
 from service.principal import Principal
 from service.scheduling import dispatch_order, place_in_group
 from service.settings import Settings
@@ -88,17 +88,31 @@ def _play(session: Session, queue: str, settings: Settings) -> dict[str, int]:
 
 
 def list_jobs(session: Session, who: Principal, *, states: list[str] | None, before: str | None,
-              limit: int) -> list[tuple[Job, str]]:
-    """Newest first (job ids sort by creation time); `before` is the last id of the previous page."""
-    query = select(Job, User.name).join(User, User.id == Job.owner_id)
+              limit: int, tags: list[str] | None = None, text: str | None = None) -> list[tuple[Job, str]]:
+    """Newest first (job ids sort by creation time); `before` is the last id of the previous page. `tags`: jobs
+    with every one of them; `text`: in the name or the note, ignoring case."""
+    query = select(Job, User.name).join(User, User.id == Job.owner_id).options(selectinload(Job.tag_rows))
     if not who.is_admin:
         query = query.where(Job.owner_id == who.id)
     if states:
         query = query.where(Job.state.in_(states))
+    for tag in tags or []:
+        query = query.where(select(JobTag.job_id).where(JobTag.job_id == Job.id, JobTag.tag == tag).exists())
+    if text:
+        needle = text.lower()
+        query = query.where(func.lower(Job.name).contains(needle, autoescape=True)
+                            | func.lower(Job.note).contains(needle, autoescape=True))
     if before:
         query = query.where(Job.id < before)
     rows = session.execute(query.order_by(Job.id.desc()).limit(limit)).all()
     return [(job, owner) for job, owner in rows]
+
+
+def set_tags(job: Job, tags: list[str]) -> None:
+    """The job's tags become `tags` (duplicates dropped); rows of tags it keeps stay as they are."""
+    wanted = set(tags)
+    job.tag_rows = [row for row in job.tag_rows if row.tag in wanted] + [
+        JobTag(tag=tag) for tag in sorted(wanted - set(job.tags))]
 
 
 def find_idempotent(session: Session, owner_id: int, key: str) -> Job | None:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import logging
 from pathlib import Path
@@ -21,7 +23,19 @@ from service.principal import Principal
 from service.queries import checkpoints as cq
 from service.queries import history as hq
 from service.queries import jobs as q
-from service.schemas import JOB_EXAMPLES, CheckpointOut, JobList, JobOut, MetricList, MetricOut, error_responses
+from service.schemas import (
+    JOB_EXAMPLES,
+    MAX_TAGS,
+    CheckpointOut,
+    JobList,
+    JobOut,
+    JobPatch,
+    MetricList,
+    MetricOut,
+    Note,
+    Tag,
+    error_responses,
+)
 from service.settings import Settings
 from service.states import (
     CANCELLED,
@@ -47,7 +61,7 @@ def job_out(job: Job, owner: str, position: q.Position) -> JobOut:
     return JobOut(id=job.id, name=job.name, state=job.state, queue=job.queue, queue_position=position,
                   attempts=job.attempts, reason=job.reason, owner=owner, created_at=job.created_at,
                   started_at=job.started_at, finished_at=job.finished_at, best_top1=job.best_top1, spec=job.spec,
-                  waits_for=job.waits_for)
+                  waits_for=job.waits_for, tags=job.tags, note=job.note)
 
 
 def visible_job(session: Session, who: Principal, job_id: str) -> tuple[Job, str]:
@@ -73,6 +87,8 @@ IdempotencyKey = Annotated[str | None, Header(
     alias="Idempotency-Key", min_length=1, max_length=IDEMPOTENCY_KEY_MAX, pattern=r"^[\x20-\x7e]+$",
     description="the same key with the same body gives the same job (200) instead of a second one; with another "
                 "body, a 409. Printable ASCII. A retried CI job should send a key of its own attempt.")]
+Tags = Annotated[list[Tag] | None, Query(alias="tag", max_length=MAX_TAGS,
+                                         description="a tag (repeat for more): 1-64 letters, digits or . _ : + -")]
 
 
 @router.post("", status_code=201, response_model=JobOut, openapi_extra=JOB_BODY,
@@ -81,9 +97,11 @@ IdempotencyKey = Annotated[str | None, Header(
                         **error_responses(400, 401, 403, 409, 413, 422, 429, 503)})
 def submit_job(body: Annotated[dict[str, Any], Body()], who: CurrentUser, session: SessionDep,
                settings: SettingsDep, request: Request, response: Response,
-               idempotency_key: IdempotencyKey = None) -> JobOut:
+               idempotency_key: IdempotencyKey = None, tags: Tags = None,
+               note: Annotated[Note | None, Query(description="a note on the job")] = None) -> JobOut:
     """Submit a job spec. It is validated (architectures, γ/β/T, dataset, the server's limits, the teacher's
-    tensors against its declared architecture) before it is queued; any refusal is a 4xx that names the field."""
+    tensors against its declared architecture) before it is queued; any refusal is a 4xx that names the field.
+    Tags and a note (not part of the spec: its owner may change them later with PATCH) may come with it."""
     if idempotency_key is not None:
         prior = q.find_idempotent(session, who.id, idempotency_key)
         if prior is not None:  # its first answer, even where the same body would no longer be admitted
@@ -91,6 +109,8 @@ def submit_job(body: Annotated[dict[str, Any], Body()], who: CurrentUser, sessio
             return _replay(session, prior, who.name, body, settings)
     job = store_job(session, who, admit(session, who, body, settings), idempotency_key,
                     request_hash(body) if idempotency_key else None)
+    q.set_tags(job, tags or [])
+    job.note = note or None
     try:
         session.commit()
     except IntegrityError:  # a concurrent request with the same key committed first: answer with its job
@@ -135,9 +155,13 @@ def list_jobs(who: CurrentUser, session: ReadSessionDep, settings: SettingsDep,
                                Query(description="filter: repeat, or comma-separate")] = None,
               cursor: Annotated[str | None, Query(description="next_cursor of the previous page",
                                                    pattern=r"^job_[0-9A-Za-z]{1,36}$")] = None,
-              limit: Annotated[int, Query(ge=1, le=200)] = 50) -> JobList:
-    """Your jobs (an admin: everyone's), newest first."""
-    rows = q.list_jobs(session, who, states=list(state) if state else None, before=cursor, limit=limit)
+              limit: Annotated[int, Query(ge=1, le=200)] = 50, tags: Tags = None,
+              text: Annotated[str | None, Query(alias="q", min_length=1, max_length=200, pattern=r"^[^\x00]*$",
+                                                description="search: in the name or the note, ignoring case")]
+              = None) -> JobList:
+    """Your jobs (an admin: everyone's), newest first; filtered by state, by tags (all of them) and by text."""
+    rows = q.list_jobs(session, who, states=list(state) if state else None, before=cursor, limit=limit,
+                       tags=tags, text=text)
     positions = q.queue_positions(session, [job for job, _ in rows], settings)
     items = [job_out(job, owner, positions.get(job.id)) for job, owner in rows]
     return JobList(items=items, next_cursor=rows[-1][0].id if len(rows) == limit else None)
@@ -146,6 +170,18 @@ def list_jobs(who: CurrentUser, session: ReadSessionDep, settings: SettingsDep,
 @router.get("/{job_id}", response_model=JobOut, responses=error_responses(401, 404))
 def get_job(job_id: str, who: CurrentUser, session: ReadSessionDep, settings: SettingsDep) -> JobOut:
     job, owner = visible_job(session, who, job_id)
+    return job_out(job, owner, q.queue_position(session, job, settings))
+
+
+@router.patch("/{job_id}", response_model=JobOut, responses=error_responses(400, 401, 404))
+def patch_job(job_id: str, body: JobPatch, who: CurrentUser, session: SessionDep, settings: SettingsDep) -> JobOut:
+    """Change a job's tags or note (in any state); what the job ran, its spec, stays as it was."""
+    job, owner = visible_job(session, who, job_id)
+    if body.tags is not None:
+        q.set_tags(job, body.tags)
+    if body.note is not None:
+        job.note = body.note or None
+    session.commit()
     return job_out(job, owner, q.queue_position(session, job, settings))
 
 
@@ -179,6 +215,28 @@ def job_metrics(job_id: str, who: CurrentUser, session: ReadSessionDep,
     rows = hq.metrics_after(session, job_id, after, limit)
     return MetricList(items=[MetricOut(seq=m.id, epoch=m.epoch, name=m.name, value=m.value, at=m.at)
                              for m in rows], next_after=rows[-1].id if rows else after)
+
+
+@router.get("/{job_id}/metrics.csv", response_class=Response,
+            responses={200: {"content": {"text/csv": {"schema": {"type": "string"},
+                                                      "example": "epoch,test_top1,train_loss\n1,71.2,0.91\n"}}},
+                       **error_responses(401, 404)})
+def job_metrics_csv(job_id: str, who: CurrentUser, session: ReadSessionDep) -> Response:
+    """Every metric of the job as CSV, one row per epoch and one column per metric (sorted by name), as pandas and
+    spreadsheets read it; a metric not recorded at an epoch is an empty cell. Epoch 0 holds what was measured
+    before training (the teacher's accuracy and entropy)."""
+    job, _ = visible_job(session, who, job_id)
+    table: dict[int, dict[str, float]] = {}
+    for m in hq.all_metrics(session, job.id):
+        table.setdefault(m.epoch, {})[m.name] = m.value
+    names = sorted({name for row in table.values() for name in row})
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["epoch", *names])
+    for epoch in sorted(table):
+        writer.writerow([epoch, *(repr(table[epoch][n]) if n in table[epoch] else "" for n in names)])
+    return Response(out.getvalue(), media_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": f'attachment; filename="{job.id}-metrics.csv"'})
 
 
 # Routes that answer with text or bytes document their content themselves (response_class=Response has no media

@@ -57,7 +57,7 @@ def test_fresh_database_refused_then_migrated_by_cli(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""
     assert is_at_head(settings)
-    assert head_revisions(settings) == {"0007"}
+    assert head_revisions(settings) == {"0008"}
     create_app(settings, host="127.0.0.1")
 
 
@@ -167,3 +167,30 @@ def test_0007_projects_up_and_down(db_url, tmp_path):
     upgrade_to_head(settings)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT name, project_id FROM jobs")).all() == [("kept", None)]
+
+
+def test_0008_job_tags_and_notes_up_and_down(db_url, tmp_path):
+    """0008 adds job_tags and jobs.note; down and up again keeps the jobs (their tags and notes go with it)."""
+    from sqlalchemy import text
+
+    from service.db import session_scope
+    from service.models import JobTag
+    from service.queries.jobs import insert_job
+    from service.queries.users import create_user
+
+    settings = make_settings(tmp_path, db_url)
+    engine = get_engine(settings)
+    with session_scope(settings) as session:
+        user, _ = create_user(session, "hana")
+        job = insert_job(session, user.id, name="kept", spec={}, queue="gpu", idempotency_key=None,
+                         request_hash=None)
+        job.note = "the baseline"
+        session.flush()
+        session.add(JobTag(job_id=job.id, tag="baseline"))
+    downgrade_to(settings, "0007")
+    assert "job_tags" not in set(inspect(engine).get_table_names())
+    assert "note" not in {c["name"] for c in inspect(engine).get_columns("jobs")}
+    upgrade_to_head(settings)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT name, note FROM jobs")).all() == [("kept", None)]
+        assert conn.execute(text("SELECT count(*) FROM job_tags")).scalar() == 0
