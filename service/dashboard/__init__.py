@@ -1,12 +1,17 @@
 """The dashboard: static HTML, CSS and vanilla JavaScript served by the API itself; no build step, nothing fetched
 from the internet. The pages call the same /v1 API as every other client, with the token the user typed in
 (kept in the browser's localStorage, sent as a Bearer header; the event stream is read with fetch(), which can
-send that header where EventSource cannot).
+send that header where EventSource cannot). Text from the API (job names, notes, specs, log lines) is always put
+in as text, never parsed as HTML; the Content-Security-Policy below allows no inline script either way.
 
-    /ui/                 the queue: jobs, states, owners, queue positions
-    /ui/jobs/{id}        one job: spec, state history, live curves, checkpoints, cancel
-    /ui/compare?jobs=..  several jobs' curves overlaid (KD vs TTM vs WTTM)
-    /ui/queue?queue=gpu  the lab queue in dispatch order, with each owner's usage over share
+    /ui/                 the jobs: sortable by any column, searchable; architecture, loss, γ/β, progress,
+                         duration and ETA of each (jobs.js)
+    /ui/jobs/{id}        one job: epoch progress and ETA, curves on an axis to the planned epochs with the teacher's
+                         accuracy and entropy as reference lines, the live log, state history, checkpoints, spec,
+                         why it failed, cancel (job.js)
+    /ui/compare?jobs=..  several jobs: the spec parameters that differ, final metrics, curves under one legend
+                         (compare.js)
+    /ui/queue?queue=gpu  the lab queue in dispatch order, with each owner's usage over share (app.js)
 
 Mounted by service/app.py: `app.include_router(dashboard.router)`.
 """

@@ -1,19 +1,42 @@
-"""The dashboard in headless Chromium: token login, the queue (only your jobs), a job page whose curves grow from
-the event stream, checkpoint downloads, the cancel button, the compare page, and the same with a real worker."""
+"""The dashboard in headless Chromium: token login, the jobs page (only your jobs; sorted by a click on a column,
+filtered by the search box), a job page whose curves grow from the event stream on an axis to the planned epochs with
+the teacher as reference lines, its live log, checkpoint downloads, the cancel button, a failed job's reason, the
+compare page (the parameters that differ, one legend), untrusted text staying text, and the same with a real worker.
+Screenshots of the charts are read back pixel by pixel: a chart with data has its line's colour in it."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import httpx
+from PIL import Image
 from playwright.sync_api import expect
 
+from service.dashboard import STATIC
 from ttm.client import Client
 
 from client_helpers import add_metrics, digits_spec, run_job
 
+SERIES_BLUE = (0x1F, 0x77, 0xB4)  # chart.js PALETTE[0]: a job page's curve, the first job of a comparison
+REFERENCE_GREY = (0x5B, 0x62, 0x70)  # chart.js REFERENCE_COLOR: the teacher's line
+XSS = '<img src=x onerror="document.body.dataset.pwned=1">'
+
 
 def _points(page, metric: str):
     return page.locator(f'figure[data-metric="{metric}"] path.line')
+
+
+def _pixels(png: Path, rgb: tuple[int, int, int], tolerance: int = 40) -> int:
+    """How many pixels of the screenshot are within `tolerance` (summed over channels) of the colour."""
+    with Image.open(png) as image:
+        data = image.convert("RGB").getdata()
+        return sum(1 for px in data if abs(px[0] - rgb[0]) + abs(px[1] - rgb[1]) + abs(px[2] - rgb[2]) <= tolerance)
+
+
+def _chart_shot(page, metric: str, folder: Path) -> Path:
+    path = folder / f"chart-{metric.replace('/', '_')}.png"
+    page.locator(f'figure[data-metric="{metric}"]').screenshot(path=str(path))
+    return path
 
 
 def test_served_by_the_api_with_nothing_from_outside(api):
@@ -24,10 +47,14 @@ def test_served_by_the_api_with_nothing_from_outside(api):
             r = http.get(path)
             assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
             assert "default-src 'self'" in r.headers["content-security-policy"]
-        for name in ("app.js", "chart.js", "style.css"):
+        names = sorted(p.name for p in STATIC.iterdir() if p.suffix in (".js", ".css"))
+        assert {"app.js", "chart.js", "jobs.js", "job.js", "compare.js", "style.css"} <= set(names)
+        for name in names:
             r = http.get(f"/ui/static/{name}")
             text = r.text.replace("http://www.w3.org/2000/svg", "")  # SVG's namespace is a name, not a fetch
             assert r.status_code == 200 and "http://" not in text and "https://" not in text and "//cdn" not in text
+            # text from the API goes in as text: nothing in the pages parses a string as HTML
+            assert not re.search(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|DOMParser", text), name
         for bad in ("/ui/static/..%2F__init__.py", "/ui/static/.hidden", "/ui/static/nope.js"):
             assert http.get(bad).status_code == 404
         assert "/ui/" not in http.get("/openapi.json").text  # not part of the API's schema
@@ -103,23 +130,63 @@ def test_the_queue_page_shows_the_dispatch_order_and_usage(api, open_page):
     expect(page.locator("#lab-queue")).to_contain_text("Nothing queued.")
 
 
-def test_job_page_curves_grow_downloads_and_cancel(api, open_page):
+def test_job_page_curves_log_references_downloads_and_cancel(api, open_page, tmp_path):
     with Client(api.url, api.alice) as c:
         job = c.submit(digits_spec("curves", epochs=5))
-    run_job(api.settings, job["id"], checkpoint=True)
+    run_job(api.settings, job["id"], checkpoint=True, log="2025-01-01 INFO job curves: resnet8 on digits\n"
+                                                            "2025-01-01 INFO <b>not bold</b>\n")
     page = open_page(f"{api.url}/ui/jobs/{job['id']}", api.alice)
     expect(page.locator("#job-state [data-state]")).to_have_text("running")
     expect(page.locator("#history li")).to_have_count(2)
     expect(page.locator("#spec")).to_contain_text('"arch": "resnet8"')
-    expect(page.locator('figure[data-metric="test/top1"]')).to_have_attribute("data-points", "0")
+    expect(page.locator("#spec")).to_contain_text('\n  "student": {\n    "arch": "resnet8"')  # pretty-printed
+    top1 = page.locator('figure[data-metric="test/top1"]')
+    expect(top1).to_have_attribute("data-points", "0")
+    expect(top1.locator(".empty")).to_have_text("waiting for epoch 1")
+    expect(page.locator("#failure")).to_be_hidden()
+    expect(page.locator("#progress-epoch")).to_have_text("Epoch 0 / 5")
+    expect(page.locator("#progress-eta")).to_contain_text("ETA after epoch 1")
 
-    metrics = ("train/loss", "test/top1", "test/entropy", "test/kl")
+    # the log, as text, and lines the trainer appends after the page opened
+    lines = page.locator("#log .log-line")
+    expect(lines).to_have_count(2)
+    expect(lines.nth(1)).to_have_text("2025-01-01 INFO <b>not bold</b>")
+    expect(page.locator("#log b")).to_have_count(0)
+    with open(api.settings.home / "runs" / job["id"] / "train.log", "a") as f:
+        f.write("2025-01-01 INFO teacher test top-1 71.20\n")
+    expect(lines).to_have_count(3)
+    expect(page.locator("#log-status")).to_contain_text("3 lines")
+
+    # the teacher's accuracy and entropy, measured before epoch 1: shown at once, and as reference lines
+    add_metrics(api.settings, job["id"], 0, {"teacher/top1": 71.2, "teacher/top5": 97.5, "teacher/entropy": 0.4})
+    expect(page.locator("#teacher-metrics")).to_contain_text("teacher: test top-1 71.20 %")
+    expect(page.locator("#progress-epoch")).to_have_text("Epoch 0 / 5")
+    for metric, value in (("test/top1", "71.2"), ("test/top5", "97.5"), ("test/entropy", "0.4")):
+        ref = page.locator(f'figure[data-metric="{metric}"] line.reference')
+        expect(ref).to_have_count(1)
+        expect(ref).to_have_attribute("data-value", value)
+
+    metrics = ("train/loss", "test/top1", "test/top5", "test/entropy", "test/kl", "test/u", "lr")
     for epoch in (1, 2, 3):
         add_metrics(api.settings, job["id"], epoch, {"train/loss": 2.0 / epoch, "test/top1": 40.0 + 10 * epoch,
                                                      "test/entropy": 1.5 / epoch, "test/kl": 0.3 / epoch,
-                                                     "test/top5": 99.0})
+                                                     "test/top5": 80.0 + epoch, "test/u": 1.2 + 0.1 * epoch,
+                                                     "lr": 0.1 / epoch, "eta_s": 600.0 - 100 * epoch,
+                                                     "images_per_s": 1234.0})
         for name in metrics:  # the curve grows while the job runs, with no reload
             expect(_points(page, name)).to_have_attribute("data-points", str(epoch))
+    expect(page.locator("#progress-epoch")).to_have_text("Epoch 3 / 5")
+    expect(page.locator("#progress-eta")).to_contain_text(re.compile(r"ETA 0:0[0-5]:\d\d · running"))
+    expect(page.locator("#progress-rate")).to_have_text("1234 images/s")
+    # the x axis runs to the planned 5 epochs, not to the 3 done
+    expect(top1).to_have_attribute("data-x-max", "5")
+    expect(top1.locator(".x-tick").last).to_have_text("5")
+
+    # screenshots: each chart has its curve's colour in it, the teacher's charts its grey line too
+    page.screenshot(path=str(tmp_path / "job-page.png"), full_page=True)
+    for name in metrics:
+        assert _pixels(_chart_shot(page, name, tmp_path), SERIES_BLUE) > 150, name
+    assert _pixels(tmp_path / "chart-test_top1.png", REFERENCE_GREY) > 60
 
     # checkpoints download through the API with the token
     button = page.locator('#checkpoints button[data-which="best"]')
@@ -135,41 +202,127 @@ def test_job_page_curves_grow_downloads_and_cancel(api, open_page):
     expect(page.locator("#job-state [data-state]")).to_have_text("cancelled")
     expect(page.locator("#history li[data-state=cancelled]")).to_have_count(1)
     expect(page.locator("#cancel")).to_be_hidden()
+    expect(page.locator("#log-status")).not_to_contain_text("live")
 
 
-def test_compare_overlays_kd_ttm_wttm(api, open_page, teacher_pth):
+def test_a_failed_job_says_why_and_untrusted_text_stays_text(api, open_page, tmp_path):
+    with Client(api.url, api.alice) as c:
+        job = c.submit(digits_spec(XSS))
+    run_job(api.settings, job["id"], to="failed", log=f"{XSS}\n<script>document.body.dataset.pwned=2</script>\n")
+    inert = "() => !document.querySelector('main img, main script') && !document.body.dataset.pwned"
+
+    jobs = open_page(f"{api.url}/ui/", api.alice)
+    link = jobs.locator(f'tr[data-job-id="{job["id"]}"] td.name a')
+    expect(link).to_have_text(XSS)
+    assert jobs.evaluate(inert)
+
+    page = open_page(f"{api.url}/ui/jobs/{job['id']}", api.alice)
+    expect(page.locator("#job-name")).to_have_text(XSS)
+    expect(page.locator("#failure")).to_be_visible()
+    expect(page.locator("#failure-reason")).to_have_text("test worker: failed")
+    empty = page.locator('figure[data-metric="test/top1"] .empty')
+    expect(empty).to_have_text("no epoch finished: the job failed")  # not "no data yet"
+    expect(page.locator("#log .log-line")).to_have_text([XSS, "<script>document.body.dataset.pwned=2</script>"])
+    expect(page.locator("#spec")).to_contain_text(XSS.replace('"', '\\"'))
+    assert page.evaluate(inert)
+    assert page.title().startswith(XSS)
+    page.screenshot(path=str(tmp_path / "failed-job.png"), full_page=True)
+    # an empty chart's screenshot has no curve in it: the pixel count tells data from none
+    assert _pixels(_chart_shot(page, "test/top1", tmp_path), SERIES_BLUE) < 20
+
+    compare = open_page(f"{api.url}/ui/compare?jobs={job['id']}", api.alice)
+    expect(compare.locator(f'#compare-params th[data-job-id="{job["id"]}"] a')).to_have_text(XSS)
+    expect(compare.locator("#compare-legend li")).to_contain_text([XSS])
+    assert compare.evaluate(inert)
+
+
+def test_jobs_page_sorts_and_searches_and_compare_shows_what_differs(api, open_page, teacher_pth, tmp_path):
     losses = {"kd": {"kind": "kd"}, "ttm": {"kind": "ttm", "gamma": 0.3, "beta": 1.5},
-              "wttm": {"kind": "wttm", "gamma": 0.3, "beta": 1.5}}
+              "wttm": {"kind": "wttm", "gamma": 0.5, "beta": 2.0}}
     with Client(api.url, api.alice) as c:
         teacher = {"arch": "resnet8", "weights": str(teacher_pth)}
         jobs = [c.submit({**digits_spec(name), "loss": loss, "teacher": teacher}) for name, loss in losses.items()]
     for i, job in enumerate(jobs):
         run_job(api.settings, job["id"])
+        add_metrics(api.settings, job["id"], 0, {"teacher/top1": 70.0, "teacher/entropy": 0.5})
         for epoch in (1, 2):
-            add_metrics(api.settings, job["id"], epoch, {"test/top1": 50.0 + epoch + i, "train/loss": 1.0 / epoch})
-    ids = ",".join(j["id"] for j in jobs)
-    page = open_page(f"{api.url}/ui/compare?jobs={ids}", api.alice)
+            add_metrics(api.settings, job["id"], epoch, {"test/top1": 50.0 + epoch + i, "train/loss": 1.0 / epoch,
+                                                         "eta_s": 30.0 * (3 - epoch)})
+    kd, ttm, wttm = (j["id"] for j in jobs)
+
+    # the jobs page: the columns, a click on a header sorts, the search box filters
+    queue = open_page(f"{api.url}/ui/", api.alice)
+    rows = queue.locator("#jobs tr[data-job-id]")
+    expect(rows).to_have_count(3)
+    expect(rows.locator("td.name a")).to_have_text(["wttm", "ttm", "kd"])  # newest first
+    expect(rows.nth(0).locator("td.name a")).to_have_attribute("href", f"/ui/jobs/{wttm}")
+    row = queue.locator(f'tr[data-job-id="{ttm}"]')
+    expect(row.locator(".arch")).to_have_text("resnet8 → resnet8")
+    expect(row.locator(".loss")).to_have_text("TTM")
+    expect(row.locator(".params")).to_have_text("γ 0.3 · β 1.5")
+    expect(queue.locator(f'tr[data-job-id="{kd}"] .params')).to_have_text("T 4")
+    expect(row.locator(".progress")).to_have_text("2 / 3")
+    expect(row.locator(".eta")).to_have_text(re.compile(r"^0:00:[0-3]\d$"))
+    expect(row.locator(".duration")).to_have_text(re.compile(r"^0:00:\d\d$"))
+    queue.screenshot(path=str(tmp_path / "jobs.png"), full_page=True)
+    names = rows.locator("td.name a")
+    queue.click('th[data-sort="name"] button')
+    expect(names).to_have_text(["kd", "ttm", "wttm"])
+    expect(queue.locator('th[data-sort="name"]')).to_have_attribute("aria-sort", "ascending")
+    queue.click('th[data-sort="name"] button')
+    expect(names).to_have_text(["wttm", "ttm", "kd"])
+    queue.click('th[data-sort="params"] button')  # by γ (KD: 1/T = 0.25), then β
+    expect(names).to_have_text(["kd", "ttm", "wttm"])
+    queue.fill("#job-search", "wttm")
+    expect(names).to_have_text(["wttm"])
+    queue.fill("#job-search", "resnet8 KD")  # every word, ignoring case, in any column
+    expect(names).to_have_text(["kd"])
+    queue.fill("#job-search", "alice running")
+    expect(names).to_have_count(3)
+    queue.fill("#job-search", "no-such-thing")
+    expect(queue.locator("#jobs")).to_contain_text("No job matches the search.")
+    queue.fill("#job-search", "")
+    expect(names).to_have_count(3)
+    queue.reload()  # the sort is kept in the address
+    expect(names).to_have_text(["kd", "ttm", "wttm"])
+
+    # selecting jobs leads to the comparison
+    for job in jobs:
+        queue.locator(f'tr[data-job-id="{job["id"]}"] input[type=checkbox]').check()
+    queue.click("#compare-selected")
+    expect(queue).to_have_url(re.compile(r"/ui/compare\?jobs="))
+    page = queue
     top1 = _points(page, "test/top1")
     expect(top1).to_have_count(3)
     for job in jobs:
         expect(page.locator(f'figure[data-metric="test/top1"] path[data-series="{job["id"]}"]')).to_have_attribute(
             "data-points", "2")
-    legend = page.locator('figure[data-metric="test/top1"] .legend li')
+    # one legend for all the charts, none on each
+    legend = page.locator("#compare-legend li")
     expect(legend).to_have_count(3)
     for kind in ("KD", "TTM", "WTTM"):
         expect(legend.filter(has_text=re.compile(rf"· {kind}\b"))).to_have_count(1)
+    expect(page.locator("figure .legend li")).to_have_count(0)
+    # the parameters that differ (not those all three share), then the final metrics
+    params = page.locator("#compare-params tr[data-param]")
+    expect(params.locator("th")).to_have_text(["loss.beta", "loss.ce_weight", "loss.gamma", "loss.kd_weight",
+                                               "loss.kind", "loss.temperature"])
+    expect(page.locator("#compare-params thead th[data-job-id]")).to_have_count(3)
+    expect(page.locator('#compare-params tr[data-param="loss.gamma"] td')).to_have_text(["–", "0.3", "0.5"])
+    expect(page.locator('#compare-params tr[data-metric="test/top1"] td')).to_have_text(["52", "53", "54"])
+    expect(page.locator('#compare-params tr[data-metric="epochs"] td')).to_have_text(["2 / 3"] * 3)
+    page.check("#compare-all")
+    expect(page.locator('#compare-params tr[data-param="train.lr"]')).to_have_count(1)
+    # the three teachers are one: one reference line; the x axis runs to the planned 3 epochs
+    expect(page.locator('figure[data-metric="test/top1"] line.reference')).to_have_count(1)
+    expect(page.locator('figure[data-metric="test/top1"]')).to_have_attribute("data-x-max", "3")
+    page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)
+    assert _pixels(_chart_shot(page, "test/top1", tmp_path), SERIES_BLUE) > 100
+
     # a running job's new epoch appears without a reload
     add_metrics(api.settings, jobs[0]["id"], 3, {"test/top1": 60.0})
     expect(page.locator(f'figure[data-metric="test/top1"] path[data-series="{jobs[0]["id"]}"]')).to_have_attribute(
         "data-points", "3", timeout=10_000)
-
-    # selecting jobs on the queue page leads to the same comparison
-    queue = open_page(f"{api.url}/ui/", api.alice)
-    for job in jobs[:2]:
-        queue.locator(f'tr[data-job-id="{job["id"]}"] input[type=checkbox]').check()
-    queue.click("#compare-selected")
-    expect(queue).to_have_url(re.compile(r"/ui/compare\?jobs="))
-    expect(_points(queue, "test/top1")).to_have_count(2)
 
 
 def test_live_job_curve_grows_and_cancel(live, open_page):
@@ -183,6 +336,9 @@ def test_live_job_curve_grows_and_cancel(live, open_page):
     grown = "n => Number(document.querySelector('figure[data-metric=\"test/top1\"]').dataset.points) > n"
     page.wait_for_function(grown, arg=first, timeout=60_000)
     expect(page.locator("#job-state [data-state]")).to_have_text("running")
+    expect(top1).to_have_attribute("data-x-max", "200")  # the planned epochs
+    expect(page.locator("#progress-epoch")).to_have_text(re.compile(r"^Epoch [1-9]\d* / 200$"))
+    expect(page.locator("#log .log-line").filter(has_text=re.compile(r"epoch 1/200 +loss"))).to_have_count(1)
     page.click("#cancel")
     expect(page.locator("#job-state [data-state]")).to_have_text("cancelled", timeout=30_000)
     assert Client(live.url, live.alice).job(job["id"])["state"] == "cancelled"
