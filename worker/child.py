@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         if os.getppid() != args.supervisor:  # the worker died before the line above took effect
             return 128 + 9
         if args.nproc > 1:  # torchrun inherits the parent-death signal through exec
-            problem = gpus_missing(args.nproc)
+            queue = json.loads((args.run_dir / "spec.json").read_text()).get("resources", {}).get("queue")
+            problem = gpus_missing(args.nproc, queue)
             if problem is not None:
                 write_outcome(args.run_dir, 0, {"ok": False, "reason": problem})
                 return EXIT_TRAINING_FAILED
@@ -59,11 +60,18 @@ def main(argv: list[str] | None = None) -> int:
     return run_trainer(args.job_id, args.run_dir, rank)
 
 
-def gpus_missing(nproc: int) -> str | None:
-    """Why N ranks cannot each have a GPU here, or None (no CUDA at all: the ranks share the CPU, with gloo)."""
+def gpus_missing(nproc: int, queue: str | None) -> str | None:
+    """Why N ranks cannot each have a GPU here, or None. Without CUDA, ranks share the CPU (gloo), as a job of the
+    cpu queue asks; a job of the gpu queue asked for GPUs, and is not run on the CPU in their place."""
     import torch
 
-    if not torch.cuda.is_available() or torch.cuda.device_count() >= nproc:
+    if not torch.cuda.is_available():
+        if queue != "gpu":
+            return None
+        return (f"the job asks for {nproc} GPUs (resources.gpus: {nproc}) but its worker has no GPU (CUDA is not "
+                f"available there): submit it with resources.queue: cpu to train {nproc} CPU processes, or run a "
+                "worker on a GPU host")
+    if torch.cuda.device_count() >= nproc:
         return None
     return (f"the job asks for {nproc} GPUs (resources.gpus) but its worker sees {torch.cuda.device_count()}: "
             f"lower resources.gpus, or start a worker that owns {nproc} (ttm worker --gpu 0,1,...)")

@@ -80,7 +80,7 @@ def execute_job(job_id: str, worker_name: str, settings: Settings, *, queues: st
     log.info("job %s: leased (attempt %d); run directory %s", job_id, attempt, run_dir)
 
     try:
-        proc = _start(job_id, spec_data, run_dir, settings)
+        proc = _start(job_id, spec_data, run_dir, settings, queue)
     except Exception as err:  # a spec that does not resolve, a missing artifact, a full disk
         from ttm.spec import SpecError
         from worker.resolve import ResolveError
@@ -102,7 +102,7 @@ def execute_job(job_id: str, worker_name: str, settings: Settings, *, queues: st
 
 
 # ------------------------------------------------------------------------------------------------ run
-def _start(job_id: str, spec_data: dict, run_dir: Path, settings: Settings) -> subprocess.Popen:
+def _start(job_id: str, spec_data: dict, run_dir: Path, settings: Settings, queue: str) -> subprocess.Popen:
     from worker.resolve import resolve_spec
 
     with session_scope(settings) as session:
@@ -111,6 +111,7 @@ def _start(job_id: str, spec_data: dict, run_dir: Path, settings: Settings) -> s
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = spec.model_dump(mode="json", exclude_none=True)
     resolved.pop("preset", None)  # applied already: the child runs exactly these fields
+    resolved["resources"]["queue"] = queue  # where `auto` sent it: the child checks a gpu job has GPUs
     (run_dir / "spec.json").write_text(json.dumps(resolved, indent=2))
     nproc = spec.resources.gpus if spec.resources.gpus > 1 else 1
     for stale in run_dir.glob("outcome-*.json"):  # a previous attempt's

@@ -152,3 +152,16 @@ def test_timeout_then_cancel(live, tmp_path):
     assert r.returncode == Exit.CANCELLED, r.stderr
     with Client(live.url, live.alice) as c:
         assert c.job(job_id)["state"] == "cancelled"
+
+
+def test_gpus_asked_on_a_host_without_any_fail_saying_so(live):
+    """`resources.gpus: 2` on the gpu queue, and a worker with no CUDA: the job fails with the reason and the fix,
+    instead of training two CPU processes as if they were the GPUs asked for (the cpu queue does that on request)."""
+    with Client(live.url, live.alice) as c:
+        job = c.submit({**digits_spec("two-gpus", epochs=1), "resources": {"gpus": 2}})
+        assert job["queue"] == "gpu"
+        final = c.wait(job["id"], timeout=120)
+    assert final["state"] == "failed"
+    assert final["reason"].endswith(
+        "the job asks for 2 GPUs (resources.gpus: 2) but its worker has no GPU (CUDA is not available there): submit "
+        "it with resources.queue: cpu to train 2 CPU processes, or run a worker on a GPU host"), final["reason"]
