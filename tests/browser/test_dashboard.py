@@ -181,6 +181,10 @@ def test_job_page_curves_log_references_downloads_and_cancel(api, open_page, tmp
     # the x axis runs to the planned 5 epochs, not to the 3 done
     expect(top1).to_have_attribute("data-x-max", "5")
     expect(top1.locator(".x-tick").last).to_have_text("5")
+    box = top1.locator("svg").bounding_box()  # hovering epoch 2 (x = 56 + 2/5 of 490 in the 560-wide viewBox)
+    page.mouse.move(box["x"] + box["width"] * (56 + 0.4 * 490) / 560, box["y"] + box["height"] / 2)
+    expect(top1.locator(".readout")).to_have_text(" · epoch 2: 60.000")
+    page.mouse.move(0, 0)
 
     # screenshots: each chart has its curve's colour in it, the teacher's charts its grey line too
     page.screenshot(path=str(tmp_path / "job-page.png"), full_page=True)
@@ -249,6 +253,7 @@ def test_jobs_page_sorts_and_searches_and_compare_shows_what_differs(api, open_p
             add_metrics(api.settings, job["id"], epoch, {"test/top1": 50.0 + epoch + i, "train/loss": 1.0 / epoch,
                                                          "eta_s": 30.0 * (3 - epoch)})
     kd, ttm, wttm = (j["id"] for j in jobs)
+    run_job(api.settings, kd, to="succeeded", epochs=2, from_epoch=3, checkpoint=True)  # its last checkpoint: epoch 2
 
     # the jobs page: the columns, a click on a header sorts, the search box filters
     queue = open_page(f"{api.url}/ui/", api.alice)
@@ -264,6 +269,9 @@ def test_jobs_page_sorts_and_searches_and_compare_shows_what_differs(api, open_p
     expect(row.locator(".progress")).to_have_text("2 / 3")
     expect(row.locator(".eta")).to_have_text(re.compile(r"^0:00:[0-3]\d$"))
     expect(row.locator(".duration")).to_have_text(re.compile(r"^0:00:\d\d$"))
+    ended = queue.locator(f'tr[data-job-id="{kd}"]')  # how far an ended job got: its last checkpoint's epoch
+    expect(ended.locator(".progress")).to_have_text("2 / 3")
+    expect(ended.locator(".eta")).to_have_text("–")
     queue.screenshot(path=str(tmp_path / "jobs.png"), full_page=True)
     names = rows.locator("td.name a")
     queue.click('th[data-sort="name"] button')
@@ -278,7 +286,7 @@ def test_jobs_page_sorts_and_searches_and_compare_shows_what_differs(api, open_p
     queue.fill("#job-search", "resnet8 KD")  # every word, ignoring case, in any column
     expect(names).to_have_text(["kd"])
     queue.fill("#job-search", "alice running")
-    expect(names).to_have_count(3)
+    expect(names).to_have_text(["ttm", "wttm"])
     queue.fill("#job-search", "no-such-thing")
     expect(queue.locator("#jobs")).to_contain_text("No job matches the search.")
     queue.fill("#job-search", "")
@@ -320,13 +328,14 @@ def test_jobs_page_sorts_and_searches_and_compare_shows_what_differs(api, open_p
     assert _pixels(_chart_shot(page, "test/top1", tmp_path), SERIES_BLUE) > 100
 
     # a running job's new epoch appears without a reload
-    add_metrics(api.settings, jobs[0]["id"], 3, {"test/top1": 60.0})
-    expect(page.locator(f'figure[data-metric="test/top1"] path[data-series="{jobs[0]["id"]}"]')).to_have_attribute(
+    add_metrics(api.settings, ttm, 3, {"test/top1": 60.0})
+    expect(page.locator(f'figure[data-metric="test/top1"] path[data-series="{ttm}"]')).to_have_attribute(
         "data-points", "3", timeout=10_000)
 
 
-def test_live_job_curve_grows_and_cancel(live, open_page):
-    """A real worker trains the job: the top-1 curve grows epoch by epoch, then the cancel button stops it."""
+def test_live_job_curve_grows_and_cancel(live, open_page, tmp_path):
+    """A real worker trains the job: the top-1 curve grows epoch by epoch, with the trainer's ETA and its log as it
+    writes it, then the cancel button stops it."""
     with Client(live.url, live.alice) as c:
         job = c.submit(digits_spec("live-dashboard", epochs=200))
     page = open_page(f"{live.url}/ui/jobs/{job['id']}", live.alice)
@@ -338,7 +347,10 @@ def test_live_job_curve_grows_and_cancel(live, open_page):
     expect(page.locator("#job-state [data-state]")).to_have_text("running")
     expect(top1).to_have_attribute("data-x-max", "200")  # the planned epochs
     expect(page.locator("#progress-epoch")).to_have_text(re.compile(r"^Epoch [1-9]\d* / 200$"))
+    expect(page.locator("#progress-eta")).to_have_text(re.compile(r"^ETA \d+:\d\d:\d\d · running"))
     expect(page.locator("#log .log-line").filter(has_text=re.compile(r"epoch 1/200 +loss"))).to_have_count(1)
+    page.screenshot(path=str(tmp_path / "live-job.png"), full_page=True)
+    assert _pixels(_chart_shot(page, "test/top1", tmp_path), SERIES_BLUE) > 30
     page.click("#cancel")
     expect(page.locator("#job-state [data-state]")).to_have_text("cancelled", timeout=30_000)
     assert Client(live.url, live.alice).job(job["id"])["state"] == "cancelled"

@@ -5,7 +5,7 @@
 
 const SVG = "http://www.w3.org/2000/svg";
 const W = 560, H = 260;
-const M = { left: 56, right: 14, top: 12, bottom: 34 };
+const M = { left: 56, right: 14, top: 12, bottom: 34 }; // the left one grows to fit long tick labels
 export const PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
 export const REFERENCE_COLOR = "#5b6270";
 
@@ -138,8 +138,8 @@ export class LineChart {
     if (event && this.scale) {
       const box = this.svg.getBoundingClientRect();
       const x = ((event.clientX - box.left) / box.width) * W;
-      const { xLo, xHi } = this.scale;
-      const e = Math.round(xLo + ((x - M.left) / (W - M.left - M.right)) * (xHi - xLo));
+      const { xLo, xHi, left } = this.scale;
+      const e = Math.round(xLo + ((x - left) / (W - left - M.right)) * (xHi - xLo));
       if (e >= xLo && e <= xHi) epoch = e;
     }
     if (epoch !== this.hover) {
@@ -154,37 +154,40 @@ export class LineChart {
     this.scale = null;
     const all = [...this.series.values()].flatMap((s) => [...s.points.entries()]);
     const refs = [...this.references.values()];
-    const pw = W - M.left - M.right, ph = H - M.top - M.bottom;
-    svg.append(el("rect", { x: M.left, y: M.top, width: pw, height: ph, class: "plot" }));
+    const ys = [...all.map(([, y]) => y), ...refs.map((r) => r.value)];
+    const yt = ys.length ? niceTicks(Math.min(...ys), Math.max(...ys)) : null;
+    const yLabels = yt ? yt.ticks.map((t) => formatValue(t, yt.step)) : [];
+    const left = Math.max(M.left, 16 + 6.6 * Math.max(0, ...yLabels.map((l) => l.length)));
+    const pw = W - left - M.right, ph = H - M.top - M.bottom;
+    svg.append(el("rect", { x: left, y: M.top, width: pw, height: ph, class: "plot" }));
     this.figure.dataset.points = String(all.length);
     this.figure.dataset.references = String(refs.length);
     if (all.length === 0 && refs.length === 0) {
       this.figure.dataset.xMax = "";
-      svg.append(el("text", { x: M.left + pw / 2, y: M.top + ph / 2, class: "empty", "text-anchor": "middle" },
+      svg.append(el("text", { x: left + pw / 2, y: M.top + ph / 2, class: "empty", "text-anchor": "middle" },
                     this.emptyText));
       this.readout.textContent = "";
       this.drawLegend();
       return;
     }
-    const xs = all.map(([x]) => x), ys = [...all.map(([, y]) => y), ...refs.map((r) => r.value)];
+    const xs = all.map(([x]) => x);
     const xLo = 0, xHi = Math.max(1, this.epochs || 0, ...xs);
-    const yt = niceTicks(Math.min(...ys), Math.max(...ys));
     const yLo = yt.ticks[0], yHi = yt.ticks[yt.ticks.length - 1];
-    const sx = (x) => M.left + ((x - xLo) / (xHi - xLo)) * pw;
+    const sx = (x) => left + ((x - xLo) / (xHi - xLo)) * pw;
     const sy = (y) => M.top + ph - ((y - yLo) / (yHi - yLo || 1)) * ph;
-    this.scale = { xLo, xHi };
+    this.scale = { xLo, xHi, left };
     this.figure.dataset.xMax = String(xHi);
 
     const grid = el("g", { class: "grid" });
-    for (const t of yt.ticks) {
-      grid.append(el("line", { x1: M.left, x2: M.left + pw, y1: sy(t), y2: sy(t) }));
-      grid.append(el("text", { x: M.left - 6, y: sy(t) + 4, "text-anchor": "end" }, formatValue(t, yt.step)));
-    }
+    yt.ticks.forEach((t, i) => {
+      grid.append(el("line", { x1: left, x2: left + pw, y1: sy(t), y2: sy(t) }));
+      grid.append(el("text", { x: left - 6, y: sy(t) + 4, "text-anchor": "end" }, yLabels[i]));
+    });
     for (const t of epochTicks(xHi)) {
       grid.append(el("line", { x1: sx(t), x2: sx(t), y1: M.top, y2: M.top + ph, class: "x" }));
       grid.append(el("text", { x: sx(t), y: M.top + ph + 16, "text-anchor": "middle", class: "x-tick" }, String(t)));
     }
-    grid.append(el("text", { x: M.left + pw / 2, y: H - 4, "text-anchor": "middle", class: "axis-label" }, "epoch"));
+    grid.append(el("text", { x: left + pw / 2, y: H - 4, "text-anchor": "middle", class: "axis-label" }, "epoch"));
     if (this.unit) {
       grid.append(el("text", { x: 12, y: M.top + ph / 2, "text-anchor": "middle", class: "axis-label",
                                transform: `rotate(-90 12 ${M.top + ph / 2})` }, this.unit));
@@ -201,10 +204,10 @@ export class LineChart {
     for (const r of byValue.values()) {
       const y = sy(r.value).toFixed(1);
       const text = `${r.label ? `${r.label} ` : ""}${Number(r.value.toPrecision(4))}`;
-      const line = el("line", { x1: M.left, x2: M.left + pw, y1: y, y2: y, stroke: r.color, class: "reference",
+      const line = el("line", { x1: left, x2: left + pw, y1: y, y2: y, stroke: r.color, class: "reference",
                                 "data-reference": r.id, "data-value": r.value });
       line.append(el("title", {}, text));
-      svg.append(line, el("text", { x: M.left + pw - 4, y: Number(y) - 4, "text-anchor": "end", fill: r.color,
+      svg.append(line, el("text", { x: left + pw - 4, y: Number(y) - 4, "text-anchor": "end", fill: r.color,
                                     class: "reference-label" }, text));
     }
 
@@ -224,7 +227,7 @@ export class LineChart {
       }
     }
     if (all.length === 0) {
-      svg.append(el("text", { x: M.left + pw / 2, y: M.top + ph / 2 + 20, class: "empty", "text-anchor": "middle" },
+      svg.append(el("text", { x: left + pw / 2, y: M.top + ph / 2 + 20, class: "empty", "text-anchor": "middle" },
                     this.emptyText));
     }
     this.drawHover(sx, sy);

@@ -106,6 +106,9 @@ export async function jobPage(main, jobId) {
       progressEta.textContent = `ETA after epoch 1 · running ${hms(elapsed)}`;
     } else if (FINAL.has(job.state)) {
       progressEta.textContent = elapsed === null ? job.state : `${job.state} after ${hms(elapsed)}`;
+    } else if (job.waits_for) {
+      progressEta.replaceChildren("waiting for its teacher, job ",
+        h("a", { href: `/ui/jobs/${encodeURIComponent(job.waits_for)}`, class: "mono" }, job.waits_for));
     } else {
       progressEta.textContent = job.queue_position ? `queued · position ${job.queue_position}` : job.state;
     }

@@ -1,13 +1,15 @@
 // The jobs page: every job the token may see, newest first, refreshed every few seconds; sortable by any column
 // (click its header), filtered by a search box over name, architecture, loss, state and owner; with each job's
 // progress (epoch k / N), duration and ETA read from its metric rows.
-import { FINAL, getJson, metricsAfter } from "./api.js";
+import { FINAL, getJson, jobPath, metricsAfter } from "./api.js";
 import {
   archText, durationSeconds, every, gammaBeta, h, hms, lossName, lossParams, pct, plannedEpochs, stateBadge, STATES,
   when,
 } from "./ui.js";
 
-// job id → {after, epoch, eta, etaAt, done}: read once for a finished job, read on from `after` while one runs
+// job id → {after, epoch, eta, etaAt, done}. A running job's metric rows are read on from `after` (its ETA is the
+// trainer's eta_s of the latest epoch); a job that had ended when first seen has no ETA, and the epoch of its last
+// checkpoint is how far it got (one small request, where its metric rows would be thousands).
 const progress = new Map();
 
 async function loadProgress(job) {
@@ -15,6 +17,12 @@ async function loadProgress(job) {
   if (!p) progress.set(job.id, p = { after: 0, epoch: 0, eta: null, etaAt: null, done: false });
   if (p.done || !job.started_at) return;
   const final = FINAL.has(job.state); // rows are written before the final state: one read after it is the last
+  if (final && p.after === 0) {
+    const last = (await getJson(jobPath(job.id, "/checkpoints"))).filter((c) => c.which === "last");
+    p.epoch = Math.max(0, ...last.map((c) => c.epoch));
+    p.done = true;
+    return;
+  }
   const { items, after } = await metricsAfter(job.id, p.after);
   for (const m of items) {
     if (m.epoch > p.epoch) p.epoch = m.epoch;
