@@ -35,8 +35,8 @@ export function differingPaths(specs) {
 }
 
 export async function comparePage(main) {
-  const ids = (new URLSearchParams(location.search).get("jobs") || "").split(",").map((s) => s.trim())
-    .filter(Boolean);
+  const ids = [...new Set((new URLSearchParams(location.search).get("jobs") || "").split(",").map((s) => s.trim())
+    .filter(Boolean))];
   const input = h("input", { id: "compare-ids", size: 60, value: ids.join(","),
                              placeholder: "job ids, comma-separated" });
   const form = h("form", { class: "toolbar" }, h("h1", {}, "Compare"), h("span", { class: "spacer" }), input,

@@ -174,13 +174,22 @@ export async function jobPage(main, jobId) {
     }
   }
 
+  // A replayed stream brings many epochs at once: their checkpoints are read once, shortly after.
+  let checkpointTimer = null;
+  function soonReloadCheckpoints() {
+    if (checkpointTimer === null) {
+      checkpointTimer = setTimeout(() => { checkpointTimer = null; reloadCheckpoints(); }, 500);
+    }
+  }
+  onStop(() => clearTimeout(checkpointTimer));
+
   // The log, read on from where the last read ended; each line is a text node.
   let logOffset = 0, logPartial = "", logCount = 0, logDone = false, logBusy = false;
   function appendLog(text, flush) {
     const lines = (logPartial + text).split("\n");
     logPartial = flush ? "" : lines.pop();
     if (flush && lines[lines.length - 1] === "") lines.pop();
-    for (const line of lines) logBox.append(h("div", { class: "log-line" }, line));
+    for (const line of lines) logBox.append(h("div", { class: "log-line" }, line.replace(/\r$/, "")));
     logCount += lines.length;
     while (logBox.childElementCount > LOG_LINES) logBox.firstElementChild.remove();
   }
@@ -243,14 +252,14 @@ export async function jobPage(main, jobId) {
       if (data.name === "images_per_s") seen.rate = data.value;
       if (data.epoch > seen.epoch) {
         seen.epoch = data.epoch;
-        reloadCheckpoints();
+        soonReloadCheckpoints();
       }
       renderProgress();
     } else if (type === "state") {
       historyList.append(h("li", { dataset: { state: data.state } }, h("time", {}, when(data.at)), " ",
         stateBadge(data.state), data.reason ? ` ${data.reason}` : ""));
       if (data.state !== job.state) reloadJob();
-      if (FINAL.has(data.state)) reloadCheckpoints();
+      if (FINAL.has(data.state)) soonReloadCheckpoints();
     } else if (data && data.message) {  // a note from the worker or the reconciler ("log" events)
       historyList.append(h("li", { class: "note" }, h("time", {}, when(data.at)), " ", data.message));
     }
