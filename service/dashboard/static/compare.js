@@ -116,10 +116,10 @@ export async function comparePage(main) {
       swatch.style.background = t.color;
       return h("th", { dataset: { jobId: t.id } }, swatch, t.job
         ? h("a", { href: `/ui/jobs/${encodeURIComponent(t.id)}`, title: t.id }, t.job.name)
-        : h("span", { class: "mono" }, t.id));
+        : [h("span", { class: "mono" }, t.id), h("div", { class: "error" }, t.error && t.error.status === 404
+          ? "no such job (or not yours)" : t.error ? t.error.message : "…")]);
     }));
-    const cell = (t, fn) => (t.job ? fn(t) : h("td", { class: "error" }, t.error && t.error.status === 404
-      ? "no such job (or not yours)" : t.error ? t.error.message : "…"));
+    const cell = (t, fn) => (t.job ? fn(t) : h("td", { class: "muted" }, "–"));
     const row = (label, fn, attrs = {}) => h("tr", attrs, h("th", { scope: "row" }, label), ...tracks.map((t) =>
       cell(t, fn)));
     const section = (text) => h("tr", { class: "section" }, h("th", { colspan: tracks.length + 1 }, text));
