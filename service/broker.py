@@ -23,7 +23,7 @@ def make_celery(settings: Settings) -> Celery:
         control_dir = settings.broker_dir / "control"  # kombu's default is ./control, under the current directory
         for folder in (queue_dir, processed_dir, control_dir):
             folder.mkdir(parents=True, exist_ok=True)
-        broker = "filesystem://"
+        broker = "filesystem://localhost//"  # a host for kombu to name (it warns without one); files only
         transport_options.update(data_folder_in=str(queue_dir), data_folder_out=str(queue_dir),
                                  processed_folder=str(processed_dir), control_folder=str(control_dir),
                                  store_processed=False)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated
@@ -146,7 +147,11 @@ def _run_with_progress(spec, out: Path, stop_after: int | None, data_root: str |
     from ttm.train import train as run_training
 
     logger = logging.getLogger("ttm.train")
-    handler = RichHandler(console=err, show_path=False, show_time=False, markup=False)
+    if err.is_terminal:
+        handler: logging.Handler = RichHandler(console=err, show_path=False, show_time=False, markup=False)
+    else:  # a file or a pipe: whole lines (rich would wrap them at 80 columns)
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("epoch {task.completed}/{task.total}"),

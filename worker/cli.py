@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -26,9 +27,31 @@ import typer
 log = logging.getLogger("ttm.worker")
 
 
-def _configure_logging(level: str = "info") -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+QUIET = ("alembic", "kombu", "celery", "amqp")  # their INFO lines say how they work, not what ours do
+
+
+def _configure_logging(verbose: bool = False) -> None:
+    """Our own lines (ttm.*) and every library's warnings; -v adds the libraries' INFO lines too. Celery's banner and
+    its warning about running as root (a container's usual user) go with them."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in QUIET:
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+    if not verbose:
+        warnings.filterwarnings("ignore", message="You're running the worker with superuser privileges")
+
+
+class _QuietHandBack(logging.Filter):
+    """Drops Celery's warning, with its traceback, about the message a stopping worker hands back (worker/tasks.py
+    raises Reject for it): our own line has said already that the job goes back to the queue."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from celery.exceptions import Reject
+
+        return not (record.exc_info and isinstance(record.exc_info[1], Reject))
+
+
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="also the INFO lines of Celery, kombu and Alembic, "
+                                                               "and Celery's banner")]
 
 
 def _where(settings) -> str:
@@ -46,7 +69,8 @@ def worker(
         "--queues", "-Q", help="queues to take jobs from [default: gpu with --gpu, else gpu,cpu]")] = None,
     name: Annotated[str | None, typer.Option(
         "--name", "-n", help="node name; %h is the host name [default: gpu<I>@%h or worker@%h]")] = None,
-    loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "info",
+    loglevel: Annotated[str, typer.Option("--loglevel", "-l", help="our own lines' level")] = "info",
+    verbose: Verbose = False,
     slot: Annotated[int | None, typer.Option(
         "--slot", min=0, help="CPU worker slot of this host to hold (lock file cpu<I>.lock); `ttm serve` numbers its "
                               "workers this way; GPU workers hold gpu<I>.lock per device instead")] = None,
@@ -57,7 +81,10 @@ def worker(
     from service.settings import get_settings
     from worker import slots
 
-    _configure_logging(loglevel)
+    _configure_logging(verbose)
+    logging.getLogger("ttm").setLevel(loglevel.upper())
+    if not verbose:
+        logging.getLogger("celery.app.trace").addFilter(_QuietHandBack())
     settings = get_settings()
     if lifeline_fd is not None:
         slots.watch_lifeline(lifeline_fd, _supervisor_lost)
@@ -77,8 +104,9 @@ def worker(
     log.info("worker %s: queues %s%s; %s", name.replace("%h", socket.gethostname()), queues, devices, _where(settings))
     from worker.app import celery_app
 
-    celery_app.worker_main(["worker", "--pool=solo", "--concurrency=1", f"--queues={queues}", f"--hostname={name}",
-                            "--without-gossip", "--without-mingle", "--without-heartbeat", f"--loglevel={loglevel}"])
+    celery_app.worker_main([*([] if verbose else ["--quiet"]), "worker", "--pool=solo", "--concurrency=1",
+                            f"--queues={queues}", f"--hostname={name}", "--without-gossip", "--without-mingle",
+                            "--without-heartbeat", f"--loglevel={'info' if verbose else 'warning'}"])
 
 
 def claim_gpu(lock_dir: Path) -> str:
@@ -163,6 +191,7 @@ def serve(
     access_log: Annotated[bool, typer.Option(
         "--access-log/--no-access-log", help="a line on stdout per request (Prometheus' /metrics counts them "
                                              "either way)")] = True,
+    verbose: Verbose = False,
 ) -> None:
     """The API, N workers and the reconciler on this machine; the database is migrated first. Ctrl-C stops all:
     a running job goes back to the queue and resumes from its last epoch checkpoint next time."""
@@ -173,7 +202,7 @@ def serve(
     from service.settings import get_settings
     from worker.reconcile import start_reconciler_thread
 
-    _configure_logging()
+    _configure_logging(verbose)
     settings = get_settings()
     upgrade_to_head(settings)
     api = create_app(settings, host=host)  # refuses bad settings before anything starts
@@ -182,7 +211,7 @@ def serve(
     if devices and workers > len(devices):
         raise typer.BadParameter(f"{workers} workers on {len(devices)} GPUs: a GPU takes one worker (one trainer "
                                  "at a time); give --workers at most the number of --gpus", param_hint="--workers")
-    pool = WorkerPool([_worker_command(i, queues, devices[i] if devices else None)
+    pool = WorkerPool([_worker_command(i, queues, devices[i] if devices else None, verbose)
                        for i in range(workers)], env=_cpu_share_env(workers, devices))
     pool.start()
     stop_reconciler = None
@@ -265,8 +294,9 @@ def _cpu_share_env(workers: int, devices: list[str]) -> dict[str, str]:
     return env
 
 
-def _worker_command(index: int, queues: str, gpu: str | None) -> list[str]:
-    cmd = [sys.executable, "-m", "worker.cli", "worker", f"--queues={queues}", f"--name=worker{index + 1}@%h"]
+def _worker_command(index: int, queues: str, gpu: str | None, verbose: bool = False) -> list[str]:
+    cmd = [sys.executable, "-m", "worker.cli", "worker", f"--queues={queues}", f"--name=worker{index + 1}@%h",
+           *(["--verbose"] if verbose else [])]
     return cmd + ([f"--gpu={gpu}"] if gpu is not None else [f"--slot={index}"])
 
 
@@ -300,8 +330,10 @@ class WorkerPool:
             WorkerPool._lifeline, _write_end = os.pipe()  # both not inheritable; the write end stays here, open
             WorkerPool._lifeline_write = _write_end
         fd = WorkerPool._lifeline
+        # a session of its own: Ctrl-C in the terminal reaches `ttm serve` alone, which stops the workers in order
+        # (SIGTERM, a warm shutdown), instead of each worker taking the SIGINT for a second, cold one
         self.procs[i] = subprocess.Popen([*self.commands[i], f"--lifeline-fd={fd}"], stdin=subprocess.DEVNULL,
-                                         env=self.env, pass_fds=(fd,))
+                                         env=self.env, pass_fds=(fd,), start_new_session=True)
 
     def _watch(self) -> None:
         while not self._stopping.wait(1.0):
