@@ -5,7 +5,8 @@ Layout of a run directory:
     best.pt / best.safetensors     the student with the best test top-1 (a plain state_dict, and safetensors)
     best.json                      its manifest: arch, classes, input shape, normalization, accuracy, epoch, spec
     last.pt / last.safetensors / last.json     the student after the latest epoch
-    best.torchscript.pt            optional TorchScript export of the best student
+    best.onnx / best.pt2 / best.torchscript.pt    exports of the best student that the spec asked for and that
+                                   passed their check (ttm.export); best.json's "exports" says how each went
     metrics.jsonl                  one line per epoch
     train.log                      the trainer's log
 """
@@ -31,7 +32,8 @@ MANIFEST_VERSION = 1
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Write through a temporary file in the same directory, fsync, then rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    # the same suffix: some writers and readers go by it (torch.export's .pt2 archives)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
@@ -68,7 +70,7 @@ def save_student(out_dir: Path, which: str, model: nn.Module, manifest: dict[str
     atomic_write(pt, lambda tmp: torch.save(state, tmp))
     atomic_write(st, lambda tmp: save_file(state, str(tmp), metadata=student_metadata(manifest)))
     manifest = {**manifest, "version": MANIFEST_VERSION, "which": which,
-                "files": {"pt": _file_info(pt), "safetensors": _file_info(st)}}
+                "files": {"pt": file_info(pt), "safetensors": file_info(st)}}
     write_json(out_dir / f"{which}{MANIFEST_SUFFIX}", manifest)
     return manifest
 
@@ -88,24 +90,6 @@ def student_metadata(manifest: dict[str, Any]) -> dict[str, str]:
     return {k: str(v) for k, v in meta.items() if v is not None}
 
 
-def export_torchscript(out_dir: Path, model: nn.Module, example: torch.Tensor, manifest_path: Path) -> Path:
-    """Trace the student on the CPU in fp32 and record the file in the manifest."""
-    model = getattr(model, "module", model)
-    model = getattr(model, "_orig_mod", model)
-    was_training = model.training
-    # torch's overloads of Module.to lack to(device, memory_format=...), which it accepts
-    model = model.to("cpu", memory_format=torch.contiguous_format).eval()  # type: ignore[call-overload]
-    path = out_dir / checkpoint_name(manifest_path.stem, "torchscript")
-    with torch.no_grad():
-        traced = torch.jit.trace(model, example.to("cpu", torch.float32))
-    atomic_write(path, lambda tmp: torch.jit.save(traced, str(tmp)))
-    model.train(was_training)
-    manifest = json.loads(manifest_path.read_text())
-    manifest["files"]["torchscript"] = _file_info(path)
-    write_json(manifest_path, manifest)
-    return path
-
-
 def write_json(path: Path, obj: Any) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=True)))
 
@@ -118,5 +102,5 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _file_info(path: Path) -> dict[str, Any]:
+def file_info(path: Path) -> dict[str, Any]:
     return {"name": path.name, "sha256": sha256_file(path), "size": path.stat().st_size}

@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, TypeVar, get_args
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -115,7 +115,14 @@ def teacher_kinds() -> list[str]:
 # The suffix of each student export format, as the manifest's "files" keys, the download route and the client name
 # them: `<which><suffix>`, e.g. best.safetensors. Here rather than in ttm.checkpoint so that the API and the client
 # can read it without importing torch.
-CHECKPOINT_SUFFIXES: dict[str, str] = {"pt": ".pt", "safetensors": ".safetensors", "torchscript": ".torchscript.pt"}
+CheckpointFormat = Literal["pt", "safetensors", "torchscript", "onnx", "pt2"]
+CHECKPOINT_SUFFIXES: dict[str, str] = {"pt": ".pt", "safetensors": ".safetensors", "torchscript": ".torchscript.pt",
+                                       "onnx": ".onnx", "pt2": ".pt2"}
+assert set(CHECKPOINT_SUFFIXES) == set(get_args(CheckpointFormat))
+# The formats a spec may ask for in output.formats, made of the best student at the end of a job and checked in their
+# own runtime before they are offered (ttm.export); pt and safetensors are written every epoch.
+ExportFormat = Literal["onnx", "pt2", "torchscript"]
+EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
 MANIFEST_SUFFIX = ".json"
 
 

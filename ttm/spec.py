@@ -25,7 +25,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from ttm.registry import (
     DATASET_CHANNELS,
     DATASET_CLASSES,
+    EXPORT_FORMATS,
     LOSS_KINDS,
+    ExportFormat,
     is_known_arch,
     kind_of,
     loss_spec,
@@ -386,7 +388,31 @@ class ResourcesSpec(Strict):
 
 
 class OutputSpec(Strict):
-    torchscript: bool = Field(False, description="also export the best student as TorchScript")
+    formats: list[ExportFormat] = Field(
+        default_factory=list, max_length=2 * len(EXPORT_FORMATS),
+        description="exports of the best student, made when the job ends and each checked in its own runtime "
+                    "against PyTorch on test images before it is offered: onnx, pt2 (torch.export), torchscript")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_spelling(cls, data: Any) -> Any:
+        # `torchscript: true` came before formats; old specs and the jobs stored with them must still validate,
+        # and afterwards formats alone says what is exported
+        if not isinstance(data, dict) or "torchscript" not in data:
+            return data
+        data = dict(data)
+        old = data.pop("torchscript")
+        if not isinstance(old, bool):
+            raise _at("torchscript", "is true or false (the old spelling of formats: [torchscript])")
+        if "formats" in data:
+            raise _at("torchscript", "is the old spelling of formats: [torchscript]: give formats alone")
+        data["formats"] = ["torchscript"] if old else []
+        return data
+
+    @field_validator("formats")
+    @classmethod
+    def _in_one_order(cls, formats: list[str]) -> list[str]:
+        return [f for f in EXPORT_FORMATS if f in formats]  # a repeated format is one export
 
 
 # ---------------------------------------------------------------------------------------------- the job

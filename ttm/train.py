@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ttm.checkpoint import export_torchscript, load_state, save_state, save_student
+from ttm.checkpoint import load_state, save_state, save_student
 from ttm.spec import CosineSchedule, JobSpec, StepSchedule
 
 log = logging.getLogger("ttm.train")
@@ -340,11 +340,12 @@ def train(spec: JobSpec, out_dir: str | Path, *, on_metrics: MetricsCallback | N
                 log.info("stopping after epoch %d as asked; resume continues from here", epoch)
                 return TrainResult(out_dir, epoch, best_top1, best_epoch, last, stopped_early=True)
 
-        if dist.main and spec.output.torchscript and (out_dir / "best.json").exists():
+        if dist.main and spec.output.formats and (out_dir / "best.json").exists():
+            from ttm.export import check_images, export_student
+
             best = build_model(spec.student.arch, num_classes=classes, in_channels=info.channels)
             best.load_state_dict(torch.load(out_dir / "best.pt", map_location="cpu", weights_only=True))
-            export_torchscript(out_dir, best, torch.zeros(1, info.channels, info.image_size, info.image_size),
-                               out_dir / "best.json")
+            export_student(best, spec.output.formats, check_images(test_batches), out_dir / "best.json")
         if dist.main:
             log.info("done: best test top-1 %.2f at epoch %d; checkpoints in %s", best_top1, best_epoch, out_dir)
         return TrainResult(out_dir, epoch, best_top1, best_epoch, last)

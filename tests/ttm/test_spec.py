@@ -90,3 +90,21 @@ def test_multi_document_file_and_relative_paths(tmp_path):
     with pytest.raises(SpecError) as e:
         load_specs(f)
     assert e.value.problems == [("student.depth", "document 2: unknown field")]
+
+
+def test_output_formats_and_the_old_torchscript_spelling():
+    base = {"name": "s", "student": {"arch": "resnet8"}, "dataset": {"name": "digits"}}
+    assert parse_spec(base).output.formats == []
+    # one order, a repeat is one export
+    asked = parse_spec({**base, "output": {"formats": ["torchscript", "onnx", "pt2", "onnx"]}})
+    assert asked.output.formats == ["onnx", "pt2", "torchscript"]
+    # old specs and the jobs stored with them: torchscript: true is formats: [torchscript], and nothing else says so
+    old = parse_spec({**base, "output": {"torchscript": True}})
+    assert old.output.formats == ["torchscript"] and old.model_dump()["output"] == {"formats": ["torchscript"]}
+    assert parse_spec({**base, "output": {"torchscript": False}}).output.formats == []
+    assert parse_spec(old.model_dump(mode="json")) == old  # what the database stores validates again
+    unknown = problems({**base, "output": {"formats": ["tflite"]}})["output.formats.0"]
+    assert all(fmt in unknown for fmt in ("onnx", "pt2", "torchscript")), unknown
+    assert "give formats alone" in problems({**base, "output": {"torchscript": True, "formats": ["onnx"]}})[
+        "output.torchscript"]
+    assert "true or false" in problems({**base, "output": {"torchscript": "yes"}})["output.torchscript"]
