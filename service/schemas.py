@@ -90,7 +90,8 @@ class MetricList(BaseModel):
 
 class CheckpointOut(BaseModel):
     which: str = Field(description="best | last")
-    format: str = Field(description="pt | safetensors | torchscript")
+    format: str = Field(description="pt | safetensors (every epoch) | onnx | pt2 | torchscript (exports of the best "
+                                    "student that the spec asked for, checked before they are offered)")
     sha256: str
     size: int
     epoch: int

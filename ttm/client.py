@@ -130,10 +130,12 @@ def sha256_file(path: Path) -> str:
 
 
 def format_for(dest: str | Path | None) -> str:
-    """The checkpoint format a destination's name asks for: .safetensors, .torchscript(.pt)/.ts, else pt."""
+    """The checkpoint format a destination's name asks for: .safetensors, .onnx, .pt2, .torchscript(.pt)/.ts,
+    else pt."""
     name = Path(dest).name.lower() if dest else ""
-    if name.endswith(".safetensors"):
-        return "safetensors"
+    for fmt in ("safetensors", "onnx", "pt2"):
+        if name.endswith(CHECKPOINT_SUFFIXES[fmt]):
+            return fmt
     if name.endswith((".torchscript.pt", ".torchscript", ".ts")):
         return "torchscript"
     return "pt"

@@ -83,10 +83,11 @@ MinAccuracy = Annotated[float | None, typer.Option(
     callback=_percent)]
 Output = Annotated[Path | None, typer.Option(
     "--output", "-o", help="download the student here when the job succeeds (the format follows the suffix: "
-                           ".safetensors, .ts, else pt)", show_default=False)]
+                           ".safetensors, .onnx, .pt2, .ts, else pt)", show_default=False)]
 Which = Annotated[str, typer.Option(help="best | last checkpoint")]
 Format = Annotated[str | None, typer.Option(
-    "--format", help="pt | safetensors | torchscript [default: from -o's suffix, else pt]", show_default=False)]
+    "--format", help="pt | safetensors | onnx | pt2 | torchscript (the last three: exports the spec asked for "
+                     "in output.formats) [default: from -o's suffix, else pt]", show_default=False)]
 CancelOnTimeout = Annotated[bool, typer.Option("--cancel-on-timeout", help="cancel the job when --timeout passes")]
 Overrides = Annotated[list[str] | None, typer.Option(
     "--set", metavar="FIELD=VALUE", help="change the spec: a dotted field and a YAML value (train.lr=0.1, "

@@ -3,7 +3,10 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.models import Checkpoint
+from service.models import Checkpoint, Job
+from service.states import FINAL_STATES
+from ttm.registry import EXPORT_FORMATS
+from ttm.spec import OutputSpec
 
 
 def list_checkpoints(session: Session, job_id: str) -> list[Checkpoint]:
@@ -21,3 +24,25 @@ def best_weights(session: Session, job_id: str) -> Checkpoint | None:
     rows = {c.format: c for c in session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id,
                                                                          Checkpoint.which == "best"))}
     return rows.get("safetensors") or rows.get("pt")
+
+
+def why_missing(session: Session, job: Job, which: str, fmt: str) -> tuple[str, str]:
+    """(code, message) for a checkpoint the job does not have: what happened and what to do. Exports (onnx, pt2,
+    torchscript) exist only where the spec asked for them and their check passed; best.json says how each went."""
+    if fmt not in EXPORT_FORMATS:
+        return "checkpoint_not_ready", (f"job {job.id} has no {which} checkpoint in format {fmt} yet (state: "
+                                        f"{job.state}); checkpoints appear after the first epoch")
+    if which != "best":
+        return "export_best_only", f"exports are made of the best student only: ask for job {job.id}'s best {fmt}"
+    if fmt not in OutputSpec.model_validate((job.spec or {}).get("output") or {}).formats:
+        return "export_not_requested", (f"job {job.id} was not asked for {fmt}: resubmit with output.formats: "
+                                        f"[{fmt}] (ttm submit --from {job.id} --set 'output.formats=[{fmt}]')")
+    best = get_checkpoint(session, job.id, "best", "pt")
+    made = ((best.manifest or {}) if best is not None else {}).get("exports", {}).get(fmt)
+    if made is not None and not made.get("offered"):
+        return "export_refused", f"job {job.id}'s {fmt} export was refused when it was made: {made.get('reason')}"
+    if job.state in FINAL_STATES:
+        return "export_missing", (f"job {job.id} ended ({job.state}) without a {fmt} export: exports are made of "
+                                  "the best student when training ends, and it did not get there")
+    return "checkpoint_not_ready", (f"job {job.id}'s {fmt} export is made of the best student when training ends "
+                                    f"(state: {job.state})")

@@ -47,7 +47,7 @@ from service.states import (
     JobState,
     transition,
 )
-from ttm.registry import checkpoint_name
+from ttm.registry import CheckpointFormat, checkpoint_name
 
 log = logging.getLogger("ttm.service")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401, 422))  # on every route
@@ -277,14 +277,14 @@ def _checkpoint(session: Session, who: Principal, job_id: str, which: str, fmt: 
     job, _ = visible_job(session, who, job_id)
     ckpt = cq.get_checkpoint(session, job_id, which, fmt)
     if ckpt is None:
-        raise ApiError(404, f"job {job_id} has no {which} checkpoint in format {fmt} yet (state: {job.state}); "
-                            "checkpoints appear after the first epoch", code="checkpoint_not_ready")
+        code, message = cq.why_missing(session, job, which, fmt)
+        raise ApiError(404, message, code=code)
     return ckpt
 
 
 @router.get("/{job_id}/checkpoints/{which}/manifest", responses=error_responses(401, 404))
 def checkpoint_manifest(job_id: str, which: Literal["best", "last"], who: CurrentUser, session: ReadSessionDep,
-                        format: Literal["pt", "safetensors", "torchscript"] = "pt") -> dict[str, Any]:
+                        format: CheckpointFormat = "pt") -> dict[str, Any]:
     """The manifest written beside the checkpoint: architecture, classes, input shape, normalization, accuracy."""
     return _checkpoint(session, who, job_id, which, format).manifest or {}
 
@@ -295,7 +295,7 @@ def checkpoint_manifest(job_id: str, which: Literal["best", "last"], who: Curren
                              "description": "the file; ETag is its sha256, X-TTM-Manifest its manifest (JSON)"},
                        304: {"description": "If-None-Match matched the sha256"}, **error_responses(401, 404)})
 def download_checkpoint(job_id: str, which: Literal["best", "last"], who: CurrentUser, session: ReadSessionDep,
-                        format: Literal["pt", "safetensors", "torchscript"] = "pt",
+                        format: CheckpointFormat = "pt",
                         if_none_match: Annotated[str | None, Header()] = None) -> Response:
     ckpt = _checkpoint(session, who, job_id, which, format)
     etag = f'"{ckpt.sha256}"'

@@ -211,5 +211,6 @@ def test_sse_parsing_and_formats():
                                                         ("metric", "2-0", {"epoch": 1, "value": 2}),
                                                         ("state", "3-0", {"state": "succeeded"})]
     assert len(calls) == 1 and calls[0].headers["Accept"] == "text/event-stream"
-    assert [format_for(n) for n in ("s.safetensors", "s.ts", "a/b.torchscript.pt", "s.pt", None)] == [
-        "safetensors", "torchscript", "torchscript", "pt", "pt"]
+    assert [format_for(n) for n in ("s.safetensors", "s.ts", "a/b.torchscript.pt", "s.pt", None, "S.ONNX",
+                                    "student.pt2")] == [
+        "safetensors", "torchscript", "torchscript", "pt", "pt", "onnx", "pt2"]

@@ -103,13 +103,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         procs.stop_all()
 
 
-def test_submit_run_succeed_with_metrics_over_sse_and_a_checkpoint_that_reloads(server: Server):
+def test_submit_run_succeed_with_metrics_over_sse_and_a_checkpoint_that_reloads(server: Server, tmp_path: Path):
     import torch
     from safetensors.torch import load as load_safetensors
 
     from ttm.models import build_model
 
-    job = server.submit(spec_data(epochs=3))
+    job = server.submit(spec_data(epochs=3, output={"formats": ["onnx"]}))
     stream = server.events(job["id"])
     states = [d["state"] for kind, d in stream if kind == "state"]
     assert states == ["queued", "running", "succeeded"], stream
@@ -134,6 +134,27 @@ def test_submit_run_succeed_with_metrics_over_sse_and_a_checkpoint_that_reloads(
     pt = server.http.get(f"/v1/jobs/{job['id']}/checkpoints/best", params={"format": "pt"})
     state = torch.load(io.BytesIO(pt.content), weights_only=True)
     assert all(torch.equal(state[k], v) for k, v in student.state_dict().items())
+
+    # the ONNX export the spec asked for: checked on test images, then offered; the SDK picks it by the suffix
+    import onnxruntime
+
+    from ttm.client import Client
+    from ttm.data import load_arrays
+    from ttm.spec import DatasetSpec
+
+    made = manifest["exports"]["onnx"]
+    assert made["offered"] and made["check"]["max_abs_diff"] <= made["check"]["tolerance"], made
+    with Client(server.url) as client:
+        onnx_file = client.download(job["id"], dest=tmp_path / "student.onnx")
+    session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    *_, test_x, _, _ = load_arrays(DatasetSpec(name="digits"))
+    norm = made["input"]["normalization"]  # the manifest says what the file takes: (pixel / 255 - mean) / std
+    x = (test_x[:50].float() / 255 - norm["mean"][0]) / norm["std"][0]
+    logits = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+    with torch.no_grad():
+        assert (logits - student.eval()(x)).abs().max() <= made["check"]["tolerance"]
+    missing = server.http.get(f"/v1/jobs/{job['id']}/checkpoints/best", params={"format": "pt2"})
+    assert missing.status_code == 404 and "output.formats: [pt2]" in missing.json()["error"]["message"]
 
 
 def test_the_papers_best_rows_wttm_with_crd_and_itrd_run_through_the_service(server: Server):
