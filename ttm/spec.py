@@ -396,17 +396,18 @@ class OutputSpec(Strict):
     @model_validator(mode="before")
     @classmethod
     def _old_spelling(cls, data: Any) -> Any:
-        # `torchscript: true` came before formats; old specs and the jobs stored with them must still validate,
-        # and afterwards formats alone says what is exported
+        # `torchscript: true` came before formats; old specs and the jobs stored with them (which say
+        # `torchscript: false` when they asked for nothing, also when a copy of one sets formats) must still
+        # validate, and afterwards formats alone says what is exported
         if not isinstance(data, dict) or "torchscript" not in data:
             return data
         data = dict(data)
         old = data.pop("torchscript")
         if not isinstance(old, bool):
             raise _at("torchscript", "is true or false (the old spelling of formats: [torchscript])")
-        if "formats" in data:
-            raise _at("torchscript", "is the old spelling of formats: [torchscript]: give formats alone")
-        data["formats"] = ["torchscript"] if old else []
+        formats = data.get("formats", [])
+        if old and isinstance(formats, list):  # anything else is the formats field's own error
+            data["formats"] = [*formats, "torchscript"]
         return data
 
     @field_validator("formats")
