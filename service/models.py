@@ -180,6 +180,8 @@ class Job(Base):
     # shared with a project's members as a teacher (resources.project; null: its owner's alone)
     project_id: Mapped[int | None] = mapped_column(Integer, nullable=True)  # projects.id (never deleted)
     note: Mapped[str | None] = mapped_column(Text, nullable=True)  # its owner's words on it, changeable
+    # where a running job is within its epoch, {"epoch", "step", "steps"}, as its trainer last said (overwritten)
+    progress: Mapped[dict[str, int] | None] = mapped_column(JSONType, nullable=True)
     # loaded when read (a page of jobs loads them in one query: service/queries/jobs.py list_jobs)
     tag_rows: Mapped[list[JobTag]] = relationship(order_by="JobTag.tag", cascade="all, delete-orphan",
                                                   passive_deletes=True)

@@ -36,6 +36,8 @@ class JobOut(BaseModel):
                                                     "succeeds, and fails if that one fails")
     tags: list[str] = Field(default_factory=list, description="its owner's labels (PATCH changes them)")
     note: str | None = Field(None, description="its owner's note (PATCH changes it)")
+    progress: dict[str, int] | None = Field(None, description='a running job\'s place in its epoch, {"epoch", "step", '
+                                                              '"steps"}, as its trainer said a few seconds ago')
 
 
 TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,63}$"

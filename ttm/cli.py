@@ -154,17 +154,23 @@ def _run_with_progress(spec, out: Path, stop_after: int | None, data_root: str |
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("epoch {task.completed}/{task.total}"),
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(),
+               TextColumn("epoch {task.fields[epoch]}/{task.total:.0f} {task.fields[step]}"),
                TextColumn("top-1 {task.fields[top1]}"), TimeRemainingColumn()]
     try:
         with Progress(*columns, console=err, transient=True) as progress:
-            task = progress.add_task(spec.name, total=spec.train.epochs, top1="-")
+            task = progress.add_task(spec.name, total=spec.train.epochs, top1="-", epoch=0, step="")
 
             def on_metrics(epoch: int, metrics: dict[str, float]) -> None:
                 if epoch > 0:
-                    progress.update(task, completed=epoch, top1=f"{metrics['test/top1']:.2f}")
+                    progress.update(task, completed=epoch, top1=f"{metrics['test/top1']:.2f}", epoch=epoch, step="")
 
-            result = run_training(spec, out, on_metrics=on_metrics, stop_after_epoch=stop_after, data_root=data_root)
+            def on_progress(epoch: int, step: int, steps: int) -> None:  # the bar moves within the epoch
+                progress.update(task, completed=epoch - 1 + step / steps, epoch=epoch - 1,
+                                step=f"(epoch {epoch}: step {step}/{steps})")
+
+            result = run_training(spec, out, on_metrics=on_metrics, stop_after_epoch=stop_after, data_root=data_root,
+                                  on_progress=on_progress)
     except (TrainingError, WeightsError, FileNotFoundError, ValueError) as e:
         err.print(f"[bold red]training failed:[/] {e}")
         raise typer.Exit(EXIT_TRAINING_FAILED) from None

@@ -111,11 +111,22 @@ def _print_json(obj: Any) -> None:
 def _client(server: str | None, token: str | None, retries: int) -> Client:
     import logging
 
+    class _StderrHandler(logging.StreamHandler):
+        """Writes to sys.stderr as it is at each record (a test runner swaps it per command)."""
+
+        @property
+        def stream(self) -> Any:
+            return sys.stderr
+
+        @stream.setter
+        def stream(self, _: Any) -> None:
+            pass
+
     from ttm.client import Client
 
     logger = logging.getLogger("ttm.client")
     if not logger.handlers:  # retries and uploads are worth a line on stderr
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("ttm: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
@@ -148,8 +159,12 @@ def _errors(json_out: bool) -> Iterator[None]:
             for p in problems:
                 err.print(f"  [bold]{p['field'] or '<spec>'}[/]: {p['message']}")
 
-        _fail(json_out, Exit.BAD_SPEC, {"code": "invalid_spec", "message": str(e), "errors": problems},
-              human_problems)
+        first = problems[0] if problems else {"field": "", "message": str(e)}
+        error = {"code": "invalid_spec", "message": f"{first['field'] or 'spec'}: {first['message']}",
+                 "errors": problems}  # the shape of the server's 422 (service/errors.py spec_error)
+        if first["field"]:
+            error["field"] = first["field"]
+        _fail(json_out, Exit.BAD_SPEC, error, human_problems)
     except ApiError as e:
         api_error, code = e, _code_for(e.status)
         hint = ""
@@ -204,13 +219,13 @@ class JobProgress:
         from rich.progress import BarColumn, Progress, TextColumn
 
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("epoch {task.completed}/{task.total}"),
-            TextColumn("loss {task.fields[loss]}"), TextColumn("top-1 {task.fields[top1]}"),
-            TextColumn("ETA {task.fields[eta]}"), console=self.console, transient=True,
-            disable=not self.console.is_terminal)
+            TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("epoch {task.fields[epoch]}/{task.total}"),
+            TextColumn("{task.fields[step]}"), TextColumn("loss {task.fields[loss]}"),
+            TextColumn("top-1 {task.fields[top1]}"), TextColumn("ETA {task.fields[eta]}"), console=self.console,
+            transient=True, disable=not self.console.is_terminal)
         self.progress.__enter__()
         self.task = self.progress.add_task(self.job.get("name") or self.job["id"], total=self.total, loss="-",
-                                           top1="-", eta="-")
+                                           top1="-", eta="-", epoch=0, step="")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -241,9 +256,14 @@ class JobProgress:
                 fields["top1"] = f"{m['test/top1']:.2f}"
             if "eta_s" in m:
                 fields["eta"] = _hms(m["eta_s"])
-            self.progress.update(self.task, completed=epoch, **fields)
+            self.progress.update(self.task, completed=epoch, epoch=epoch, step="", **fields)
             if name == "eta_s":  # the trainer's last metric of an epoch
                 self._print_epoch(epoch)
+        elif event.type == "progress":  # within an epoch: the bar moves (a CI log keeps the epoch lines only)
+            d = event.data
+            epoch, step, steps = int(d["epoch"]), int(d["step"]), max(1, int(d["steps"]))
+            self.progress.update(self.task, completed=epoch - 1 + step / steps,
+                                 step=f"(epoch {epoch}: step {step}/{steps})")
 
     def _flush(self) -> None:
         for epoch in sorted(self.epochs):
@@ -543,13 +563,18 @@ def status(job_id: JobId, server: Server = None, token: Token = None, json_out: 
 def _progress(rows: list[dict[str, Any]], job: dict[str, Any]) -> str | None:
     """"epoch 3/10, test top-1 71.20 %, ETA 0:04:10" from the job's metric rows (the latest epoch's), or None."""
     epochs = [r["epoch"] for r in rows if r["epoch"] > 0]
+    now = job.get("progress")  # where the running epoch is
     if not epochs:
         teacher = next((r["value"] for r in rows if r["name"] == "teacher/top1"), None)
-        return None if teacher is None else f"before epoch 1; the teacher's test top-1 {teacher:.2f} %"
+        where = f"step {now['step']}/{now['steps']} of epoch 1" if now else "before epoch 1"
+        return None if teacher is None and not now else where + (
+            f"; the teacher's test top-1 {teacher:.2f} %" if teacher is not None else "")
     last = max(epochs)
     m = {r["name"]: r["value"] for r in rows if r["epoch"] == last}
     total = job.get("spec", {}).get("train", {}).get("epochs") or "?"
     parts = [f"epoch {last}/{total}"]
+    if now and now.get("epoch") == last + 1 and job["state"] in ("running", "cancelling"):
+        parts = [f"epoch {last}/{total} done, step {now['step']}/{now['steps']} of epoch {now['epoch']}"]
     if "test/top1" in m:
         parts.append(f"test top-1 {m['test/top1']:.2f} %")
     if "eta_s" in m and job["state"] in ("running", "cancelling"):

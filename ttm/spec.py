@@ -18,7 +18,7 @@ import difflib
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -170,8 +170,8 @@ class DatasetSpec(Strict):
 # ---------------------------------------------------------------------------------------------- losses
 def _gamma(v: float) -> float:
     if not 0 < v <= 1:
-        as_t = f"; a temperature T = {v:g} is γ = {1 / v:.3g}" if v > 1 else ""
-        raise ValueError(f"γ = 1/T must be in (0, 1], not {v:g}{as_t} (T = 4 is γ = 0.25)")
+        as_t = f"; a temperature T = {v:g} is γ = {1 / v:.3g}" if v > 1 else " (T = 4 is γ = 0.25)"
+        raise ValueError(f"γ = 1/T must be in (0, 1], not {v:g}{as_t}")
     return v
 
 
@@ -511,6 +511,77 @@ def _unknown_kind(field: str, tag: Any) -> str:
     return f"unknown {field} kind '{_shown(tag, 50)}'{hint} kinds: {', '.join(kinds)}"
 
 
+def _model_at(raw: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The spec class whose field `raw[-1]` is, following pydantic's error path `raw` (which names the tag of a
+    tagged union after the union's field) from JobSpec; None where the path leaves the spec's classes."""
+    node: Any = JobSpec
+    for part in raw[:-1]:
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            field = node.model_fields.get(str(part))
+            node = field.annotation if field is not None else None
+        else:  # a tagged union: this part is the tag
+            node = next((m for m in get_args(node) if isinstance(m, type) and issubclass(m, BaseModel)
+                         and "kind" in m.model_fields and kind_of(m) == part), None)
+        while get_origin(node) is Annotated:
+            node = get_args(node)[0]
+        members = [m for m in get_args(node) if m is not type(None)]
+        if len(members) == 1 and get_origin(members[0]) is Annotated:
+            members = [get_args(members[0])[0]]
+        if len(members) == 1:  # X | None: X (a tagged union stays a union: the next part is its tag)
+            node = members[0]
+        if node is None:
+            return None
+    return node if isinstance(node, type) and issubclass(node, BaseModel) else None
+
+
+def _where(raw: tuple[Any, ...]) -> str:
+    """How a message names the mapping that holds field raw[-1]: 'a wttm loss', 'train', 'the spec'."""
+    parent = [str(p) for p in raw[:-1]]
+    if len(parent) >= 2 and parent[-2] in _UNIONS:  # a kd loss, a cosine schedule, crd features
+        return f"{parent[-1]} {parent[-2]}" if parent[-2] == "features" else f"a {parent[-1]} {parent[-2]}"
+    return ".".join(parent) if parent else "the spec"
+
+
+_BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", "≥"), "less_than": ("lt", "<"),
+           "less_than_equal": ("le", "≤")}
+
+
+def _plain_message(e: Any) -> str | None:
+    """Our words for pydantic's most common errors: what was given, what is expected, the likely fix; None to keep
+    pydantic's message."""
+    raw, kind, ctx, given = tuple(e["loc"]), e["type"], e.get("ctx") or {}, e.get("input")
+    name = str(raw[-1]) if raw else ""
+    if kind == "extra_forbidden":
+        model = _model_at(raw)
+        fields = [f for f in model.model_fields if f != "kind"] if model is not None else []
+        close = difflib.get_close_matches(name, fields, n=1, cutoff=0.6) if len(name) <= 100 else []
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        known = f" ({_where(raw)} has: {', '.join(fields)})" if fields else ""
+        return f"unknown field '{_shown(name, 50)}'{hint}{known}"
+    if kind == "missing":
+        return f"missing: {_where(raw)} needs {name}"
+    if kind == "literal_error":
+        expected = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
+        close = difflib.get_close_matches(str(given), expected, n=1, cutoff=0.6) if len(str(given)) <= 100 else []
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"'{_shown(given, 50)}' is not one of {', '.join(expected)}{hint}"
+    if kind in _BOUNDS:
+        key, sign = _BOUNDS[kind]
+        bound = ctx.get(key)
+        return f"must be {sign} {bound:g}, not {_shown(given, 50)}" if isinstance(bound, (int, float)) else \
+            f"must be {sign} {bound}, not {_shown(given, 50)}"
+    if kind in ("float_parsing", "int_parsing", "float_type", "int_type"):
+        what = "a whole number" if kind.startswith("int") else "a number"
+        return f"must be {what}, not " + (f"'{_shown(given, 50)}'" if isinstance(given, str) else _shown(given, 50))
+    if kind == "int_from_float":
+        return f"must be a whole number, not {given}"
+    if kind == "string_too_long":
+        return f"at most {ctx.get('max_length')} characters, not {len(str(given))}"
+    if kind == "string_too_short":
+        return f"at least {ctx.get('min_length')} character(s)"
+    return None
+
+
 def problems_of(err: ValidationError) -> list[tuple[str, str]]:
     """Turn pydantic's errors into (dotted field, reason), dropping the union tags pydantic puts in paths."""
     out = []
@@ -523,8 +594,9 @@ def problems_of(err: ValidationError) -> list[tuple[str, str]]:
             field, msg = msg.removeprefix(_FIELD_MARK).split(" ", 1)
             loc = [*loc, field]
         union = str(raw[-1]) if raw else ""
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field"
+        if e["type"] in ("extra_forbidden", "missing", "literal_error", "string_too_long", "string_too_short",
+                         "float_parsing", "int_parsing", "float_type", "int_type", "int_from_float", *_BOUNDS):
+            msg = _plain_message(e) or msg
         elif e["type"] == "union_tag_invalid" and union in _UNIONS:
             msg, loc = _unknown_kind(union, e.get("ctx", {}).get("tag")), [*loc, "kind"]
         elif e["type"] == "union_tag_not_found" and union in _UNIONS:
@@ -617,6 +689,12 @@ def load_specs(path: str | Path, overrides: Sequence[str] = ()) -> list[JobSpec]
         docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
     except FileNotFoundError:
         raise SpecError([("", f"no such spec file: {path}")]) from None
+    except yaml.MarkedYAMLError as err:  # the line and column the reader stopped at, and what it expected there
+        mark = err.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        tabs = "; YAML indents with spaces, not tabs" if "'\\t'" in str(err.problem) else ""
+        raise SpecError([("", f"{path} is not valid YAML/JSON{where}: {err.problem}"
+                              + (f" ({err.context})" if err.context else "") + tabs)]) from None
     except yaml.YAMLError as err:
         raise SpecError([("", f"{path} is not valid YAML/JSON: {err}")]) from None
     except RecursionError:

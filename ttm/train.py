@@ -28,6 +28,8 @@ from ttm.spec import CosineSchedule, JobSpec, StepSchedule
 
 log = logging.getLogger("ttm.train")
 MetricsCallback = Callable[[int, dict[str, float]], None]
+ProgressCallback = Callable[[int, int, int], None]  # (epoch, step, steps per epoch)
+PROGRESS_EVERY_S = 2.0  # how often a step count is reported within an epoch
 
 
 class TrainingError(RuntimeError):
@@ -163,10 +165,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 # ------------------------------------------------------------------------------------------ the run
 def train(spec: JobSpec, out_dir: str | Path, *, on_metrics: MetricsCallback | None = None, resume: bool = True,
-          stop_after_epoch: int | None = None, data_root: str | None = None, job_id: str | None = None
-          ) -> TrainResult:
+          stop_after_epoch: int | None = None, data_root: str | None = None, job_id: str | None = None,
+          on_progress: ProgressCallback | None = None) -> TrainResult:
     """Train `spec`'s student into `out_dir`; resumes from `out_dir/state.pt` when it exists and `resume` is set.
-    `job_id` (the server's) is recorded in the students' manifests and files.
+    `job_id` (the server's) is recorded in the students' manifests and files. Within an epoch, every
+    PROGRESS_EVERY_S the step reached is written to `out_dir/progress.json` and given to `on_progress(epoch, step,
+    steps)`.
 
     `stop_after_epoch` ends this process's run after that epoch (its checkpoint written), as a stopped job would.
     """
@@ -277,7 +281,8 @@ def train(spec: JobSpec, out_dir: str | Path, *, on_metrics: MetricsCallback | N
             sums: dict[str, torch.Tensor] = {}
             seen = 0
             epoch_start = time.perf_counter()
-            for x, y, idx in train_batches:
+            next_progress = epoch_start + PROGRESS_EVERY_S
+            for step, (x, y, idx) in enumerate(train_batches, 1):
                 if dist.world > 1:
                     x, y, idx = x[dist.rank::dist.world], y[dist.rank::dist.world], idx[dist.rank::dist.world]
                 x = x.contiguous(memory_format=memory_format)
@@ -295,6 +300,9 @@ def train(spec: JobSpec, out_dir: str | Path, *, on_metrics: MetricsCallback | N
                 for k, p in parts.items():
                     sums[k] = sums[k] + p.detach() if k in sums else p.detach().clone()
                 seen += y.shape[0] * dist.world
+                if dist.main and time.perf_counter() >= next_progress:  # a host clock: the step is not waited on
+                    _progress(out_dir, on_progress, epoch, step, steps_per_epoch)
+                    next_progress = time.perf_counter() + PROGRESS_EVERY_S
             if cuda:
                 torch.cuda.synchronize()
             epoch_time = time.perf_counter() - epoch_start
@@ -360,6 +368,16 @@ def _emit(out_dir: Path, on_metrics: MetricsCallback | None, epoch: int, metrics
         f.write(json.dumps({"epoch": epoch, "metrics": metrics}) + "\n")
     if on_metrics is not None:
         on_metrics(epoch, metrics)
+
+
+def _progress(out_dir: Path, on_progress: ProgressCallback | None, epoch: int, step: int, steps: int) -> None:
+    """Where the epoch is, for a progress bar: progress.json (replaced whole; the worker reads it) and the callback.
+    A step counted here was queued on the device, perhaps not yet run: close enough for a bar."""
+    tmp = out_dir / "progress.json.tmp"
+    tmp.write_text(json.dumps({"epoch": epoch, "step": step, "steps": steps}))
+    os.replace(tmp, out_dir / "progress.json")
+    if on_progress is not None:
+        on_progress(epoch, step, steps)
 
 
 def _barrier(dist: Dist) -> None:

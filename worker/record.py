@@ -12,10 +12,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Table
+from sqlalchemy import Table, update
 from sqlalchemy.orm import Session
 
-from service.models import Checkpoint, Metric, Worker, utcnow
+from service.models import Checkpoint, Job, Metric, Worker, utcnow
 
 if TYPE_CHECKING:
     from sqlalchemy.dialects import postgresql, sqlite
@@ -126,10 +126,11 @@ class RunRecorder:
         path = run_dir / "metrics.jsonl"
         self.offset = path.stat().st_size if path.exists() else 0  # earlier attempts' lines: backfilled already
         self.manifests: tuple[float, ...] = ()
-        self._undo: tuple[int, tuple[float, ...]] | None = None
+        self.progress = _mtime(run_dir / "progress.json")  # an earlier attempt's: not this one's
+        self._undo: tuple[int, tuple[float, ...], float] | None = None
 
     def record_new(self, session: Session) -> None:
-        self._undo = (self.offset, self.manifests)
+        self._undo = (self.offset, self.manifests, self.progress)
         path = self.run_dir / "metrics.jsonl"
         try:
             size = path.stat().st_size
@@ -152,17 +153,33 @@ class RunRecorder:
             self.manifests = manifests
             best = sync_checkpoints(session, self.job_id, self.run_dir)
             if best is not None:
-                from sqlalchemy import update
-
-                from service.models import Job
-
                 session.execute(update(Job).where(Job.id == self.job_id).values(best_top1=best["top1"]))
+        progress = _mtime(self.run_dir / "progress.json")
+        if progress != self.progress:
+            self.progress = progress
+            step = read_progress(self.run_dir)
+            if step is not None:
+                session.execute(update(Job).where(Job.id == self.job_id).values(progress=step))
 
     def undo(self) -> None:
         """The transaction of the last record_new did not commit: read the same lines again next time."""
         if self._undo is not None:
-            self.offset, self.manifests = self._undo
+            self.offset, self.manifests, self.progress = self._undo
             self._undo = None
+
+
+def read_progress(run_dir: Path) -> dict[str, int] | None:
+    """progress.json as the trainer writes it ({"epoch", "step", "steps"}, whole numbers, step ≤ steps), or None
+    for anything else: the child may run a teacher's code, so what it writes is checked before it is stored."""
+    try:
+        data = json.loads((run_dir / "progress.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or set(data) != {"epoch", "step", "steps"}:
+        return None
+    if not all(type(data[k]) is int and 0 <= data[k] < 2**31 for k in data) or data["step"] > data["steps"]:
+        return None
+    return {k: data[k] for k in ("epoch", "step", "steps")}
 
 
 def _mtime(path: Path) -> float:

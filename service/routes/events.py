@@ -34,7 +34,9 @@ from service.principal import Principal
 from service.queries import history as hq
 from service.routes.jobs import visible_job
 from service.schemas import error_responses
-from service.states import FINAL_STATES
+from service.states import CANCELLING, FINAL_STATES, RUNNING
+
+RUNNING_STATES = (RUNNING, CANCELLING)
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401, 422))  # on every route
 POLL_SECONDS = 0.3
@@ -126,11 +128,13 @@ def _check_visible(make_session: sessionmaker[Session], who: Principal, job_id: 
 
 
 def _poll(make_session: sessionmaker[Session], job_id: str, ev: int, m: int
-          ) -> tuple[list[JobEvent | Metric], bool]:
-    """The next rows to send, in time order, and whether the stream ends after them."""
+          ) -> tuple[list[JobEvent | Metric], bool, dict[str, int] | None]:
+    """The next rows to send, in time order, whether the stream ends after them, and a running job's progress."""
     with make_session() as session:
         # the state first: if it is final here, the rows read next include everything written before it
-        state = session.scalar(select(Job.state).where(Job.id == job_id))
+        state, progress = session.execute(select(Job.state, Job.progress).where(Job.id == job_id)).first() or (
+            None, None)
+        progress = progress if state in RUNNING_STATES else None
         events = hq.events_after(session, job_id, ev, EVENT_BATCH)
         metrics = hq.metrics_after(session, job_id, m, METRIC_BATCH)
     final = next((e for e in events if e.kind == "state" and e.state in FINAL_STATES), None)
@@ -141,8 +145,8 @@ def _poll(make_session: sessionmaker[Session], job_id: str, ev: int, m: int
     rows: list[JobEvent | Metric] = sorted([*events, *metrics], key=lambda r: (r.at, isinstance(r, Metric), r.id))
     if final is not None:
         rows.append(final)
-        return rows, True
-    return rows, not rows and (state is None or state in FINAL_STATES)
+        return rows, True, None
+    return rows, not rows and (state is None or state in FINAL_STATES), progress
 
 
 def _encode(row: JobEvent | Metric, event_id: str) -> ServerSentEvent:
@@ -161,10 +165,11 @@ def _encode(row: JobEvent | Metric, event_id: str) -> ServerSentEvent:
 
 async def _stream(feed: ChangeFeed, job_id: str, ev: int, m: int) -> AsyncIterator[Any]:
     woken = feed.subscribe(job_id)
+    sent_progress = None
     try:
         while True:
             woken.clear()  # set again by any change seen from here on: none falls between the read and the wait
-            rows, done = await feed.run_sync(_poll, feed.make_session, job_id, ev, m)
+            rows, done, progress = await feed.run_sync(_poll, feed.make_session, job_id, ev, m)
             for row in rows:
                 if isinstance(row, Metric):
                     m = row.id
@@ -173,6 +178,9 @@ async def _stream(feed: ChangeFeed, job_id: str, ev: int, m: int) -> AsyncIterat
                 yield _encode(row, f"{ev}-{m}")
             if done:
                 return
+            if progress is not None and progress != sent_progress:  # not a stored row: the id stays where it was
+                sent_progress = progress
+                yield ServerSentEvent(json.dumps(progress, separators=(",", ":")), event="progress", id=f"{ev}-{m}")
             if not rows:
                 with anyio.move_on_after(FALLBACK_SECONDS):
                     await woken.wait()
@@ -183,10 +191,11 @@ async def _stream(feed: ChangeFeed, job_id: str, ev: int, m: int) -> AsyncIterat
 # One event of the stream, as OpenAPI 3.1 describes an event stream (the schema of each event).
 EVENT_SCHEMA = {"type": "object", "required": ["id", "event", "data"], "properties": {
     "id": {"type": "string", "pattern": EVENT_ID_PATTERN, "description": "<event seq>-<metric seq>: resume after it"},
-    "event": {"type": "string", "enum": ["state", "metric", "log"]},
+    "event": {"type": "string", "enum": ["state", "metric", "log", "progress"]},
     "data": {"type": "string", "contentMediaType": "application/json",
              "description": "state: {state, reason, at, seq}; metric: {epoch, name, value, seq, at}; "
-                            "log: {message, at, seq}"}}}
+                            "log: {message, at, seq}; progress: {epoch, step, steps} (a running job's place in "
+                            "its epoch; not stored, so not replayed)"}}}
 
 
 @router.get("/{job_id}/events", response_class=Response,  # (its own content below; errors are JSON)

@@ -61,7 +61,8 @@ def job_out(job: Job, owner: str, position: q.Position) -> JobOut:
     return JobOut(id=job.id, name=job.name, state=job.state, queue=job.queue, queue_position=position,
                   attempts=job.attempts, reason=job.reason, owner=owner, created_at=job.created_at,
                   started_at=job.started_at, finished_at=job.finished_at, best_top1=job.best_top1, spec=job.spec,
-                  waits_for=job.waits_for, tags=job.tags, note=job.note)
+                  waits_for=job.waits_for, tags=job.tags, note=job.note,
+                  progress=job.progress if job.state in (RUNNING, CANCELLING) else None)
 
 
 def visible_job(session: Session, who: Principal, job_id: str) -> tuple[Job, str]:

@@ -60,6 +60,13 @@ def test_upload_and_submit_with_a_local_teacher(api, teacher_pth, tmp_path):
     add_metrics(api.settings, job_id, 2, {"train/loss": 0.9, "test/top1": 71.5, "eta_s": 62.0})
     r = run_cli("status", job_id, server=api.url, token=api.alice)
     assert "progress:   epoch 2/3, test top-1 71.50 %, ETA 0:01:02" in r.stdout, r.stdout
+    from service.db import session_scope
+    from service.models import Job
+
+    with session_scope(api.settings) as session:  # the worker copies this from the trainer every few seconds
+        session.get(Job, job_id).progress = {"epoch": 3, "step": 7, "steps": 24}
+    r = run_cli("status", job_id, server=api.url, token=api.alice)
+    assert "progress:   epoch 2/3 done, step 7/24 of epoch 3, test top-1 71.50 %, ETA 0:01:02" in r.stdout, r.stdout
     r = run_cli("jobs", server=api.url, token=api.alice)
     assert r.returncode == 0 and job_id in r.stdout and "WTTM" in r.stdout.upper()
 

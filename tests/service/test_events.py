@@ -186,3 +186,24 @@ def test_200_streams_at_once_leave_the_server_answering(live_server, settings, u
     # a thread of its own: a session's Playwright (the browser tests) keeps an event loop in the main thread
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         pool.submit(asyncio.run, scenario()).result()
+
+
+def test_a_running_jobs_place_in_its_epoch_is_streamed_and_shown(live_server, settings, users):
+    """progress events (not stored rows: their id stays the last row's) while the job runs; none after its end."""
+    from service.models import Job
+
+    with httpx.Client(base_url=live_server, timeout=20) as http:
+        job = http.post("/v1/jobs", json=spec_ce(), headers=bearer(users.alice)).json()
+        run_job(settings, job["id"], epochs=1)
+        with session_scope(settings) as session:
+            session.get(Job, job["id"]).progress = {"epoch": 2, "step": 40, "steps": 235}
+        shown = http.get(f"/v1/jobs/{job['id']}", headers=bearer(users.alice)).json()
+        assert shown["progress"] == {"epoch": 2, "step": 40, "steps": 235}
+        with http.stream("GET", f"/v1/jobs/{job['id']}/events", headers=bearer(users.alice)) as r:
+            events = read_events(r, limit=5)  # queued, running, two metrics, then where epoch 2 is
+        assert events[-1]["event"] == "progress" and events[-1]["data"] == {"epoch": 2, "step": 40, "steps": 235}
+        assert events[-1]["id"] == events[-2]["id"]
+        run_job(settings, job["id"], to="succeeded")
+        assert http.get(f"/v1/jobs/{job['id']}", headers=bearer(users.alice)).json()["progress"] is None
+        with http.stream("GET", f"/v1/jobs/{job['id']}/events", headers=bearer(users.alice)) as r:
+            assert "progress" not in [e["event"] for e in read_events(r)]

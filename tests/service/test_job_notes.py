@@ -54,7 +54,7 @@ def test_bad_tags_and_notes_are_refused_naming_the_field(client, users):
         ({"tags": [f"t{i}" for i in range(21)]}, "tags", "at most 20"),
         ({"note": "bad\x00byte"}, "note", "control character"),
         ({"note": "x" * 4001}, "note", "at most 4000"),
-        ({"name": "renamed"}, "name", "Extra inputs are not permitted"),
+        ({"name": "renamed"}, "name", "Extra inputs are not permitted"),  # pydantic: not a spec
     ]:
         error = _patch(client, users.alice, job["id"], body, status=422)["error"]
         assert error["field"] == field and words in error["message"], (body, error)

@@ -57,7 +57,7 @@ def test_fresh_database_refused_then_migrated_by_cli(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""
     assert is_at_head(settings)
-    assert head_revisions(settings) == {"0008"}
+    assert head_revisions(settings) == {"0009"}
     create_app(settings, host="127.0.0.1")
 
 
@@ -194,3 +194,25 @@ def test_0008_job_tags_and_notes_up_and_down(db_url, tmp_path):
     with engine.connect() as conn:
         assert conn.execute(text("SELECT name, note FROM jobs")).all() == [("kept", None)]
         assert conn.execute(text("SELECT count(*) FROM job_tags")).scalar() == 0
+
+
+def test_0009_job_progress_up_and_down(db_url, tmp_path):
+    """0009 adds jobs.progress; down and up again keeps the jobs."""
+    from sqlalchemy import text
+
+    from service.db import session_scope
+    from service.queries.jobs import insert_job
+    from service.queries.users import create_user
+
+    settings = make_settings(tmp_path, db_url)
+    engine = get_engine(settings)
+    with session_scope(settings) as session:
+        user, _ = create_user(session, "ines")
+        job = insert_job(session, user.id, name="kept", spec={}, queue="gpu", idempotency_key=None,
+                         request_hash=None)
+        job.progress = {"epoch": 1, "step": 2, "steps": 3}
+    downgrade_to(settings, "0008")
+    assert "progress" not in {c["name"] for c in inspect(engine).get_columns("jobs")}
+    upgrade_to_head(settings)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT name, progress FROM jobs")).all() == [("kept", None)]

@@ -46,8 +46,8 @@ def test_presets_cover_the_papers_tables():
 @pytest.mark.parametrize("loss, field, words", [
     ({"kind": "wttm", "gamma": 0, "beta": 1}, "loss.gamma", "γ = 1/T must be in (0, 1], not 0"),
     ({"kind": "wttm", "gamma": 3, "beta": 1}, "loss.gamma", "a temperature T = 3 is γ = 0.333"),
-    ({"kind": "ttm", "gamma": 0.3, "beta": -1}, "loss.beta", "greater than or equal to 0"),
-    ({"kind": "kd", "temperature": 0}, "loss.temperature", "greater than 0"),
+    ({"kind": "ttm", "gamma": 0.3, "beta": -1}, "loss.beta", "must be ≥ 0, not -1"),
+    ({"kind": "kd", "temperature": 0}, "loss.temperature", "must be > 0, not 0"),
     ({"kind": "wttm", "gamma": 0.3, "beta": 1, "temperature": 4}, "loss.temperature", "unknown field"),
     ({"kind": "magic"}, "loss.kind", "unknown loss kind 'magic'; kinds: ce, kd, ttm, wttm, dkd, dist"),
     ({"kind": "wtm"}, "loss.kind", "unknown loss kind 'wtm'; did you mean 'wttm'? kinds: ce, kd,"),
@@ -89,7 +89,7 @@ def test_multi_document_file_and_relative_paths(tmp_path):
                  "name: b\nstudent: {arch: resnet8, depth: 3}\ndataset: {name: digits}\n")
     with pytest.raises(SpecError) as e:
         load_specs(f)
-    assert e.value.problems == [("student.depth", "document 2: unknown field")]
+    assert e.value.problems == [("student.depth", "document 2: unknown field 'depth' (student has: arch, num_classes)")]
 
 
 def test_output_formats_and_the_old_torchscript_spelling():

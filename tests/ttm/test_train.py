@@ -91,3 +91,18 @@ def test_an_absurd_lr_fails_with_a_reason(tmp_path):
                                  "schedule": {"kind": "constant"}}})
     with pytest.raises(TrainingError, match="lower train.lr"):
         train(spec, tmp_path)
+
+
+def test_the_step_within_an_epoch_is_reported(tmp_path, monkeypatch):
+    """Every PROGRESS_EVERY_S (0 here: every step) the callback and progress.json say the step reached."""
+    import ttm.train
+
+    monkeypatch.setattr(ttm.train, "PROGRESS_EVERY_S", 0.0)
+    spec = parse_spec({"name": "p", "student": {"arch": "resnet8"}, "dataset": {"name": "digits"},
+                       "train": {"epochs": 2, "batch_size": 256, "schedule": {"kind": "constant"}}})
+    seen: list[tuple[int, int, int]] = []
+    train(spec, tmp_path, on_progress=lambda *p: seen.append(p))
+    steps = seen[0][2]
+    assert steps == 1500 // 256  # the ragged last batch is dropped
+    assert seen == [(epoch, step, steps) for epoch in (1, 2) for step in range(1, steps + 1)]
+    assert json.loads((tmp_path / "progress.json").read_text()) == {"epoch": 2, "step": steps, "steps": steps}

@@ -16,7 +16,7 @@ from service.models import Checkpoint, Job, Metric, utcnow
 from service.states import CANCELLED, CANCELLING, FAILED, QUEUED, RUNNING, transition
 from worker.lease import held_state, lease_job, renew_lease
 from worker.reconcile import reconcile_once
-from worker.record import backfill_metrics, sync_checkpoints, upsert_metrics
+from worker.record import RunRecorder, backfill_metrics, sync_checkpoints, upsert_metrics
 
 from worker_helpers import events, get_job, insert_job, spec_data
 
@@ -130,6 +130,31 @@ def test_metric_rows_are_upserted_and_backfilled(settings, tmp_path: Path):
                                .order_by(Metric.epoch, Metric.name)).all()
     assert [tuple(r) for r in rows] == [(1, "test/top1", 20.0), (1, "train/loss", 1.5),  # the database's rows win
                                         (2, "test/top1", 30.0), (2, "train/loss", 1.0)]  # the missing epoch is added
+
+
+def test_the_step_within_an_epoch_is_copied_from_the_run_directory_and_checked(settings, tmp_path: Path):
+    job_id = insert_job(settings, spec_data())
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "progress.json").write_text(json.dumps({"epoch": 9, "step": 9, "steps": 9}))  # an earlier attempt's
+    recorder = RunRecorder(job_id, run_dir)
+
+    def record(text: str | None = None) -> dict | None:
+        if text is not None:
+            (run_dir / "progress.json").write_text(text)
+        with session_scope(settings) as session:
+            recorder.record_new(session)
+        return get_job(settings, job_id).progress
+
+    assert record() is None  # the file of another attempt is not this one's progress
+    assert record(json.dumps({"epoch": 1, "step": 40, "steps": 235})) == {"epoch": 1, "step": 40, "steps": 235}
+    # what a child that runs a teacher's code may write instead: not stored, the last good value stays
+    for bad in ["{", "[1, 2]", json.dumps({"epoch": 1, "step": 300, "steps": 235}),
+                json.dumps({"epoch": 1, "step": 1.5, "steps": 235}), json.dumps({"epoch": 1, "step": True, "steps": 2}),
+                json.dumps({"epoch": 1, "step": 1, "steps": 2, "extra": "x" * 10_000}),
+                json.dumps({"epoch": -1, "step": 1, "steps": 2}), json.dumps({"epoch": 2**40, "step": 1, "steps": 2})]:
+        assert record(bad) == {"epoch": 1, "step": 40, "steps": 235}, bad
+    assert record(json.dumps({"epoch": 2, "step": 1, "steps": 235})) == {"epoch": 2, "step": 1, "steps": 235}
 
 
 def test_checkpoint_rows_follow_the_manifests(settings, tmp_path: Path):
