@@ -33,6 +33,16 @@ def _pixels(png: Path, rgb: tuple[int, int, int], tolerance: int = 40) -> int:
         return sum(1 for px in data if abs(px[0] - rgb[0]) + abs(px[1] - rgb[1]) + abs(px[2] - rgb[2]) <= tolerance)
 
 
+def _set_progress(settings, job_id: str, progress: dict[str, int]) -> None:
+    from service.db import session_scope
+    from service.models import Job
+
+    with session_scope(settings) as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.progress = progress
+
+
 def _chart_shot(page, metric: str, folder: Path) -> Path:
     path = folder / f"chart-{metric.replace('/', '_')}.png"
     page.locator(f'figure[data-metric="{metric}"]').screenshot(path=str(path))
@@ -168,6 +178,8 @@ def test_job_page_curves_log_references_downloads_and_cancel(api, open_page, tmp
 
     metrics = ("train/loss", "test/top1", "test/top5", "test/entropy", "test/kl", "test/u", "lr")
     for epoch in (1, 2, 3):
+        if epoch == 3:  # the worker's copy of the trainer's step in the epoch it is in, read with epoch 3's rows
+            _set_progress(api.settings, job["id"], {"epoch": 4, "step": 12, "steps": 30})
         add_metrics(api.settings, job["id"], epoch, {"train/loss": 2.0 / epoch, "test/top1": 40.0 + 10 * epoch,
                                                      "test/entropy": 1.5 / epoch, "test/kl": 0.3 / epoch,
                                                      "test/top5": 80.0 + epoch, "test/u": 1.2 + 0.1 * epoch,
@@ -176,6 +188,7 @@ def test_job_page_curves_log_references_downloads_and_cancel(api, open_page, tmp
         for name in metrics:  # the curve grows while the job runs, with no reload
             expect(_points(page, name)).to_have_attribute("data-points", str(epoch))
     expect(page.locator("#progress-epoch")).to_have_text("Epoch 3 / 5")
+    expect(page.locator("#progress-step")).to_have_text("epoch 4: step 12 / 30")
     expect(page.locator("#progress-eta")).to_contain_text(re.compile(r"ETA 0:0[0-5]:\d\d · running"))
     expect(page.locator("#progress-rate")).to_have_text("1234 images/s")
     # the x axis runs to the planned 5 epochs, not to the 3 done
@@ -254,6 +267,7 @@ def test_jobs_page_sorts_and_searches_and_compare_shows_what_differs(api, open_p
                                                          "eta_s": 30.0 * (3 - epoch)})
     kd, ttm, wttm = (j["id"] for j in jobs)
     run_job(api.settings, kd, to="succeeded", epochs=2, from_epoch=3, checkpoint=True)  # its last checkpoint: epoch 2
+    _set_progress(api.settings, ttm, {"epoch": 3, "step": 15, "steps": 30})  # half way through its last epoch
 
     # the jobs page: the columns, a click on a header sorts, the search box filters
     queue = open_page(f"{api.url}/ui/", api.alice)
@@ -267,6 +281,10 @@ def test_jobs_page_sorts_and_searches_and_compare_shows_what_differs(api, open_p
     expect(row.locator(".params")).to_have_text("γ 0.3 · β 1.5")
     expect(queue.locator(f'tr[data-job-id="{kd}"] .params')).to_have_text("T 4")
     expect(row.locator(".progress")).to_have_text("2 / 3")
+    expect(row.locator(".progress")).to_have_attribute("title", "epoch 3: step 15 / 30")
+    width = "e => e.getBoundingClientRect().width"
+    bar = row.locator(".mini-bar span").evaluate(width) / row.locator(".mini-bar").evaluate(width)
+    assert abs(bar - 2.5 / 3) < 0.02, bar  # 2 epochs and half of the third
     expect(row.locator(".eta")).to_have_text(re.compile(r"^0:00:[0-3]\d$"))
     expect(row.locator(".duration")).to_have_text(re.compile(r"^0:00:\d\d$"))
     ended = queue.locator(f'tr[data-job-id="{kd}"]')  # how far an ended job got: its last checkpoint's epoch

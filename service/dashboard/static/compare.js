@@ -138,7 +138,8 @@ export async function comparePage(main) {
       ...FINAL_METRICS.filter(([name]) => known.some((t) => t.last[name])).map(([name, label]) =>
         row(label, (t) => h("td", { class: "num" }, t.last[name] ? num(t.last[name].value) : "–"),
           { dataset: { metric: name } })),
-      row("duration", (t) => h("td", { class: "num" }, hms(durationSeconds(t.job))), { dataset: { metric: "duration" } }));
+      row("duration", (t) => h("td", { class: "num" }, hms(durationSeconds(t.job))),
+        { dataset: { metric: "duration" } }));
     table.replaceChildren(h("thead", {}, head), body);
     const epochs = Math.max(0, ...known.map((t) => plannedEpochs(t.job.spec)));
     for (const c of CURVES) {

@@ -4,7 +4,8 @@
 import { api, FINAL, followEvents, getJson, jobPath, logFrom } from "./api.js";
 import { LineChart, PALETTE } from "./chart.js";
 import {
-  archText, durationSeconds, every, h, hms, lossText, num, onStop, pct, plannedEpochs, size, stateBadge, when,
+  archText, durationSeconds, every, h, hms, inEpoch, lossText, num, onStop, pct, plannedEpochs, size, stateBadge,
+  when,
 } from "./ui.js";
 
 // The charts of a job and of a comparison: the trainer's metric names (ttm/train.py), and the teacher's metric
@@ -57,11 +58,13 @@ export async function jobPage(main, jobId) {
   // progress: epoch k / N with a bar, the ETA, and the teacher's accuracy (known before epoch 1)
   const bar = h("span");
   const progressEpoch = h("strong", { id: "progress-epoch" });
+  const progressStep = h("span", { id: "progress-step", class: "muted" });
   const progressEta = h("span", { id: "progress-eta" });
   const progressRate = h("span", { id: "progress-rate", class: "muted" });
   const teacherLine = h("span", { id: "teacher-metrics", class: "muted" });
   const progress = h("section", { class: "progress-card", id: "progress" }, progressEpoch,
-    h("span", { class: "bar", role: "progressbar", "aria-label": "epochs done" }, bar), progressEta, progressRate,
+    h("span", { class: "bar", role: "progressbar", "aria-label": "epochs done" }, bar), progressStep, progressEta,
+    progressRate,
     teacherLine);
 
   const charts = h("div", { class: "charts", id: "charts" });
@@ -95,8 +98,12 @@ export async function jobPage(main, jobId) {
 
   function renderProgress() {
     const done = Math.min(seen.epoch, epochs || seen.epoch);
+    const current = inEpoch(job, done); // the trainer's step within the epoch it is in
     progressEpoch.textContent = `Epoch ${done} / ${epochs || "?"}`;
-    bar.style.width = epochs ? `${Math.round((100 * done) / epochs)}%` : "0%"; // CSSOM: no style attributes allowed
+    progressStep.textContent = current ? `epoch ${current.epoch}: step ${current.step} / ${current.steps}` : "";
+    const fraction = epochs ? Math.min(1, (current ? current.epoch - 1 + current.step / current.steps : done) / epochs)
+      : 0;
+    bar.style.width = `${Math.round(100 * fraction)}%`; // CSSOM: the CSP allows no style attributes
     const running = ["running", "cancelling"].includes(job.state);
     const elapsed = durationSeconds(job);
     if (running && seen.eta !== null) {
@@ -260,6 +267,9 @@ export async function jobPage(main, jobId) {
         stateBadge(data.state), data.reason ? ` ${data.reason}` : ""));
       if (data.state !== job.state) reloadJob();
       if (FINAL.has(data.state)) soonReloadCheckpoints();
+    } else if (type === "progress") { // not stored: the newest only, while the job runs
+      job.progress = data;
+      renderProgress();
     } else if (data && data.message) {  // a note from the worker or the reconciler ("log" events)
       historyList.append(h("li", { class: "note" }, h("time", {}, when(data.at)), " ", data.message));
     }

@@ -3,8 +3,8 @@
 // progress (epoch k / N), duration and ETA read from its metric rows.
 import { FINAL, getJson, jobPath, metricsAfter } from "./api.js";
 import {
-  archText, durationSeconds, every, gammaBeta, h, hms, lossName, lossParams, pct, plannedEpochs, stateBadge, STATES,
-  when,
+  archText, durationSeconds, every, gammaBeta, h, hms, inEpoch, lossName, lossParams, pct, plannedEpochs, stateBadge,
+  STATES, when,
 } from "./ui.js";
 
 // job id → {after, epoch, eta, etaAt, done}. A running job's metric rows are read on from `after` (its ETA is the
@@ -53,15 +53,18 @@ function rowOf(job, now) {
   const p = progress.get(job.id);
   const epochs = plannedEpochs(job.spec);
   const epoch = p ? p.epoch : 0;
+  const current = inEpoch(job, epoch);
+  const fraction = epochs ? Math.min(1, (current ? current.epoch - 1 + current.step / current.steps : epoch) / epochs)
+    : null;
   const position = job.queue_position === null || job.queue_position === undefined ? null : job.queue_position;
   return {
-    job, epoch, epochs,
+    job, epoch, epochs, current, fraction,
     arch: archText(job.spec), loss: lossName(job.spec), params: lossParams(job.spec),
     duration: durationSeconds(job, now), eta: etaSeconds(job, p, now),
     sort: {
       name: job.name.toLowerCase(), state: STATES.indexOf(job.state), owner: job.owner,
       arch: archText(job.spec).toLowerCase(), loss: lossName(job.spec), params: gammaBeta(job.spec),
-      progress: epochs ? epoch / epochs : null, top1: job.best_top1, duration: durationSeconds(job, now),
+      progress: fraction, top1: job.best_top1, duration: durationSeconds(job, now),
       eta: etaSeconds(job, p, now),
       queue: position === null ? null : [job.queue, typeof position === "number" ? position : Infinity],
       created: job.created_at,
@@ -228,7 +231,7 @@ function jobRow(r, selected, compareButton) {
     compareButton.disabled = selected.size < 1;
   });
   const fill = h("span");
-  fill.style.width = r.epochs ? `${Math.min(100, Math.round((100 * r.epoch) / r.epochs))}%` : "0%"; // CSSOM
+  fill.style.width = `${Math.round(100 * (r.fraction || 0))}%`; // CSSOM: the CSP allows no style attributes
   const started = job.started_at !== null && job.started_at !== undefined;
   const eta = r.eta !== null ? hms(r.eta) : job.state === "running" && started ? "after epoch 1" : "–";
   const position = job.queue_position === null || job.queue_position === undefined ? null
@@ -241,7 +244,8 @@ function jobRow(r, selected, compareButton) {
     h("td", { class: "arch" }, r.arch),
     h("td", { class: "loss" }, r.loss),
     h("td", { class: "params" }, r.params),
-    h("td", { class: "progress", dataset: { epoch: String(r.epoch), epochs: String(r.epochs) } },
+    h("td", { class: "progress", dataset: { epoch: String(r.epoch), epochs: String(r.epochs) },
+              title: r.current ? `epoch ${r.current.epoch}: step ${r.current.step} / ${r.current.steps}` : null },
       h("span", { class: "mini-bar" }, fill), `${started ? r.epoch : "–"} / ${r.epochs || "?"}`),
     h("td", { class: "num top1" }, pct(job.best_top1)),
     h("td", { class: "num duration" }, hms(r.duration)),

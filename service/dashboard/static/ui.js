@@ -42,7 +42,8 @@ export const num = (v) => (v === null || v === undefined ? "–" : Number(v.toPr
 export function hms(seconds) {
   if (seconds === null || seconds === undefined || !Number.isFinite(seconds)) return "–";
   const s = Math.max(0, Math.round(seconds));
-  return `${Math.floor(s / 3600)}:${String(Math.floor(s / 60) % 60).padStart(2, "0")}:${String(s % 60).padStart(2, "0")}`;
+  const two = (n) => String(n).padStart(2, "0");
+  return `${Math.floor(s / 3600)}:${two(Math.floor(s / 60) % 60)}:${two(s % 60)}`;
 }
 
 export const stateBadge = (state) => h("span", { class: `state state-${state}`, dataset: { state } }, state);
@@ -94,4 +95,11 @@ export function durationSeconds(job, now = Date.now()) {
   if (!job.started_at) return null;
   const end = job.finished_at ? Date.parse(job.finished_at) : now;
   return Math.max(0, (end - Date.parse(job.started_at)) / 1000);
+}
+
+// The epoch a running job is in, and its step there ({epoch, step, steps}), if its trainer said so since its last
+// finished epoch (GET /v1/jobs and the event stream carry it).
+export function inEpoch(job, epochsDone) {
+  const p = job.progress;
+  return p && ["running", "cancelling"].includes(job.state) && p.epoch > epochsDone && p.steps > 0 ? p : null;
 }
