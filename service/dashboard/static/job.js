@@ -20,7 +20,7 @@ export const CURVES = [
   { metric: "lr", title: "Learning rate", unit: "lr" },
 ];
 export const REFERENCE_OF = Object.fromEntries(CURVES.filter((c) => c.reference).map((c) => [c.reference, c.metric]));
-const SUFFIX = { pt: ".pt", safetensors: ".safetensors", torchscript: ".torchscript.pt" };
+const SUFFIX = { pt: ".pt", safetensors: ".safetensors", torchscript: ".torchscript.pt", onnx: ".onnx", pt2: ".pt2" };  // ttm/registry.py CHECKPOINT_SUFFIXES
 const LOG_LINES = 5000; // the page keeps the newest lines of a long log
 
 function errorBox(err) {
