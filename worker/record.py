@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,11 +48,26 @@ def upsert(session: Session, table: Table, rows: list[dict[str, Any]], keys: Ite
     session.execute(stmt)
 
 
+# The trainer's names (train/loss, test/top1, teacher/entropy, ...). The child may run a teacher's code, so a name
+# is checked before it reaches the database (a NUL or an over-long one would fail every later write of the job) or
+# a CSV export (a leading = or @ is a formula in a spreadsheet).
+METRIC_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_./-]{0,99}")
+
+
 def metric_rows(job_id: str, epoch: int, metrics: dict[str, float]) -> list[dict[str, Any]]:
     now = utcnow()
-    rows = []
-    for name, value in metrics.items():
-        value = float(value)
+    rows: list[dict[str, Any]] = []
+    if not isinstance(metrics, dict) or not 0 <= epoch < 2**31:
+        return rows
+    for name, raw in metrics.items():
+        if not isinstance(name, str) or not METRIC_NAME.fullmatch(name):
+            log.warning("job %s: metric %.100r at epoch %d is not a metric name; not stored", job_id, name, epoch)
+            continue
+        try:
+            value = float(raw)
+        except (TypeError, ValueError, OverflowError):
+            log.warning("job %s epoch %d: metric %s is not a number; not stored", job_id, epoch, name)
+            continue
         if not math.isfinite(value):  # SQLite cannot store NaN; a non-finite metric is skipped, not invented
             log.warning("job %s epoch %d: metric %s is %s; not stored", job_id, epoch, name, value)
             continue

@@ -132,6 +132,27 @@ def test_metric_rows_are_upserted_and_backfilled(settings, tmp_path: Path):
                                         (2, "test/top1", 30.0), (2, "train/loss", 1.0)]  # the missing epoch is added
 
 
+def test_a_childs_hostile_metric_lines_are_skipped_and_the_good_ones_kept(settings, tmp_path: Path):
+    """metrics.jsonl comes from a process that may run a teacher's code: bad names, values and shapes are dropped
+    (a NUL or a 300-character name would fail every later write of the job on PostgreSQL; '=cmd' is a formula in
+    a spreadsheet that opens the CSV export)."""
+    job_id = insert_job(settings, spec_data())
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    lines = [{"epoch": 1, "metrics": {"train/loss": 1.5, "a\x00b": 1.0, "x" * 300: 2.0, "=HYPERLINK(1)": 3.0,
+                                      "test/top1": "high", "test/top5": 10**400, "lr": [1]}},
+             {"epoch": 2, "metrics": "not a mapping"}, {"epoch": -5, "metrics": {"lr": 0.1}},
+             {"epoch": 2**40, "metrics": {"lr": 0.1}}, {"epoch": 2, "metrics": {"test/top1": 60.0}}]
+    recorder = RunRecorder(job_id, run_dir)  # started before the child wrote anything
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    with session_scope(settings) as session:
+        recorder.record_new(session)
+    with session_scope(settings) as session:
+        rows = session.execute(select(Metric.epoch, Metric.name, Metric.value).where(Metric.job_id == job_id)
+                               .order_by(Metric.epoch, Metric.name)).all()
+    assert [tuple(r) for r in rows] == [(1, "train/loss", 1.5), (2, "test/top1", 60.0)]
+
+
 def test_the_step_within_an_epoch_is_copied_from_the_run_directory_and_checked(settings, tmp_path: Path):
     job_id = insert_job(settings, spec_data())
     run_dir = tmp_path / "run"
