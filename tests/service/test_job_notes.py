@@ -60,6 +60,10 @@ def test_bad_tags_and_notes_are_refused_naming_the_field(client, users):
         assert error["field"] == field and words in error["message"], (body, error)
     r = client.post("/v1/jobs", json=spec_ce(), params={"tag": "a b"}, headers=bearer(users.alice))
     assert r.status_code == 422 and r.json()["error"]["field"] == "tag", r.text
+    r = client.post("/v1/jobs", json=spec_ce(), params={"note": "a\x00b"}, headers=bearer(users.alice))
+    assert r.status_code == 422 and r.json()["error"]["field"] == "note", r.text
+    r = client.get("/v1/jobs", params={"tag": "a\x00"}, headers=bearer(users.alice))
+    assert r.status_code == 422 and r.json()["error"]["field"] == "tag", r.text
     r = client.get("/v1/jobs", params={"q": "a\x00b"}, headers=bearer(users.alice))
     assert r.status_code == 422 and r.json()["error"]["field"] == "q", r.text
     assert client.get(f"/v1/jobs/{job['id']}", headers=bearer(users.alice)).json()["tags"] == []
