@@ -25,7 +25,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -82,6 +82,30 @@ class DataInfo:
     test_size: int
     fast: bool  # True when batches come from device-resident uint8 tensors
     class_names: list[str] | None
+    validation_size: int = 0  # held out of the training set (dataset.validation); 0: no validation split
+
+
+class Loaders(NamedTuple):
+    train: TrainBatches
+    test: TestBatches
+    info: DataInfo
+    validation: TestBatches | None  # dataset.validation's held-out samples, as test batches (no augmentation)
+
+
+def validation_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kept, held out): indices of a stratified split, each ascending. Per class, round(fraction × its count)
+    samples are held out (at least one, and never all, of a class with two or more), chosen by a permutation drawn
+    from `seed`: a function of the labels, the fraction and the seed alone."""
+    generator = torch.Generator().manual_seed(seed)
+    held = []
+    for c in torch.unique(labels):  # ascending: the draws come in one order
+        members = (labels == c).nonzero().flatten()
+        k = min(max(1, round(fraction * len(members))), len(members) - 1) if len(members) > 1 else 0
+        held.append(members[torch.randperm(len(members), generator=generator)[:k]])
+    out = torch.sort(torch.cat(held)).values if held else torch.empty(0, dtype=torch.int64)
+    keep = torch.ones(len(labels), dtype=torch.bool)
+    keep[out] = False
+    return keep.nonzero().flatten(), out
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -552,9 +576,9 @@ def _use_fast_path(spec: DatasetSpec, fast_path: str, nbytes: int, device: torch
 
 def make_loaders(spec: DatasetSpec, *, batch_size: int, device: torch.device, seed: int,
                  fast_path: str = "auto", drop_last: bool = True, num_workers: int = 2,
-                 data_root: str | None = None, test_batch_size: int | None = None,
-                 ) -> tuple[TrainBatches, TestBatches, DataInfo]:
-    """Training and test batches for `spec`, on `device`, and what the trainer needs to know about the data."""
+                 data_root: str | None = None, test_batch_size: int | None = None) -> Loaders:
+    """Training, test (and validation) batches for `spec`, on `device`, and what the trainer needs to know about
+    the data."""
     device = torch.device(device)
     test_bs = test_batch_size or batch_size
     if spec.name == "imagefolder":
@@ -562,6 +586,11 @@ def make_loaders(spec: DatasetSpec, *, batch_size: int, device: torch.device, se
                                     fast_path=fast_path, drop_last=drop_last, num_workers=num_workers,
                                     data_root=data_root)
     train_x, train_y, test_x, test_y, info = load_arrays(spec, data_root)
+    val_x = val_y = None
+    if spec.validation is not None:
+        keep, held = validation_split(train_y, spec.validation.fraction, spec.validation.seed)
+        val_x, val_y, train_x, train_y = train_x[held], train_y[held], train_x[keep], train_y[keep]
+        info = replace(info, train_size=len(train_x), validation_size=len(val_x))
     _check_batch(spec, len(train_x), batch_size, drop_last)
     fast = _use_fast_path(spec, fast_path, train_x.nbytes + test_x.nbytes, device)
     normalize = _Normalizer(info.mean, info.std, device)
@@ -582,7 +611,12 @@ def make_loaders(spec: DatasetSpec, *, batch_size: int, device: torch.device, se
                                     normalize=normalize)
         test = _LoaderTestBatches(_SeededItems(_TensorItems(test_x, test_y), None), batch_size=test_bs,
                                   num_workers=num_workers, device=device, normalize=normalize)
-    return train, test, replace(info, fast=fast)
+    val: TestBatches | None = None
+    if val_x is not None and val_y is not None:
+        val = (_FastTestBatches(val_x.to(device), val_y.to(device), test_bs, normalize) if fast else
+               _LoaderTestBatches(_SeededItems(_TensorItems(val_x, val_y), None), batch_size=test_bs,
+                                  num_workers=num_workers, device=device, normalize=normalize))
+    return Loaders(train, test, replace(info, fast=fast), val)
 
 
 def _named_train_transform(size: int, pad: int, flip: bool):
@@ -602,7 +636,16 @@ def _check_batch(spec: DatasetSpec, n: int, batch_size: int, drop_last: bool) ->
 
 def _imagefolder_loaders(spec: DatasetSpec, *, batch_size: int, test_bs: int, device: torch.device, seed: int,
                          fast_path: str, drop_last: bool, num_workers: int, data_root: str | None):
+    from torch.utils.data import Subset
+
     train_ds, test_ds, classes = _imagefolder_datasets(spec, data_root)
+    # a subset is the first N samples (_imagefolder_datasets)
+    targets = (train_ds.dataset if hasattr(train_ds, "dataset") else train_ds).targets[:len(train_ds)]
+    labels = torch.tensor(targets, dtype=torch.int64)
+    val_ds = None
+    if spec.validation is not None:
+        keep, held = validation_split(labels, spec.validation.fraction, spec.validation.seed)
+        train_ds, val_ds, labels = Subset(train_ds, keep.tolist()), Subset(train_ds, held.tolist()), labels[keep]
     _check_batch(spec, len(train_ds), batch_size, drop_last)
     size, margin = spec.image_size, _margin(spec.image_size)
     # train images are kept with the resize margin (square, centre-cropped) so the crop can move; test at size
@@ -611,9 +654,11 @@ def _imagefolder_loaders(spec: DatasetSpec, *, batch_size: int, test_bs: int, de
     mean, std = NORMALIZATION["imagefolder"]
     normalize = _Normalizer(mean, std, device)
     info = DataInfo(name="imagefolder", num_classes=len(classes), channels=3, image_size=size, mean=mean,
-                    std=std, train_size=len(train_ds), test_size=len(test_ds), fast=fast, class_names=classes)
+                    std=std, train_size=len(train_ds), test_size=len(test_ds), fast=fast, class_names=classes,
+                    validation_size=len(val_ds) if val_ds is not None else 0)
     train: TrainBatches
     test: TestBatches
+    val: TestBatches | None = None
     if fast:
         train_x, train_y = _decode_all(train_ds, _test_transform(size, crop=margin), num_workers)
         test_x, test_y = _decode_all(test_ds, _test_transform(size), num_workers)
@@ -622,14 +667,17 @@ def _imagefolder_loaders(spec: DatasetSpec, *, batch_size: int, test_bs: int, de
                                   augment=spec.augment, batch_size=batch_size, drop_last=drop_last, seed=seed,
                                   normalize=normalize)
         test = _FastTestBatches(test_x.to(device), test_y.to(device), test_bs, normalize)
-        return train, test, info
-    # a subset is the first N samples (_imagefolder_datasets)
-    targets = (train_ds.dataset if hasattr(train_ds, "dataset") else train_ds).targets[:len(train_ds)]
-    labels = torch.tensor(targets, dtype=torch.int64)
+        if val_ds is not None:
+            val_x, val_y = _decode_all(val_ds, _test_transform(size), num_workers)
+            val = _FastTestBatches(val_x.to(device), val_y.to(device), test_bs, normalize)
+        return Loaders(train, test, info, val)
     train = _LoaderTrainBatches(_SeededItems(train_ds, _train_transform(size, spec.augment)), labels,
                                 batch_size=batch_size,
                                 drop_last=drop_last, seed=seed, num_workers=num_workers, device=device,
                                 normalize=normalize)
     test = _LoaderTestBatches(_SeededItems(test_ds, _test_transform(size)), batch_size=test_bs,
                               num_workers=num_workers, device=device, normalize=normalize)
-    return train, test, info
+    if val_ds is not None:
+        val = _LoaderTestBatches(_SeededItems(val_ds, _test_transform(size)), batch_size=test_bs,
+                                 num_workers=num_workers, device=device, normalize=normalize)
+    return Loaders(train, test, info, val)

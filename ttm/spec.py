@@ -122,6 +122,14 @@ class SubsetSpec(Strict):
     test: int | None = Field(None, gt=0, le=10**9, description="keep the first M test samples")
 
 
+class ValidationSpec(Strict):
+    """A validation split held out of the training set (after `subset`): per class the same fraction, chosen by
+    `seed` alone, so jobs that differ in anything else (train.seed, the loss, γ, β) hold out the same samples."""
+
+    fraction: float = Field(gt=0, le=0.5, description="share of each class's training samples held out")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="which samples are held out")
+
+
 DatasetName = Literal["cifar10", "cifar100", "mnist", "fashion_mnist", "svhn", "digits", "imagefolder", "synthetic"]
 
 
@@ -136,6 +144,9 @@ class DatasetSpec(Strict):
     image_size: int = Field(32, gt=0, le=4096,
                             description="imagefolder: images are resized to this; synthetic: their size")
     subset: SubsetSpec | None = None
+    validation: ValidationSpec | None = Field(None, description="hold out a validation split of the training set: "
+                                              "reported per epoch as val/*, and the best checkpoint is chosen on it "
+                                              "instead of on the test set")
     augment: bool = True
     download: bool = Field(False, description="let torchvision download a missing dataset")
 

@@ -199,7 +199,7 @@ def train(spec: JobSpec, out_dir: str | Path, *, on_metrics: MetricsCallback | N
 
         if t.batch_size % dist.world:
             raise TrainingError(f"train.batch_size={t.batch_size} must divide over {dist.world} processes")
-        train_batches, test_batches, info = make_loaders(
+        train_batches, test_batches, info, val_batches = make_loaders(
             spec.dataset, batch_size=t.batch_size, device=device, seed=t.seed, fast_path=t.fast_path,
             drop_last=t.drop_last, num_workers=t.num_workers, data_root=data_root)
         classes = spec.student.num_classes or info.num_classes
@@ -233,7 +233,7 @@ def train(spec: JobSpec, out_dir: str | Path, *, on_metrics: MetricsCallback | N
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(spec, step, steps_per_epoch))
 
-        start_epoch, best_top1, best_epoch = 1, -1.0, 0
+        start_epoch, best_top1, best_epoch, best_score = 1, -1.0, 0, -1.0
         state_path = out_dir / "state.pt"
         if resume and state_path.exists():
             state = load_state(state_path)
@@ -244,6 +244,7 @@ def train(spec: JobSpec, out_dir: str | Path, *, on_metrics: MetricsCallback | N
             scheduler.load_state_dict(state["scheduler"])
             set_rng_state(state["rng"])
             start_epoch, best_top1, best_epoch = state["epoch"] + 1, state["best_top1"], state["best_epoch"]
+            best_score = state.get("best_score", best_top1)  # a state written before validation splits
             log.info("resumed from %s at epoch %d (best top-1 %.2f at epoch %d)",
                      state_path, state["epoch"], best_top1, best_epoch)
 
@@ -262,9 +263,10 @@ def train(spec: JobSpec, out_dir: str | Path, *, on_metrics: MetricsCallback | N
             **({"job_id": job_id} if job_id else {}),
         }
         if dist.main:
-            log.info("job %s: %s → %s on %s (%s), %d train / %d test images, %d steps/epoch, fast path %s",
+            log.info("job %s: %s → %s on %s (%s), %d train / %s%d test images, %d steps/epoch, fast path %s",
                      spec.name, spec.teacher.arch if spec.teacher else "-", spec.student.arch, info.name, device,
-                     info.train_size, info.test_size, steps_per_epoch, "on" if info.fast else "off")
+                     info.train_size, f"{info.validation_size} validation / " if info.validation_size else "",
+                     info.test_size, steps_per_epoch, "on" if info.fast else "off")
             if teacher is not None and start_epoch == 1:
                 tm = evaluate(teacher, test_batches, None, None, autocast)
                 log.info("teacher test top-1 %.2f", tm["top1"])
@@ -319,29 +321,37 @@ def train(spec: JobSpec, out_dir: str | Path, *, on_metrics: MetricsCallback | N
                     return TrainResult(out_dir, epoch, best_top1, best_epoch, {}, stopped_early=True)
                 continue
             test = evaluate(student, test_batches, teacher, gamma, autocast)
+            val = evaluate(student, val_batches, teacher, gamma, autocast) if val_batches is not None else None
             elapsed = time.perf_counter() - run_start
             epochs_this_run = epoch - start_epoch + 1
             metrics = {**train_metrics, **{f"test/{k}": v for k, v in test.items()},
+                       **{f"val/{k}": v for k, v in (val or {}).items()},
                        "lr": optimizer.param_groups[0]["lr"], "images_per_s": seen / epoch_time,
                        "epoch_time_s": epoch_time, "elapsed_s": elapsed,
                        "eta_s": elapsed / epochs_this_run * (t.epochs - epoch)}
-            improved = test["top1"] > best_top1
+            # the best student is chosen on the validation split when there is one: the test set is then only
+            # reported, never used to pick (best_top1 stays the test top-1 of the student chosen)
+            score = val["top1"] if val is not None else test["top1"]
+            improved = score > best_score
             if improved:
-                best_top1, best_epoch = test["top1"], epoch
-            manifest = {**manifest_base, "epoch": epoch, "top1": test["top1"], "top5": test["top5"]}
+                best_score, best_top1, best_epoch = score, test["top1"], epoch
+            manifest = {**manifest_base, "epoch": epoch, "top1": test["top1"], "top5": test["top5"],
+                        "selected_by": "val/top1" if val is not None else "test/top1",
+                        **({"val_top1": val["top1"]} if val is not None else {})}
             save_student(out_dir, "last", student, manifest)
             if improved:
                 save_student(out_dir, "best", student, manifest)
-            log.info("epoch %d/%d  loss %.4f  test top-1 %.2f  top-5 %.2f  H(q) %.3f  lr %.4g  %.0f img/s  eta %s",
-                     epoch, t.epochs, metrics["train/loss"], test["top1"], test["top5"], test["entropy"],
-                     metrics["lr"], metrics["images_per_s"], _hms(metrics["eta_s"]))
+            log.info("epoch %d/%d  loss %.4f  %stest top-1 %.2f  top-5 %.2f  H(q) %.3f  lr %.4g  %.0f img/s  eta %s",
+                     epoch, t.epochs, metrics["train/loss"], f"val top-1 {val['top1']:.2f}  " if val else "",
+                     test["top1"], test["top5"], test["entropy"], metrics["lr"], metrics["images_per_s"],
+                     _hms(metrics["eta_s"]))
             # metrics before the resume state: a run killed in between redoes this epoch and reports it again
             # (rows are upserted), where the other order would lose the epoch's metrics for good
             _emit(out_dir, on_metrics, epoch, metrics)
             save_state(state_path, {"model": student.state_dict(), "optimizer": optimizer.state_dict(),
                                     **({"features": features.state_dict()} if features is not None else {}),
                                     "scheduler": scheduler.state_dict(), "rng": rng_state(), "epoch": epoch,
-                                    "best_top1": best_top1, "best_epoch": best_epoch})
+                                    "best_top1": best_top1, "best_epoch": best_epoch, "best_score": best_score})
             last = metrics
             _barrier(dist)
             if stop_now:

@@ -66,7 +66,7 @@ def test_subset_keeps_the_first_samples(fashion_arrays):
     assert (info.train_size, info.test_size) == (100, 30)
     assert torch.equal(sx, train_x[:100]) and torch.equal(sy, train_y[:100])
     assert torch.equal(tx, test_x[:30]) and torch.equal(ty, test_y[:30])
-    train, test, info = data.make_loaders(small(train=100, test=30), batch_size=32, device=CPU, seed=0)
+    train, test, info, _ = data.make_loaders(small(train=100, test=30), batch_size=32, device=CPU, seed=0)
     assert (len(train), len(test), info.fast) == (3, 1, True)
 
 
@@ -75,7 +75,7 @@ def test_digits_split():
     assert (len(train_x), len(test_x)) == (1500, 297)
     assert train_x.shape[1:] == (1, 8, 8) and int(train_x.max()) == 255
     assert (info.image_size, info.channels, info.num_classes) == (8, 1, 10)
-    train, test, _ = data.make_loaders(DatasetSpec(name="digits"), batch_size=100, device=CPU, seed=0)
+    train, test, _, _ = data.make_loaders(DatasetSpec(name="digits"), batch_size=100, device=CPU, seed=0)
     train.set_epoch(0)
     x, _ = collect(train)
     assert x.shape == (1500, 1, 8, 8)
@@ -99,7 +99,7 @@ def test_read_idx_rejects_a_bad_file(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- batches
 def test_normalized_train_data_is_centred():
-    train, _, info = data.make_loaders(fashion(augment=False), batch_size=10000, device=CPU, seed=0)
+    train, _, info, _ = data.make_loaders(fashion(augment=False), batch_size=10000, device=CPU, seed=0)
     train.set_epoch(0)
     total, sq, n = 0.0, 0.0, 0
     for x, y, _ in train:
@@ -115,7 +115,7 @@ def test_training_batches_carry_each_samples_index(fast_path):
     # CRD's memory bank is indexed by sample: the index must name the very image and label of the batch row
     spec = small(train=300, test=10, augment=False)
     train_x, train_y, *_ = data.load_arrays(spec)
-    train, _, _ = data.make_loaders(spec, batch_size=64, device=CPU, seed=3, fast_path=fast_path, num_workers=0,
+    train, _, _, _ = data.make_loaders(spec, batch_size=64, device=CPU, seed=3, fast_path=fast_path, num_workers=0,
                                     drop_last=False)
     train.set_epoch(2)
     seen = []
@@ -129,7 +129,7 @@ def test_training_batches_carry_each_samples_index(fast_path):
 @pytest.mark.parametrize("fast_path", ["on", "off"])
 def test_same_seed_and_epoch_give_the_same_batches(fast_path):
     def epoch_batches(epoch, seed=7, warm_epochs=()):
-        train, _, _ = data.make_loaders(small(train=512), batch_size=128, device=CPU, seed=seed, fast_path=fast_path,
+        train, _, _, _ = data.make_loaders(small(train=512), batch_size=128, device=CPU, seed=seed, fast_path=fast_path,
                                         num_workers=0)
         for e in warm_epochs:  # an uninterrupted run went through these first
             train.set_epoch(e)
@@ -148,7 +148,7 @@ def test_same_seed_and_epoch_give_the_same_batches(fast_path):
 
 def test_dataloader_path_does_not_depend_on_workers_nor_touch_the_global_rng():
     def epoch(workers):
-        train, _, info = data.make_loaders(small(train=512), batch_size=128, device=CPU, seed=1, fast_path="off",
+        train, _, info, _ = data.make_loaders(small(train=512), batch_size=128, device=CPU, seed=1, fast_path="off",
                                            num_workers=workers)
         assert not info.fast
         train.set_epoch(2)
@@ -164,7 +164,7 @@ def test_dataloader_path_does_not_depend_on_workers_nor_touch_the_global_rng():
 def test_both_paths_visit_samples_in_the_same_order():
     ys = []
     for fast_path in ("on", "off"):
-        train, _, _ = data.make_loaders(small(augment=False), batch_size=100, device=CPU, seed=3,
+        train, _, _, _ = data.make_loaders(small(augment=False), batch_size=100, device=CPU, seed=3,
                                         fast_path=fast_path, num_workers=0)
         train.set_epoch(5)
         ys.append(collect(train))
@@ -177,7 +177,7 @@ def test_augmentation_is_a_padded_crop_and_a_flip_of_the_image(fast_path):
     assert (pad, flip) == (2, True)
     batches = {}
     for augment in (True, False):
-        train, _, info = data.make_loaders(small(train=256, augment=augment), batch_size=128, device=CPU, seed=5,
+        train, _, info, _ = data.make_loaders(small(train=256, augment=augment), batch_size=128, device=CPU, seed=5,
                                            fast_path=fast_path, num_workers=0)
         train.set_epoch(1)
         batches[augment] = collect(train)
@@ -206,7 +206,7 @@ def test_no_flip_where_the_table_says_so():
 def test_drop_last_and_the_test_split_covers_every_sample_once(fashion_arrays):
     (train_x, train_y, test_x, test_y, _), _ = fashion_arrays
     spec = small(train=1000, test=300, augment=False)
-    train, test, info = data.make_loaders(spec, batch_size=64, device=CPU, seed=0, test_batch_size=128)
+    train, test, info, _ = data.make_loaders(spec, batch_size=64, device=CPU, seed=0, test_batch_size=128)
     train.set_epoch(0)
     sizes = [len(x) for x, *_ in train]
     assert len(train) == 15 and sizes == [64] * 15
@@ -215,7 +215,7 @@ def test_drop_last_and_the_test_split_covers_every_sample_once(fashion_arrays):
     assert torch.equal(to_uint8(x, info), test_x[:300]) and torch.equal(y, test_y[:300])  # in order
 
     for fast_path in ("on", "off"):
-        train, _, _ = data.make_loaders(spec, batch_size=64, device=CPU, seed=0, drop_last=False,
+        train, _, _, _ = data.make_loaders(spec, batch_size=64, device=CPU, seed=0, drop_last=False,
                                         fast_path=fast_path, num_workers=0)
         train.set_epoch(0)
         assert len(train) == 16 and [len(x) for x, *_ in train][-1] == 1000 - 15 * 64
@@ -226,12 +226,12 @@ def test_drop_last_and_the_test_split_covers_every_sample_once(fashion_arrays):
 def test_a_training_set_smaller_than_a_batch_is_an_error():
     with pytest.raises(ValueError, match=r"50 samples.*batch_size=64"):
         data.make_loaders(small(train=50), batch_size=64, device=CPU, seed=0)
-    train, _, _ = data.make_loaders(small(train=50), batch_size=64, device=CPU, seed=0, drop_last=False)
+    train, _, _, _ = data.make_loaders(small(train=50), batch_size=64, device=CPU, seed=0, drop_last=False)
     assert len(train) == 1
 
 
 def test_iterating_before_set_epoch_is_an_error():
-    train, _, _ = data.make_loaders(DatasetSpec(name="digits"), batch_size=100, device=CPU, seed=0)
+    train, _, _, _ = data.make_loaders(DatasetSpec(name="digits"), batch_size=100, device=CPU, seed=0)
     with pytest.raises(RuntimeError, match="set_epoch"):
         next(iter(train))
 
@@ -256,7 +256,7 @@ def image_tree(tmp_path):
 @pytest.mark.parametrize("fast_path", ["auto", "on"])
 def test_imagefolder(image_tree, fast_path):
     spec = DatasetSpec(name="imagefolder", path=str(image_tree), image_size=16, num_classes=3)
-    train, test, info = data.make_loaders(spec, batch_size=4, device=CPU, seed=0, fast_path=fast_path,
+    train, test, info, _ = data.make_loaders(spec, batch_size=4, device=CPU, seed=0, fast_path=fast_path,
                                           num_workers=0)
     assert info.fast == (fast_path == "on")  # auto: the DataLoader path for image folders
     assert (info.num_classes, info.class_names, info.train_size, info.test_size) == (3, ["cat", "dog", "fox"], 12, 6)
@@ -324,3 +324,37 @@ def test_fast_path_on_refuses_an_image_folder_that_cannot_fit(image_tree, monkey
         data.make_loaders(spec, batch_size=4, device=CPU, seed=0, fast_path="on", num_workers=0)
     with pytest.raises(ValueError, match="fast_path"):
         data.make_loaders(spec, batch_size=4, device=CPU, seed=0, fast_path="maybe", num_workers=0)
+
+
+# ---------------------------------------------------------------------------------------------- validation split
+def test_the_validation_split_is_stratified_disjoint_and_a_function_of_its_seed():
+    labels = torch.tensor([c for c in range(10) for _ in range(20 + 7 * c)] + [10])  # classes of 20..83, and one
+    keep, held = data.validation_split(labels, 0.1, seed=0)
+    assert torch.equal(torch.sort(torch.cat([keep, held])).values, torch.arange(len(labels)))  # a partition
+    counts = Counter(labels[held].tolist())
+    assert counts == {c: round(0.1 * (20 + 7 * c)) for c in range(10)}  # per class; a class of one keeps it
+    again, _ = data.validation_split(labels, 0.1, seed=0)
+    assert torch.equal(again, keep)
+    _, other = data.validation_split(labels, 0.1, seed=1)
+    assert not torch.equal(other, held)
+    _, tiny = data.validation_split(torch.tensor([0, 0, 1, 1, 1]), 0.01, seed=0)
+    assert Counter(torch.tensor([0, 0, 1, 1, 1])[tiny].tolist()) == {0: 1, 1: 1}  # at least one of each class
+
+
+@pytest.mark.parametrize("fast_path", ["on", "off"])
+def test_a_validation_split_is_held_out_of_training_and_the_same_for_every_train_seed(fast_path):
+    spec = small(train=1000, test=100, augment=False, validation={"fraction": 0.2, "seed": 4})
+    splits = []
+    for seed in (0, 1):
+        train, _, info, val = data.make_loaders(spec, batch_size=100, device=CPU, seed=seed, fast_path=fast_path,
+                                                num_workers=0)
+        # a fifth of each class, rounded per class
+        assert info.train_size + info.validation_size == 1000 and abs(info.validation_size - 200) <= 5
+        assert val is not None and len(train) == info.train_size // 100
+        val_x, val_y = collect(val)
+        train.set_epoch(1)
+        train_x, train_y = collect(train)
+        splits.append(multiset(to_uint8(val_x, info), val_y))
+        seen = multiset(to_uint8(train_x, info), train_y)
+        assert not set(seen) & set(splits[-1])  # no held-out image is trained on
+    assert splits[0] == splits[1]  # another training seed holds out the same samples

@@ -50,7 +50,7 @@ def test_teacher_then_wttm_student_on_fashion_mnist(tmp_path):
 
     model = build_model("resnet8", num_classes=10, in_channels=1)
     model.load_state_dict(load_file(str(tmp_path / "best.safetensors")))
-    _, test, _ = make_loaders(spec.dataset, batch_size=100, device=torch.device("cpu"), seed=0)
+    _, test, _, _ = make_loaders(spec.dataset, batch_size=100, device=torch.device("cpu"), seed=0)
     from contextlib import nullcontext
 
     assert evaluate(model, test, None, None, nullcontext)["top1"] == pytest.approx(result.best_top1, abs=1e-6)
@@ -106,3 +106,19 @@ def test_the_step_within_an_epoch_is_reported(tmp_path, monkeypatch):
     assert steps == 1500 // 256  # the ragged last batch is dropped
     assert seen == [(epoch, step, steps) for epoch in (1, 2) for step in range(1, steps + 1)]
     assert json.loads((tmp_path / "progress.json").read_text()) == {"epoch": 2, "step": steps, "steps": steps}
+
+
+def test_with_a_validation_split_the_best_student_is_chosen_on_it(tmp_path):
+    """val/* beside test/* every epoch; `best` is the epoch of the highest val top-1, and reports its test top-1."""
+    spec = parse_spec({"name": "v", "student": {"arch": "resnet8"},
+                       "dataset": {"name": "digits", "validation": {"fraction": 0.2}},
+                       "train": {"epochs": 3, "batch_size": 128, "lr": 0.05, "schedule": {"kind": "cosine"}}})
+    seen: dict[int, dict[str, float]] = {}
+    result = train(spec, tmp_path, on_metrics=lambda e, m: seen.__setitem__(e, m))
+    epochs = [e for e in seen if e > 0]
+    assert all({"val/top1", "val/top5", "val/entropy", "test/top1"} <= set(seen[e]) for e in epochs)
+    chosen = max(epochs, key=lambda e: (seen[e]["val/top1"], -e))  # the first epoch of the highest
+    assert result.best_epoch == chosen and result.best_top1 == seen[chosen]["test/top1"]
+    best = json.loads((tmp_path / "best.json").read_text())
+    assert best["selected_by"] == "val/top1" and best["val_top1"] == seen[chosen]["val/top1"]
+    assert "1200 train / 300 validation / 297 test images" in (tmp_path / "train.log").read_text()
