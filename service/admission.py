@@ -30,6 +30,7 @@ from service.settings import Settings
 from service.states import QUEUED, WAITING
 from service.teachers import TeacherProblem, TeacherSource, image_size_of, resolve_teacher, weights_problem
 from service.uploads import Received, blob_path, store_artifact
+from service.webhooks import submit_refusal
 from ttm import zoo
 from ttm.spec import JobSpec, TeacherSpec, parse_spec
 
@@ -170,6 +171,8 @@ def admit(session: Session, who: Principal, body: dict[str, Any], settings: Sett
     queue = choose_queue(spec)
     check_limits(spec, queue, settings)
     check_user_limits(session, who, spec, settings)
+    if spec.notify is not None and (why := submit_refusal(spec.notify.url, settings.webhook_allow)) is not None:
+        raise _refuse("notify.url", why, code="url_refused")
     data = spec.dataset
     num_classes = spec.num_classes
     try:

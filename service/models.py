@@ -86,6 +86,8 @@ class User(Base):
     max_queued: Mapped[int | None] = mapped_column(Integer, nullable=True)  # null: TTM_LIMITS_MAX_QUEUED_PER_USER
     gpu_hours_per_week: Mapped[float | None] = mapped_column(Float, nullable=True)  # null: no quota
     priorities: Mapped[str | None] = mapped_column(String(32), nullable=True)  # null: low,normal
+    # the HMAC key of the user's webhooks, made on first need; kept as is, since the server signs with it
+    webhook_secret: Mapped[str | None] = mapped_column(String(100), nullable=True)
 
 
 class Token(Base):
@@ -239,6 +241,28 @@ class Checkpoint(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     epoch: Mapped[int] = mapped_column(Integer)
     manifest: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One call of a job's `notify.url` for its final state, written in the transaction that records that state
+    (service/states.py) and sent by the reconciler's delivery pass (worker/webhooks.py) until a 2xx or a day.
+
+    pending: `next_attempt_at` is set; delivered: `delivered_at` is set; given up: neither."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_due", "next_attempt_at"),
+                      Index("ix_webhook_deliveries_job", "job_id", "created_at"))
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # dlv_<hex>, sent as X-TTM-Delivery
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    event: Mapped[str] = mapped_column(String(32))  # job.finished
+    url: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the receiver's last HTTP status
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)  # why the last attempt failed
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

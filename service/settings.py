@@ -59,6 +59,20 @@ class Settings(BaseSettings):
         300.0, ge=0, description="how long a preempted job may run on to end its epoch; then it stops and resumes "
                                  "from its last epoch checkpoint")
 
+    # Webhooks (spec `notify.url`, service/webhooks.py): the server refuses to call loopback, private, link-local
+    # (the cloud metadata address among them), unique-local and unspecified addresses, so a job cannot make it
+    # reach what only it can reach; this comma list of hosts and CIDRs is allowed all the same (e.g. 127.0.0.1).
+    webhook_allow: str = Field("", description="hosts and CIDRs a webhook may reach although not public")
+    webhook_timeout_seconds: float = Field(5.0, gt=0, le=60, description="connect and read, per delivery attempt")
+
+    @field_validator("webhook_allow", mode="after")
+    @classmethod
+    def _allow_list(cls, v: str) -> str:
+        from service.webhooks import parse_allow_list  # (raises ValueError naming a bad entry: refused at start)
+
+        parse_allow_list(v)
+        return v
+
     @field_validator("home", mode="after")
     @classmethod
     def _expand_home(cls, v: Path) -> Path:

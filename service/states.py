@@ -7,7 +7,8 @@ down, or a preemption (a high job took the worker; the job resumes from its last
 waiting → queued | failed | cancelled: a student whose teacher is a job that has not succeeded yet waits for it
 (`jobs.waits_for`). When that job succeeds its waiting students become queued; when it fails or is cancelled they
 fail with its reason, and theirs after them. `transition` does this in the same transaction, so no job is ever left
-waiting on a job that has ended.
+waiting on a job that has ended. It also records there the webhook call of a job that names `notify.url`
+(service/webhooks.py): reaching a final state and owing its call are one commit.
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from service.models import Job, JobEvent, utcnow
+from service.queries.webhooks import add_delivery
+from service.webhooks import EVENT, notify_url
 
 WAITING, QUEUED, RUNNING, CANCELLING = "waiting", "queued", "running", "cancelling"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
@@ -74,6 +77,9 @@ def transition(session: Session, job: Job, to_state: str, reason: str | None = N
     for key, value in values.items():  # what the UPDATE wrote, without marking the object dirty
         set_committed_value(job, key, value)
     session.add(JobEvent(job_id=job.id, at=now, kind="state", state=to_state, reason=reason))
+    if to_state in FINAL_STATES and (url := notify_url(job)) is not None:
+        # in this transaction: the call is never lost, and the state change never waits on the network
+        add_delivery(session, job, url, EVENT, now)
     session.flush()
     return settle_waiting(session, job, to_state, reason) if to_state in FINAL_STATES else []
 

@@ -427,6 +427,36 @@ class OutputSpec(Strict):
         return [f for f in EXPORT_FORMATS if f in formats]  # a repeated format is one export
 
 
+MAX_URL = 2048
+
+
+class NotifySpec(Strict):
+    """Where the server POSTs a signed JSON body when the job reaches a final state (docs/API.md, Webhooks). Only
+    the URL's form is checked here; which addresses the server may call is its admin's policy (TTM_WEBHOOK_ALLOW)."""
+
+    url: str = Field(max_length=MAX_URL, description="http(s)://host[:port]/path, no user:password@")
+
+    @field_validator("url")
+    @classmethod
+    def _web_url(cls, v: str) -> str:
+        from urllib.parse import urlsplit
+
+        if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in v):
+            raise ValueError("a URL holds no spaces or control characters (percent-encode them)")
+        try:
+            parts = urlsplit(v)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number below 65536
+        except ValueError as err:
+            raise ValueError(f"{_shown(v)} is not a URL: {err}") from None
+        if parts.scheme.lower() not in ("http", "https"):
+            raise ValueError(f"the URL's scheme is {parts.scheme or 'missing'!r}: give http:// or https://")
+        if "@" in parts.netloc:  # credentials would travel in every request and show in the job's record
+            raise ValueError("the URL may not hold user:password@; the receiver checks X-TTM-Signature instead")
+        if not parts.hostname:
+            raise ValueError("the URL has no host")
+        return v
+
+
 # ---------------------------------------------------------------------------------------------- the job
 class JobSpec(Strict):
     name: str = Field("job", min_length=1, max_length=MAX_NAME)
@@ -439,6 +469,7 @@ class JobSpec(Strict):
     train: TrainSpec = Field(default_factory=TrainSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
+    notify: NotifySpec | None = Field(None, description="a URL the server calls when the job ends (not locally)")
 
     @model_validator(mode="before")
     @classmethod

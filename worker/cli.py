@@ -149,9 +149,10 @@ def reconcile(
     interval: Annotated[float | None, typer.Option(help="seconds between passes [default: a third of "
                                                            "TTM_LEASE_SECONDS, 0.5 to 10]")] = None,
 ) -> None:
-    """Re-enqueue jobs whose worker or message was lost; fail them after TTM_MAX_ATTEMPTS."""
+    """Re-enqueue jobs whose worker or message was lost; fail them after TTM_MAX_ATTEMPTS; send due webhooks."""
     from service.settings import get_settings
     from worker.reconcile import reconcile_and_send, reconcile_forever
+    from worker.webhooks import deliver_due
 
     _configure_logging()
     settings = get_settings()
@@ -164,6 +165,7 @@ def reconcile(
                 totals[key] += len(getattr(summary, key))
             if (after := summary.resume_after) is None:
                 break
+        deliver_due(settings)
         typer.echo(f"requeued {totals['requeued']}, failed {totals['failed']}, cancelled {totals['cancelled']}, "
                    f"re-sent {totals['resent']}", err=True)
         return

@@ -11,6 +11,8 @@ One pass (`reconcile_once`) looks at the jobs table, and at how many messages th
 - a waiting student whose teacher job has ended without settling it (a crash between the two): settled now;
 - a `high` job that waits while every worker of its queue runs lower-class work: the running job the policy picks
   (service/scheduling.py `preemption_victim`) is marked preempted, and its worker stops it at its next epoch boundary.
+Each tick of the loop then sends the webhook calls that are due (worker/webhooks.py `deliver_due`), in transactions
+of their own: a receiver that is slow or away never holds up this pass.
 
 Several reconcilers may run at once: every state change is a conditional UPDATE (`states.transition`), so only one
 of them acts on a job. `ttm serve` runs the loop in a thread; a lab runs `ttm reconcile --loop` (or `ttm serve`).
@@ -42,6 +44,7 @@ from service.states import (
     settle_waiting,
     transition,
 )
+from worker.webhooks import deliver_due
 
 log = logging.getLogger("ttm.worker.reconcile")
 
@@ -241,6 +244,10 @@ def reconcile_forever(settings: Settings, stop: threading.Event, interval: float
             after = reconcile_and_send(settings, enqueue, after).resume_after
         except Exception:  # the database is away, say: log it and try again on the next tick
             log.exception("reconcile pass failed")
+        try:
+            deliver_due(settings)
+        except Exception:  # the same, for the webhook calls (each attempt's outcome is recorded as it ends)
+            log.exception("webhook delivery pass failed")
         stop.wait(interval)
 
 

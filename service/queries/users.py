@@ -2,10 +2,10 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from service.ids import hash_token, new_token
+from service.ids import hash_token, new_token, new_webhook_secret
 from service.models import Token, User, utcnow
 
 LOCAL_USER = "local"
@@ -110,6 +110,24 @@ def token_status(token: Token, now: datetime | None = None) -> str:
         return "expired"
     return "active"
 
+
+
+def webhook_secret(session: Session, user_id: int) -> str:
+    """The user's webhook secret, made on first need. The UPDATE only fills an empty one, so two first needs at
+    once (a delivery pass, the user asking) end with one secret, the first committed."""
+    session.execute(update(User).where(User.id == user_id, User.webhook_secret.is_(None))
+                    .values(webhook_secret=new_webhook_secret()), execution_options={"synchronize_session": False})
+    secret = session.scalar(select(User.webhook_secret).where(User.id == user_id))
+    assert secret is not None
+    return secret
+
+
+def rotate_webhook_secret(session: Session, user_id: int) -> str:
+    """A new secret from now on: every delivery is signed when it is sent, pending ones included."""
+    secret = new_webhook_secret()
+    session.execute(update(User).where(User.id == user_id).values(webhook_secret=secret),
+                    execution_options={"synchronize_session": False})
+    return secret
 
 
 def list_users(session: Session) -> list[User]:

@@ -57,7 +57,7 @@ def test_fresh_database_refused_then_migrated_by_cli(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""
     assert is_at_head(settings)
-    assert head_revisions(settings) == {"0009"}
+    assert head_revisions(settings) == {"0010"}
     create_app(settings, host="127.0.0.1")
 
 
@@ -216,3 +216,33 @@ def test_0009_job_progress_up_and_down(db_url, tmp_path):
     upgrade_to_head(settings)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT name, progress FROM jobs")).all() == [("kept", None)]
+
+
+def test_0010_webhooks_up_and_down(db_url, tmp_path):
+    """0010 adds webhook_deliveries and users.webhook_secret; down and up again keeps the jobs and users (their
+    deliveries and secrets go with it)."""
+    from sqlalchemy import text
+
+    from service.db import session_scope
+    from service.models import WebhookDelivery, utcnow
+    from service.queries.jobs import insert_job
+    from service.queries.users import create_user, webhook_secret
+
+    settings = make_settings(tmp_path, db_url)
+    engine = get_engine(settings)
+    with session_scope(settings) as session:
+        user, _ = create_user(session, "jo")
+        job = insert_job(session, user.id, name="kept", spec={}, queue="gpu", idempotency_key=None,
+                         request_hash=None)
+        session.flush()
+        webhook_secret(session, user.id)
+        session.add(WebhookDelivery(id="dlv_1", job_id=job.id, event="job.finished", url="https://example.com/",
+                                    attempts=0, next_attempt_at=utcnow(), created_at=utcnow()))
+    downgrade_to(settings, "0009")
+    assert "webhook_deliveries" not in set(inspect(engine).get_table_names())
+    assert "webhook_secret" not in {c["name"] for c in inspect(engine).get_columns("users")}
+    upgrade_to_head(settings)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT name FROM jobs")).all() == [("kept",)]
+        assert conn.execute(text("SELECT name, webhook_secret FROM users")).all() == [("jo", None)]
+        assert conn.execute(text("SELECT count(*) FROM webhook_deliveries")).scalar() == 0
