@@ -32,6 +32,7 @@ from service.teachers import TeacherProblem, TeacherSource, image_size_of, resol
 from service.uploads import Received, blob_path, store_artifact
 from service.webhooks import submit_refusal
 from ttm import zoo
+from ttm.registry import missing_library
 from ttm.spec import JobSpec, TeacherSpec, parse_spec
 
 # (train, test) images of the named datasets as the trainer splits them (ttm.data): a subset may not ask for more.
@@ -150,6 +151,9 @@ def _imagefolder_classes(path: Path) -> int | None:
 
 
 def _arch(arch: str, field: str, num_classes: int, channels: int, size: int, settings: Settings):  # noqa: ANN202
+    missing = missing_library(arch)
+    if missing:  # the server's installation lacks it, not the user's: say where it must be installed
+        raise _refuse(field, f"{missing} (on the server and its workers)")
     try:
         info = inspect_arch(arch, num_classes, channels, size, settings)
     except InspectionFailed as err:

@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ttm.client_cli import Overrides
 
@@ -51,10 +52,23 @@ def require_trainer(command: str) -> None:
         raise typer.Exit(EXIT_TRAINING_FAILED) from None
 
 
+def check_libraries(specs) -> None:
+    """A student or teacher of an optional library (timm) that is not installed is a spec error here, said before
+    any data is loaded."""
+    from ttm.registry import missing_library
+    from ttm.spec import SpecError
+
+    archs = [(f, a) for s in specs for f, a in (("student.arch", s.student.arch),
+                                                ("teacher.arch", getattr(s.teacher, "arch", None)))]
+    problems = [(field, why) for field, arch in archs if arch and (why := missing_library(arch))]
+    if problems:
+        raise SpecError(problems)
+
+
 def print_spec_error(error) -> None:
     err.print("[bold red]invalid spec[/]")
     for field, reason in error.problems:
-        err.print(f"  [bold]{field or '<spec>'}[/]: {reason}")
+        err.print(f"  [bold]{field or '<spec>'}[/]: {escape(reason)}")  # a reason may hold [brackets]
 
 
 @app.command()
@@ -80,6 +94,7 @@ def train(
     try:
         specs = load_specs(spec_path, overrides or [])
         specs = [_with_epochs(s, epochs) for s in specs] if epochs else specs
+        check_libraries(specs)
     except SpecError as e:
         print_spec_error(e)
         raise typer.Exit(EXIT_SPEC_ERROR) from None
@@ -172,7 +187,7 @@ def _run_with_progress(spec, out: Path, stop_after: int | None, data_root: str |
             result = run_training(spec, out, on_metrics=on_metrics, stop_after_epoch=stop_after, data_root=data_root,
                                   on_progress=on_progress)
     except (TrainingError, WeightsError, FileNotFoundError, ValueError) as e:
-        err.print(f"[bold red]training failed:[/] {e}")
+        err.print(f"[bold red]training failed:[/] {escape(str(e))}")
         raise typer.Exit(EXIT_TRAINING_FAILED) from None
     finally:
         logger.removeHandler(handler)
@@ -187,6 +202,7 @@ def models() -> None:
     for name in CIFAR_ARCHS + IMAGENET_ARCHS:
         print(name)
     print("torchvision/<name>   any torchvision classification model, e.g. torchvision/resnet18")
+    print("timm/<name>          any timm model, e.g. timm/mobilenetv3_small_100 (pip install 'ttm[timm]')")
 
 
 @app.command()
@@ -233,7 +249,7 @@ def predict(
     try:
         model = load_student(student)
     except (ValueError, WeightsError, FileNotFoundError) as e:
-        err.print(f"[bold red]cannot load {student}[/]: {e}")
+        err.print(f"[bold red]cannot load {student}[/]: {escape(str(e))}")  # e.g. pip install 'ttm[timm]'
         raise typer.Exit(EXIT_SPEC_ERROR) from None
     files = [f for p in images for f in (sorted(q for q in p.iterdir() if q.is_file()) if p.is_dir() else [p])]
     for f in files:

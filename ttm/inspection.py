@@ -149,10 +149,21 @@ def describe_arch(arch: str, num_classes: int, in_channels: int, image_size: int
         with torch.no_grad():
             out = model.eval()(torch.empty(2, in_channels, image_size, image_size, device="meta"))
     except Exception as err:  # noqa: BLE001 - any failure to run means this input does not fit
+        why, hint = str(err).splitlines()[0][:300], made_for(model)
         raise Refused(f"{arch} cannot take a {in_channels}×{image_size}×{image_size} input: "
-                      f"{str(err).splitlines()[0][:300]}") from None
+                      f"{why.rstrip('.') + hint if hint else why}") from None
     output = list(out.shape) if isinstance(out, torch.Tensor) else None
     return {"tensors": shapes, "params": count_params(model), "output": output}
+
+
+def made_for(model: Any) -> str:
+    """The input size a timm model was made for, which its config records (a ViT's position embeddings, or a CNN
+    whose stem shrinks 28×28 to nothing), as a hint; "" for other models."""
+    size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
+    if not (isinstance(size, tuple | list) and len(size) == 3):
+        return ""
+    return (f"; timm made it for {size[1]}×{size[2]} inputs (dataset.image_size sets the size for an image folder "
+            "or synthetic data)")
 
 
 def limit_self(memory_bytes: int, cpu_seconds: int) -> None:

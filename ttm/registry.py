@@ -1,6 +1,7 @@
 """Names the spec may use, kept free of torch so that validating a spec stays cheap (the API does it per request)."""
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -29,6 +30,14 @@ DATASET_CLASSES: dict[str, int | None] = {
 DATASET_CHANNELS: dict[str, int] = {"mnist": 1, "fashion_mnist": 1, "digits": 1}
 
 
+# Architectures of other libraries, named <library>/<its name>: torchvision's come with the trainer, timm's with the
+# `timm` extra. Their names have the shape of those libraries' own (lowercase, digits, _), checked without importing
+# them; whether the library has the name is checked where a model is built (ttm.models.build_model, and the API's
+# inspection subprocess, ttm.inspection).
+TORCHVISION_PREFIX = "torchvision/"
+TIMM_PREFIX = "timm/"
+
+
 @lru_cache(maxsize=1)
 def torchvision_archs() -> frozenset[str]:
     import torchvision
@@ -36,19 +45,37 @@ def torchvision_archs() -> frozenset[str]:
     return frozenset(torchvision.models.list_models(module=torchvision.models))
 
 
+@lru_cache(maxsize=1)
+def timm_archs() -> frozenset[str]:
+    import timm
+
+    return frozenset(timm.list_models())  # architectures, without the .<tag> of their pretrained weights
+
+
+def missing_library(arch: str) -> str | None:
+    """Why `arch` cannot be built here because an optional library is not installed, or None. Asks importlib, not
+    import, so that the client and the API can say it without loading torch."""
+    if arch.startswith(TIMM_PREFIX) and importlib.util.find_spec("timm") is None:
+        return f"{arch} is a timm model and timm is not installed: pip install 'ttm[timm]'"
+    return None
+
+
+def _library_name(name: str) -> bool:
+    return 0 < len(name) <= 64 and name.isascii() and all(c.islower() or c.isdigit() or c == "_" for c in name)
+
+
 def is_known_arch(name: str) -> bool:
-    """Our architectures by name; a torchvision one by the shape of its name only (torchvision/<lowercase name>),
-    so that validating a spec never imports torch. Whether torchvision has it is checked where a model is built:
-    ttm.models.build_model, and the API's architecture inspection (ttm.inspection), which runs in a subprocess."""
+    """Our architectures by name; torchvision's and timm's by the shape of their names only (see above), so that
+    validating a spec never imports torch."""
     if name in CIFAR_ARCHS or name in IMAGENET_ARCHS:
         return True
-    tv = name.removeprefix("torchvision/")
-    return tv != name and 0 < len(tv) <= 64 and tv.isascii() and all(c.islower() or c.isdigit() or c == "_"
-                                                                      for c in tv)
+    return any(name.startswith(prefix) and _library_name(name.removeprefix(prefix))
+               for prefix in (TORCHVISION_PREFIX, TIMM_PREFIX))
 
 
 def known_archs_hint() -> str:
-    return "known: " + ", ".join(CIFAR_ARCHS + IMAGENET_ARCHS) + ", or torchvision/<name> (e.g. torchvision/resnet18)"
+    return ("known: " + ", ".join(CIFAR_ARCHS + IMAGENET_ARCHS) + ", or torchvision/<name> (e.g. torchvision/resnet18)"
+            ", or timm/<name> (e.g. timm/resnet18; pip install 'ttm[timm]')")
 
 
 def closest_names(name: str, names: list[str] | tuple[str, ...], prefix: str = "") -> str | None:
@@ -61,8 +88,13 @@ def closest_names(name: str, names: list[str] | tuple[str, ...], prefix: str = "
 
 def unknown_arch_message(name: str) -> str:
     """What to say of an architecture name this project does not have: the nearest of its own names, else them all."""
+    base, dot, tag = name.removeprefix(TIMM_PREFIX).partition(".")
+    if name.startswith(TIMM_PREFIX) and dot and _library_name(base):
+        # timm names pretrained weights <arch>.<tag>; a user copying one from timm's docs means the architecture
+        return (f"unknown architecture {name!r}; .{tag} names pretrained weights, which are never downloaded here: "
+                f"name the architecture, {TIMM_PREFIX}{base}, and give the weights as teacher.weights")
     near = closest_names(name, CIFAR_ARCHS + IMAGENET_ARCHS)
-    if near and 0 < len(name) <= 64 and name.isascii() and all(c.islower() or c.isdigit() or c == "_" for c in name):
+    if near and _library_name(name):
         near += f" (torchvision's is torchvision/{name})"  # resnet18: the user may mean torchvision's
     return f"unknown architecture {name!r}; " + (near or known_archs_hint())
 

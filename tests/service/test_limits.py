@@ -73,6 +73,16 @@ def test_an_unknown_torchvision_architecture_is_refused_by_the_inspection(client
     assert err["field"] == "student.arch" and "unknown architecture 'torchvision/resnet_nope'" in err["message"]
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # refused before the database or the inspection is asked
+def test_a_timm_architecture_on_a_server_without_timm_names_the_extra(client, users, monkeypatch):
+    monkeypatch.setitem(sys.modules, "timm", None)  # what importlib's find_spec sees where timm is not installed
+    spec = {**spec_ce(), "student": {"arch": "timm/resnet18"}}
+    err = _error(client.post("/v1/jobs", json=spec, headers=bearer(users.alice)), 422)
+    assert err["field"] == "student.arch", err
+    assert err["message"] == ("student.arch: timm/resnet18 is a timm model and timm is not installed: "
+                              "pip install 'ttm[timm]' (on the server and its workers)")
+
+
 def test_limits_are_the_servers_to_set(db_url, tmp_path, users):
     """An admin raises or lowers a limit with its setting; two ranks on the cpu queue are allowed by default."""
     settings = make_settings(tmp_path, db_url, limits_max_epochs=3, limits_max_queued_per_user=2)

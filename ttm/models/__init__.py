@@ -1,13 +1,16 @@
-"""Model architectures by name: the CIFAR networks of the paper's tables, MobileNet v1, and torchvision/<name>.
+"""Model architectures by name: the CIFAR networks of the paper's tables, MobileNet v1, torchvision/<name> and
+timm/<name> (the `timm` extra).
 
     build_model("resnet56", num_classes=100)                  # CIFAR-100 teacher
     build_model("resnet20", num_classes=10, in_channels=1)    # Fashion-MNIST / digits student
     build_model("torchvision/resnet18", num_classes=10, in_channels=1)
+    build_model("timm/mobilenetv3_small_100", num_classes=10, in_channels=1)
 
 Every model's forward returns the logits [B, num_classes] and nothing else, and has no data-dependent Python
 control flow, so torch.compile and CUDA graphs capture it whole. Inputs: the ResNets and WRNs take anything from
 8×8 up (sklearn digits); VGG, MobileNetV2 and the ShuffleNets are meant for 28×28 / 32×32 (they run down to 8×8
-through their global pool, but see little there); mobilenet_v1 is an ImageNet 224×224 network.
+through their global pool, but see little there); mobilenet_v1 is an ImageNet 224×224 network. timm's CNNs
+(resnet18, mobilenetv3_small_100, efficientnet_b0, ...) take 28×28; its ViTs want the size they were made for.
 """
 from __future__ import annotations
 
@@ -20,7 +23,15 @@ from ttm.models.resnet import cifar_resnet, resnet50
 from ttm.models.shufflenet import shufflenet_v1, shufflenet_v2
 from ttm.models.vgg import cifar_vgg
 from ttm.models.wrn import wide_resnet
-from ttm.registry import closest_names, torchvision_archs, unknown_arch_message
+from ttm.registry import (
+    TIMM_PREFIX,
+    TORCHVISION_PREFIX,
+    closest_names,
+    missing_library,
+    timm_archs,
+    torchvision_archs,
+    unknown_arch_message,
+)
 
 # name → builder(num_classes, in_channels). The names are RepDistiller's/mdistiller's, which the paper's tables use;
 # ttm.registry lists the same names without importing torch (a test keeps the two in step).
@@ -50,13 +61,13 @@ ARCHS: dict[str, Callable[..., nn.Module]] = {
     "mobilenet_v1": mobilenet_v1,
 }
 
-TORCHVISION_PREFIX = "torchvision/"
-
 
 def build_model(arch: str, num_classes: int, in_channels: int = 3) -> nn.Module:
     """A freshly initialised model (never downloaded weights) whose forward returns logits [B, num_classes]."""
     if arch.startswith(TORCHVISION_PREFIX):
         return build_torchvision_model(arch.removeprefix(TORCHVISION_PREFIX), num_classes, in_channels)
+    if arch.startswith(TIMM_PREFIX):
+        return build_timm_model(arch.removeprefix(TIMM_PREFIX), num_classes, in_channels)
     if arch not in ARCHS:
         raise ValueError(unknown_arch_message(arch))
     return ARCHS[arch](num_classes, in_channels)
@@ -83,6 +94,21 @@ def build_torchvision_model(name: str, num_classes: int, in_channels: int = 3) -
     if in_channels != 3:
         replace_first_conv(model, in_channels)
     return model
+
+
+def build_timm_model(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
+    """timm's own classes and input channels (it adapts the stem itself); never its pretrained weights: nothing is
+    downloaded at run time, a teacher's weights come as a file like any other's."""
+    missing = missing_library(TIMM_PREFIX + name)
+    if missing:
+        raise ValueError(missing)
+    import timm
+
+    if name not in timm_archs():
+        hint = closest_names(name, sorted(timm_archs()), prefix=TIMM_PREFIX) or \
+            "timm's architectures are listed by timm.list_models()"
+        raise ValueError(f"unknown architecture {TIMM_PREFIX + name!r}; {hint}")
+    return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
 
 
 def replace_first_conv(model: nn.Module, in_channels: int) -> None:
