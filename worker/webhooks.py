@@ -135,8 +135,8 @@ def _attempt(settings: Settings, delivery_id: str, attempts: int, now: datetime,
                                                         if 300 <= status < 400 else "")
     except Refused as err:
         error, final = f"refused: {err}", True
-    except (httpx.HTTPError, OSError) as err:
-        error = f"{type(err).__name__}: {err}"[:1000]
+    except Exception as err:  # noqa: BLE001 - whatever failed (network, TLS, a name idna cannot encode) is this
+        error = f"{type(err).__name__}: {err}"[:1000]  # attempt's error, and the pass goes on to the next row
     next_at: datetime | None = None
     if error is not None and not final:
         next_at = now + timedelta(seconds=retry_delay(attempt))

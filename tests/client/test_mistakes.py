@@ -51,7 +51,7 @@ SPEC_MISTAKES = [
      "nesterov, weight_decay, schedule, seed, device, precision, fast_path, compile, num_workers, drop_last)"),
     ("a section misspelt", {**_with(), "teachr": ZOO}, "teachr",
      "unknown field 'teachr'; did you mean 'teacher'? (the spec has: name, preset, teacher, student, dataset, loss, "
-     "train, resources, output)"),
+     "train, resources, output, notify)"),
     ("torchvision's model without its prefix", _with(student={"arch": "resnet18"}), "student.arch",
      "unknown architecture 'resnet18'; did you mean resnet8 or resnet14 or resnet8x4? (torchvision's is "
      "torchvision/resnet18)"),
