@@ -28,11 +28,12 @@ from svc_helpers import bearer, make_settings, run_job, spec_ce, submit
 
 class Receiver:
     """A ThreadingHTTPServer on 127.0.0.1 that records every request; `answers[path]` lists the statuses to give
-    first (then 200)."""
+    first (then 200), `locations[path]` the Location header it sends."""
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, dict[str, str], bytes]] = []
         self.answers: dict[str, list[int]] = {}
+        self.locations: dict[str, str] = {}
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -41,6 +42,8 @@ class Receiver:
                 receiver.requests.append((self.path, dict(self.headers.items()), body))
                 queued = receiver.answers.get(self.path) or []
                 self.send_response(queued.pop(0) if queued else 200)
+                if self.path in receiver.locations:
+                    self.send_header("Location", receiver.locations[self.path])
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -57,7 +60,7 @@ class Receiver:
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     r = Receiver()
-    thread = threading.Thread(target=r.server.serve_forever, daemon=True)
+    thread = threading.Thread(target=r.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield r
     r.server.shutdown()
@@ -134,6 +137,17 @@ def test_signed_retried_delivered_once_and_listed(client, users, settings, recei
     rotated = client.post("/v1/users/me/webhook-secret/rotate", headers=bearer(users.alice)).json()["secret"]
     assert rotated != secret
     assert client.get("/v1/users/me/webhook-secret", headers=bearer(users.alice)).json()["secret"] == rotated
+
+
+def test_redirect_not_followed(client, users, settings, receiver):
+    receiver.answers["/moved"] = [302]
+    receiver.locations["/moved"] = f"{receiver.url}/elsewhere"
+    job = submit(client, users.alice, notified(f"{receiver.url}/moved"))
+    client.post(f"/v1/jobs/{job['id']}/cancel", headers=bearer(users.alice))
+    assert len(deliver_due(settings).failed) == 1
+    (moved,) = deliveries(client, users.alice, job["id"])
+    assert moved["state"] == "pending" and moved["last_status"] == 302 and "not followed" in moved["last_error"]
+    assert [r[0] for r in receiver.requests] == ["/moved"]
 
 
 def test_one_sender_per_attempt(client, users, settings, receiver):
