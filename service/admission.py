@@ -24,6 +24,7 @@ from service.models import Job, User
 from service.paths import PathRefused, inside_data_root
 from service.principal import Principal
 from service.queries import artifacts as artifact_queries
+from service.queries.datasets import get_dataset
 from service.queries.projects import ProjectError, project_id_for
 from service.scheduling import allowed_priorities, week_usage_hours
 from service.settings import Settings
@@ -192,6 +193,14 @@ def admit(session: Session, who: Principal, body: dict[str, Any], settings: Sett
                 num_classes = _imagefolder_classes(path)
     except PathRefused as err:
         raise _refuse(err.field, str(err)) from None
+    if data.id is not None:  # a data set sent to this server: the caller's own (the worker finds its folder)
+        sent = get_dataset(session, who, data.id)
+        if sent is None:
+            raise _refuse("dataset.id", f"no data set {data.id} of yours (POST /v1/datasets sends one)")
+        if num_classes is not None and num_classes != len(sent.classes):
+            raise _refuse("dataset.num_classes", f"data set {data.id} has {len(sent.classes)} classes, not "
+                                                 f"{num_classes}")
+        num_classes = len(sent.classes)
     if num_classes is None:
         raise _refuse("dataset.num_classes", "give num_classes (or a path whose train/ holds one folder per "
                                              "class)")

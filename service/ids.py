@@ -34,6 +34,10 @@ def new_artifact_id() -> str:
     return "art_" + secrets.token_hex(12)
 
 
+def new_dataset_id() -> str:
+    return "ds_" + secrets.token_hex(12)
+
+
 def new_token() -> str:
     return "ttm_" + secrets.token_urlsafe(32)
 

@@ -12,7 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.errors import error_body
 
 BODY_MAX = 1024 * 1024  # a job spec is a few kB
-UPLOAD_PREFIX = "/v1/artifacts"
+UPLOAD_PREFIXES = ("/v1/artifacts", "/v1/datasets")  # streamed uploads: their routes hold them to their own limits
 
 
 class BodyTooLarge(HTTPException):
@@ -43,7 +43,7 @@ class BodyLimitMiddleware:
         if b"\x00" in unquote_to_bytes(raw_path):  # (query parameters are each validated by their route)
             await _refuse(send, 400, "bad_request", "the URL's path holds a NUL character; no id or name does")
             return
-        if scope["path"].startswith(UPLOAD_PREFIX) and scope["method"] == "POST":
+        if scope["path"].startswith(UPLOAD_PREFIXES) and scope["method"] == "POST":
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")

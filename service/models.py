@@ -146,6 +146,25 @@ class Artifact(Base):
     project_id: Mapped[int | None] = mapped_column(Integer, nullable=True)  # projects.id (never deleted)
 
 
+class Dataset(Base):
+    """An ImageFolder tree sent over HTTP and unpacked under the artifact directory (service/datasets.py)."""
+
+    __tablename__ = "datasets"
+    __table_args__ = (UniqueConstraint("owner_id", "sha256"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # ds_<hex>
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    name: Mapped[str | None] = mapped_column(String(200), nullable=True)  # the uploader's file name
+    sha256: Mapped[str] = mapped_column(String(64))  # of the archive: the same archive again is the same data set
+    size: Mapped[int] = mapped_column(BigInteger)  # the archive's bytes
+    files: Mapped[int] = mapped_column(Integer)
+    unpacked_bytes: Mapped[int] = mapped_column(BigInteger)
+    classes: Mapped[list[str]] = mapped_column(JSONType)
+    counts: Mapped[dict[str, dict[str, int]]] = mapped_column(JSONType)  # split -> class -> images
+    path: Mapped[str] = mapped_column(Text)  # the folder holding train/ and val/
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (

@@ -23,6 +23,10 @@ class Settings(BaseSettings):
     data_root: Path = Field(default_factory=lambda d: d["home"] / "data",
                             description="datasets given by root/path must lie inside it")
     max_upload_bytes: int = Field(2 * 1024**3, gt=0)
+    # POST /v1/datasets: the archive as sent, and what it may unpack to (service/datasets.py)
+    dataset_max_upload_bytes: int = Field(4 * 1024**3, gt=0)
+    dataset_max_files: int = Field(200_000, gt=0)
+    dataset_max_unpacked_bytes: int = Field(16 * 1024**3, gt=0)
     auth: Literal["token", "off"] = "token"
     max_attempts: int = Field(3, gt=0)
     lease_seconds: int = Field(60, gt=0)

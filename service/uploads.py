@@ -40,14 +40,14 @@ class Received:
 class _Sink:
     """The temporary file, its running hash and size, and the limit."""
 
-    def __init__(self, f: IO[bytes], limit: int):
-        self.f, self.limit, self.size, self.seen, self.hash = f, limit, 0, 0, hashlib.sha256()
+    def __init__(self, f: IO[bytes], limit: int, setting: str):
+        self.f, self.limit, self.setting, self.size, self.seen, self.hash = f, limit, setting, 0, 0, hashlib.sha256()
 
     def count(self, data: bytes) -> None:
         """Bytes of the body that count against the limit without being the file (a form's other parts)."""
         self.seen += len(data)
         if self.seen > self.limit:
-            raise too_large(self.limit)
+            raise too_large(self.limit, self.setting)
 
     def write(self, data: bytes) -> None:
         self.count(data)
@@ -65,8 +65,8 @@ def clean_filename(name: str | None) -> str | None:
     return kept or None
 
 
-def too_large(limit: int) -> ApiError:
-    return ApiError(413, f"upload is larger than the server's limit of {limit} bytes (TTM_MAX_UPLOAD_BYTES)")
+def too_large(limit: int, setting: str = "TTM_MAX_UPLOAD_BYTES") -> ApiError:
+    return ApiError(413, f"upload is larger than the server's limit of {limit} bytes ({setting})")
 
 
 class _FilePart:
@@ -123,12 +123,13 @@ class _FilePart:
             self.writing, self.done = False, True
 
 
-async def receive_upload(request: Request, tmp_dir: Path, limit: int, filename: str | None = None) -> Received:
+async def receive_upload(request: Request, tmp_dir: Path, limit: int, filename: str | None = None,
+                         setting: str = "TTM_MAX_UPLOAD_BYTES") -> Received:
     content_type, params = parse_options_header(request.headers.get("content-type"))
     multipart = content_type == b"multipart/form-data"
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit + (MULTIPART_SLACK if multipart else 0):
-        raise too_large(limit)  # refused before a byte is read
+        raise too_large(limit, setting)  # refused before a byte is read
     if multipart and not params.get(b"boundary"):
         raise ApiError(400, "multipart body without a boundary")
     tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -136,7 +137,7 @@ async def receive_upload(request: Request, tmp_dir: Path, limit: int, filename: 
     path = Path(tmp)
     try:
         with os.fdopen(fd, "wb") as f:
-            sink = _Sink(f, limit)
+            sink = _Sink(f, limit, setting)
             part = _FilePart(sink) if multipart else None
             parser = MultipartParser(params[b"boundary"], part.callbacks()) if part else None  # type: ignore[arg-type]
             try:
@@ -148,10 +149,10 @@ async def receive_upload(request: Request, tmp_dir: Path, limit: int, filename: 
                 if parser is not None:
                     parser.finalize()
             except ParseError as err:
-                raise ApiError(400, f"malformed multipart body ({err}); send the weights as the form field "
-                                    "`file` (curl -F file=@teacher.pt) or as the raw body") from None
+                raise ApiError(400, f"malformed multipart body ({err}); send the file as the form field `file` "
+                                    "(curl -F file=@teacher.pt) or as the raw body") from None
         if part is not None and not part.done:
-            raise ApiError(422, "no file in the form: send the weights as the field `file`", field="file")
+            raise ApiError(422, "no file in the form: send it as the field `file`", field="file")
         if sink.size == 0:
             raise ApiError(422, "empty upload", field="file")
         return Received(path, sink.hash.hexdigest(), sink.size,

@@ -259,6 +259,28 @@ class Client:
             known = None
         if known is not None and project is None:
             return {**known, "uploaded": False}
+        params = {"filename": filename or path.name, **({"project": project} if project else {})}
+        response = self._post_file("/v1/artifacts", path, params)
+        artifact = response.json()
+        if artifact.get("sha256") != sha256:
+            raise ChecksumMismatch(f"uploaded {path} (sha256 {sha256}) but the server stored {artifact.get('sha256')}")
+        return {**artifact, "uploaded": response.status_code == 201}
+
+    def upload_dataset(self, path: str | Path) -> dict[str, Any]:
+        """Send an ImageFolder tree (train/<class>/..., val/<class>/...) as a .tar, .tar.gz or .zip; returns the
+        data set (`id` for `dataset: {name: imagefolder, id: ...}`, classes, counts). The server unpacks it and
+        checks every entry; the same archive sent again is the same data set."""
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"no such file: {path}")
+        sha256 = sha256_file(path)
+        dataset = self._post_file("/v1/datasets", path, {"filename": path.name}).json()
+        if dataset.get("sha256") != sha256:
+            raise ChecksumMismatch(f"sent {path} (sha256 {sha256}) but the server stored {dataset.get('sha256')}")
+        return dataset
+
+    def _post_file(self, route: str, path: Path, params: dict[str, Any]) -> httpx.Response:
+        """A file as the raw body of a POST, streamed (a retry starts from its first byte)."""
         size = path.stat().st_size
 
         def body() -> Iterator[bytes]:
@@ -266,14 +288,9 @@ class Client:
                 while chunk := f.read(CHUNK):
                     yield chunk
 
-        params = {"filename": filename or path.name, **({"project": project} if project else {})}
-        response = self._send("POST", "/v1/artifacts", params=params, content=body,
-                              headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
-                              timeout=httpx.Timeout(self.timeout, write=max(self.timeout, 120.0), read=600.0))
-        artifact = response.json()
-        if artifact.get("sha256") != sha256:
-            raise ChecksumMismatch(f"uploaded {path} (sha256 {sha256}) but the server stored {artifact.get('sha256')}")
-        return {**artifact, "uploaded": response.status_code == 201}
+        return self._send("POST", route, params=params, content=body,
+                          headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+                          timeout=httpx.Timeout(self.timeout, write=max(self.timeout, 120.0), read=600.0))
 
     # ------------------------------------------------------------------------------------------ jobs
     def spec_body(self, spec: Any) -> dict[str, Any]:

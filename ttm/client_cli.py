@@ -361,6 +361,25 @@ def upload(
         print(artifact["id"])
 
 
+def upload_dataset(
+    file: Annotated[Path, typer.Argument(help="an ImageFolder tree (train/<class>/<image>, val/<class>/<image>) as "
+                                              ".tar, .tar.gz or .zip")],
+    server: Server = None, token: Token = None, json_out: Json = False, retries: Retries = 5,
+) -> None:
+    """Send a data set; prints its id, for `dataset: {name: imagefolder, id: ds_...}` in a spec.
+
+    The server unpacks it and checks every entry (no links, no paths out of the tree, images that decode)."""
+    with _errors(json_out):
+        with _client(server, token, retries) as client:
+            dataset = client.upload_dataset(file)
+        if json_out:
+            _print_json(dataset)
+            return
+        counts = ", ".join(f"{split} {sum(c.values())}" for split, c in dataset["counts"].items())
+        _stderr().print(f"{file}: {len(dataset['classes'])} classes, {counts} images")
+        print(dataset["id"])
+
+
 def submit(
     spec: Annotated[Path | None, typer.Argument(metavar="[SPEC]", help="job spec (YAML or JSON); a local teacher "
                                                                        "file in it is uploaded for you",
@@ -720,7 +739,8 @@ def reproduce(
 
 
 COMMANDS: dict[str, Callable[..., Any]] = {
-    "upload": upload, "submit": submit, "jobs": jobs, "queue": queue, "status": status, "watch": watch,
+    "upload": upload, "upload-dataset": upload_dataset, "submit": submit, "jobs": jobs, "queue": queue,
+    "status": status, "watch": watch,
     "logs": logs, "cancel": cancel, "tag": tag, "note": note, "metrics": metrics, "download": download,
     "reproduce": reproduce}
 

@@ -139,6 +139,9 @@ class DatasetSpec(Strict):
                              description="data root in torchvision's layout; default: TTM_DATA_ROOT")
     path: str | None = Field(None, max_length=MAX_PATH,
                              description="imagefolder only: a directory with train/ and val/")
+    id: str | None = Field(None, pattern=r"^ds_[0-9a-f]{24}$",
+                           description="imagefolder only, instead of path: a data set sent to the server "
+                                       "(POST /v1/datasets)")
     num_classes: int | None = Field(None, ge=2, le=MAX_CLASSES, description="imagefolder: checked against the tree; "
                                     "synthetic: the number of random labels (default 100)")
     image_size: int = Field(32, gt=0, le=4096,
@@ -152,10 +155,13 @@ class DatasetSpec(Strict):
 
     @model_validator(mode="after")
     def _imagefolder_needs_path(self) -> DatasetSpec:
-        if self.name == "imagefolder" and not self.path:
-            raise ValueError("imagefolder needs path: a directory holding train/ and val/")
-        if self.name != "imagefolder" and self.path:
-            raise ValueError(f"path is for imagefolder; {self.name} is found by name under the data root")
+        if self.name == "imagefolder" and not self.path and not self.id:
+            raise ValueError("imagefolder needs path (a directory holding train/ and val/) or id (a data set sent "
+                             "with POST /v1/datasets, `ttm upload-dataset`)")
+        if self.path and self.id:
+            raise ValueError("give path or id, not both")
+        if self.name != "imagefolder" and (self.path or self.id):
+            raise ValueError(f"path and id are for imagefolder; {self.name} is found by name under the data root")
         if self.name not in ("imagefolder", "synthetic") and self.num_classes:
             raise ValueError(f"num_classes is for imagefolder and synthetic; {self.name} knows its own")
         return self

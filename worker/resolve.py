@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from service.models import Dataset
 from service.paths import PathRefused, inside_data_root
 from service.settings import Settings
 from service.teachers import TeacherProblem, resolve_teacher
@@ -46,4 +47,9 @@ def resolve_spec(session: Session, spec_data: dict[str, Any], settings: Settings
             data.path = str(inside_data_root(data.path, "dataset.path", settings.data_root, image_folder=True))
     except PathRefused as err:
         raise ResolveError(f"{err.field}: {err}") from None
+    if data.id is not None:  # a data set sent to the server: its folder under the artifact directory
+        sent = session.get(Dataset, data.id)
+        if sent is None or not Path(sent.path, "train").is_dir():
+            raise ResolveError(f"dataset.id: data set {data.id} is missing from the artifact store")
+        data.path, data.id = sent.path, None
     return spec

@@ -57,7 +57,7 @@ def test_fresh_database_refused_then_migrated_by_cli(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""
     assert is_at_head(settings)
-    assert head_revisions(settings) == {"0010"}
+    assert head_revisions(settings) == {"0011"}
     create_app(settings, host="127.0.0.1")
 
 
@@ -246,3 +246,15 @@ def test_0010_webhooks_up_and_down(db_url, tmp_path):
         assert conn.execute(text("SELECT name FROM jobs")).all() == [("kept",)]
         assert conn.execute(text("SELECT name, webhook_secret FROM users")).all() == [("jo", None)]
         assert conn.execute(text("SELECT count(*) FROM webhook_deliveries")).scalar() == 0
+
+
+def test_0011_datasets_up_and_down(db_url, tmp_path):
+    """0011 adds the datasets table; down drops it, up brings it back empty."""
+    settings = make_settings(tmp_path, db_url)
+    engine = get_engine(settings)
+    assert "datasets" in set(inspect(engine).get_table_names())
+    downgrade_to(settings, "0010")
+    assert "datasets" not in set(inspect(engine).get_table_names())
+    upgrade_to_head(settings)
+    assert {c["name"] for c in inspect(engine).get_columns("datasets")} >= {"id", "owner_id", "sha256", "classes",
+                                                                          "path"}
