@@ -6,21 +6,28 @@ absolute path, no `..`, no backslash or control character), a regular file or a 
 at most `max_files` files and `max_bytes` unpacked (counted while writing, not taken from the headers), each file an
 image that PIL decodes whole (at most MAX_PIXELS), under the layout above (one folder around it all is allowed, as
 zipping a folder makes it). A refusal names the entry. Files are created by this code alone (O_EXCL, in folders it
-made), so nothing in the archive can point a write elsewhere. The API process runs this in a thread; it imports PIL,
-never torch.
+made), so nothing in the archive can point a write elsewhere.
+
+The API runs it as `python -m service.datasets` (`unpack_in_sandbox`): image decoders parse hostile bytes, so they
+do it in a process of their own, with the inspection sandbox's cleared environment (no database URL, no token) and
+limits on its memory, CPU time, file sizes and open files, and a wall-clock timeout.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
+import subprocess
+import sys
 import tarfile
+import tempfile
 import warnings
 import zipfile
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO
 
@@ -233,3 +240,54 @@ def _write(entry: _Entry, target: Path, budget: int, shown: str, max_bytes: int)
                                          "(TTM_DATASET_MAX_UNPACKED_BYTES)")
                 out.write(chunk)
     return size
+
+
+def unpack_in_sandbox(archive: Path, dest: Path, *, max_files: int, max_bytes: int, memory_bytes: int,
+                      timeout_s: float) -> Unpacked:
+    """unpack_dataset in a sandboxed child (see the module's doc); DatasetRefused for a refusal, a timeout or a
+    child that died (past a limit), with nothing left in `dest`."""
+    from service.inspection import sandbox_environment
+
+    with tempfile.TemporaryDirectory(prefix="ttm-dataset-") as cwd:
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "service.datasets", str(archive), str(dest), str(max_files), str(max_bytes),
+                 str(memory_bytes), str(int(timeout_s) + 1)], cwd=cwd, env=sandbox_environment(cwd),
+                stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout_s, start_new_session=True)
+        except subprocess.TimeoutExpired:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise DatasetRefused(f"checking it took longer than {timeout_s:g} s "
+                                 "(TTM_DATASET_UNPACK_TIMEOUT_SECONDS)") from None
+    lines = done.stdout.decode("utf-8", "replace").strip().splitlines()
+    result = json.loads(lines[-1]) if done.returncode == 0 and lines else None
+    if result is None or "refused" in result:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise DatasetRefused(result["refused"] if result else
+                             f"checking it failed (exit status {done.returncode}: past the sandbox's memory or CPU "
+                             "limit, or a decoder crashed)")
+    return Unpacked(**result)
+
+
+def _limit_self(memory_bytes: int, cpu_seconds: int, max_bytes: int) -> None:
+    """Set before the archive is opened: address space, CPU time, no file past the data set's limit, no core."""
+    import resource
+
+    for which, value in ((resource.RLIMIT_AS, memory_bytes), (resource.RLIMIT_CPU, cpu_seconds),
+                         (resource.RLIMIT_FSIZE, max_bytes), (resource.RLIMIT_CORE, 0),
+                         (resource.RLIMIT_NOFILE, 256)):
+        resource.setrlimit(which, (value, value))
+
+
+def main(argv: list[str]) -> int:
+    archive, dest, max_files, max_bytes, memory_bytes, cpu_seconds = argv
+    _limit_self(int(memory_bytes), int(cpu_seconds), int(max_bytes))
+    try:
+        out = asdict(unpack_dataset(Path(archive), Path(dest), max_files=int(max_files), max_bytes=int(max_bytes)))
+    except DatasetRefused as err:
+        out = {"refused": str(err)}
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -53,7 +53,7 @@ _slots_lock = threading.Lock()
 _arch_cache: dict[tuple[str, int, int, int], ArchInfo | str] = {}
 
 
-def _slot(settings: Settings) -> threading.BoundedSemaphore:
+def inspection_slot(settings: Settings) -> threading.BoundedSemaphore:
     global _slots
     with _slots_lock:
         if _slots is None:
@@ -61,7 +61,7 @@ def _slot(settings: Settings) -> threading.BoundedSemaphore:
         return _slots
 
 
-def _environment(tmp: str) -> dict[str, str]:
+def sandbox_environment(tmp: str) -> dict[str, str]:
     """Only what Python needs to start: none of the server's variables (TTM_*, passwords, tokens) go along."""
     keep = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
             if k in os.environ}
@@ -71,7 +71,7 @@ def _environment(tmp: str) -> dict[str, str]:
 
 
 def _run(args: list[str], settings: Settings) -> dict[str, Any]:
-    slot = _slot(settings)
+    slot = inspection_slot(settings)
     if not slot.acquire(timeout=SLOT_WAIT_SECONDS):
         raise ApiError(503, "the server is busy checking other uploads; try again in a few seconds",
                        code="busy", headers={"Retry-After": "5"})
@@ -83,7 +83,7 @@ def _run(args: list[str], settings: Settings) -> dict[str, Any]:
                 limits = ["--memory", str(settings.inspect_memory_bytes),
                           "--cpu", str(int(settings.inspect_timeout_seconds) + 1)]
                 done = subprocess.run([sys.executable, "-m", "ttm.inspection", *limits, *args], cwd=cwd,
-                                      env=_environment(cwd), stdin=subprocess.DEVNULL, capture_output=True,
+                                      env=sandbox_environment(cwd), stdin=subprocess.DEVNULL, capture_output=True,
                                       timeout=settings.inspect_timeout_seconds, start_new_session=True)
             except subprocess.TimeoutExpired:
                 raise InspectionFailed(f"checking it took longer than {settings.inspect_timeout_seconds:g} s "

@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     dataset_max_upload_bytes: int = Field(4 * 1024**3, gt=0)
     dataset_max_files: int = Field(200_000, gt=0)
     dataset_max_unpacked_bytes: int = Field(16 * 1024**3, gt=0)
+    dataset_unpack_timeout_seconds: float = Field(900, gt=0, description="unpacking and decoding every image")
     auth: Literal["token", "off"] = "token"
     max_attempts: int = Field(3, gt=0)
     lease_seconds: int = Field(60, gt=0)

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from service.datasets import DatasetRefused, unpack_dataset
+from service.datasets import DatasetRefused, unpack_in_sandbox
 from service.deps import CurrentUser, ReadSessionDep, SessionDep, SettingsDep
 from service.errors import ApiError, not_found
 from service.ids import new_dataset_id
@@ -65,8 +65,10 @@ def store_dataset(session: Session, who: Principal, settings: Settings, received
     dataset_id = new_dataset_id()
     dest = settings.artifact_dir / "datasets" / dataset_id
     try:
-        unpacked = unpack_dataset(received.path, dest, max_files=settings.dataset_max_files,
-                                  max_bytes=settings.dataset_max_unpacked_bytes)
+        unpacked = unpack_in_sandbox(received.path, dest, max_files=settings.dataset_max_files,
+                                     max_bytes=settings.dataset_max_unpacked_bytes,
+                                     memory_bytes=settings.inspect_memory_bytes,
+                                     timeout_s=settings.dataset_unpack_timeout_seconds)
     except DatasetRefused as err:
         raise ApiError(422, f"file: {err}", code="invalid_dataset", field="file") from None
     row = Dataset(id=dataset_id, owner_id=who.id, name=received.filename, sha256=received.sha256,

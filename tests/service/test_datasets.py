@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from service.datasets import DatasetRefused, unpack_dataset
+from service.datasets import DatasetRefused, unpack_dataset, unpack_in_sandbox
 
 from svc_helpers import bearer
 
@@ -156,3 +156,19 @@ def test_a_sent_tree_is_named_in_a_job_resolved_by_the_worker_and_trains(client,
     assert resolved.dataset.id is None and Path(resolved.dataset.path, "train", "circle").is_dir()
     result = train(resolved, tmp_path / "run")
     assert result.epochs_done == 1 and 0 <= result.best_top1 <= 100
+
+
+def test_the_unpacking_runs_in_a_sandbox_whose_limits_hold(tmp_path):
+    """The image decoders parse hostile bytes in a child of their own (the inspection sandbox's environment) under
+    limits: a child past its memory limit is a refusal that leaves nothing."""
+    archive = tar_gz(tmp_path / "shapes.tar.gz", TREE)
+    out = unpack_in_sandbox(archive, tmp_path / "ok", max_files=100, max_bytes=10**9, memory_bytes=2 * 1024**3,
+                            timeout_s=120)
+    assert out.files == 12 and (tmp_path / "ok" / "val" / "square").is_dir()
+    large = io.BytesIO()
+    Image.new("RGB", (3000, 3000)).save(large, "PNG")  # 27 MB once decoded, a few kB as sent
+    heavy = tar_gz(tmp_path / "heavy.tar.gz", [*TREE, ("train/circle/large.png", large.getvalue())])
+    with pytest.raises(DatasetRefused, match="checking it failed"):
+        unpack_in_sandbox(heavy, tmp_path / "starved", max_files=100, max_bytes=10**9, memory_bytes=32 * 1024**2,
+                          timeout_s=120)
+    assert not (tmp_path / "starved").exists()
