@@ -134,6 +134,7 @@ def test_the_limits_on_files_and_unpacked_bytes(tmp_path):
         unpack_dataset(bomb, tmp_path / "c", max_files=100, max_bytes=10**9)
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # the same training on both: the queries are tested above
 def test_a_sent_tree_is_named_in_a_job_resolved_by_the_worker_and_trains(client, users, settings, tmp_path):
     from service.db import session_scope
     from ttm.train import train
