@@ -24,7 +24,6 @@ from ttm.spec import JobSpec, SpecError, parse_spec
 # A teacher job in one of these may be named by a new student, which then waits for it (a pipeline).
 PENDING_TEACHER_STATES = (WAITING, QUEUED, RUNNING)
 # Input sizes of the trainer's batches for the named datasets (ttm.data); image folders give their own.
-IMAGE_SIZES = {"mnist": 28, "fashion_mnist": 28, "digits": 8}
 CODE_REFUSED = ("is a TorchScript archive: a program, which can read and write files when it runs. This server "
                 "refuses teachers that carry code (an admin of a trusted lab may allow them with "
                 "TTM_ALLOW_CODE_TEACHERS=1); upload a state_dict or safetensors file with teacher.arch instead")
@@ -51,8 +50,7 @@ class TeacherSource:
 
 
 def image_size_of(spec: JobSpec) -> int:
-    return spec.dataset.image_size if spec.dataset.name in ("imagefolder", "synthetic") \
-        else IMAGE_SIZES.get(spec.dataset.name, 32)
+    return spec.dataset.image_size  # a named data set's own (ttm.spec.DatasetSpec)
 
 
 def _artifact(session: Session, ref: str, field: str, owner_id: int | None) -> Artifact:

@@ -28,6 +28,9 @@ DATASET_CLASSES: dict[str, int | None] = {
     "imagefolder": None, "synthetic": None,  # random images for speed benchmarks
 }
 DATASET_CHANNELS: dict[str, int] = {"mnist": 1, "fashion_mnist": 1, "digits": 1}
+# the named data sets' own image size (H = W); an image folder is resized to dataset.image_size, synthetic data made
+DATASET_IMAGE_SIZES: dict[str, int] = {"cifar10": 32, "cifar100": 32, "mnist": 28, "fashion_mnist": 28, "svhn": 32,
+                                       "digits": 8}
 
 
 # Architectures of other libraries, named <library>/<its name>: torchvision's come with the trainer, timm's with the

@@ -25,6 +25,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from ttm.registry import (
     DATASET_CHANNELS,
     DATASET_CLASSES,
+    DATASET_IMAGE_SIZES,
     EXPORT_FORMATS,
     LOSS_KINDS,
     ExportFormat,
@@ -145,7 +146,8 @@ class DatasetSpec(Strict):
     num_classes: int | None = Field(None, ge=2, le=MAX_CLASSES, description="imagefolder: checked against the tree; "
                                     "synthetic: the number of random labels (default 100)")
     image_size: int = Field(32, gt=0, le=4096,
-                            description="imagefolder: images are resized to this; synthetic: their size")
+                            description="imagefolder: images are resized to this; synthetic: their size; a named "
+                                        "data set has its own (28 for Fashion-MNIST), which the spec then shows")
     subset: SubsetSpec | None = None
     validation: ValidationSpec | None = Field(None, description="hold out a validation split of the training set: "
                                               "reported per epoch as val/*, and the best checkpoint is chosen on it "
@@ -164,6 +166,8 @@ class DatasetSpec(Strict):
             raise ValueError(f"path and id are for imagefolder; {self.name} is found by name under the data root")
         if self.name not in ("imagefolder", "synthetic") and self.num_classes:
             raise ValueError(f"num_classes is for imagefolder and synthetic; {self.name} knows its own")
+        if self.name in DATASET_IMAGE_SIZES:  # the size that runs, so the spec shown back is the one that ran
+            self.__dict__["image_size"] = DATASET_IMAGE_SIZES[self.name]
         return self
 
     @property

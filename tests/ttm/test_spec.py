@@ -110,3 +110,16 @@ def test_output_formats_and_the_old_torchscript_spelling():
     assert parse_spec({**base, "output": {"torchscript": True, "formats": ["pt2"]}}).output.formats == [
         "pt2", "torchscript"]
     assert "true or false" in problems({**base, "output": {"torchscript": "yes"}})["output.torchscript"]
+
+
+def test_the_spec_shows_the_image_size_that_runs():
+    """A named data set has its own size, and the spec shown back says it (not a default of 32 for 28×28 images);
+    an image folder or synthetic data is made at the size asked for."""
+    def size(dataset: dict) -> int:
+        spec = parse_spec({"name": "s", "student": {"arch": "resnet8"}, "dataset": dataset})
+        return spec.model_dump(mode="json")["dataset"]["image_size"]
+
+    assert size({"name": "fashion_mnist"}) == 28 and size({"name": "fashion_mnist", "image_size": 64}) == 28
+    assert size({"name": "digits"}) == 8 and size({"name": "cifar100"}) == 32
+    assert size({"name": "synthetic", "image_size": 64}) == 64
+    assert size({"name": "imagefolder", "path": "x", "image_size": 96}) == 96
