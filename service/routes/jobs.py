@@ -174,8 +174,13 @@ def get_job(job_id: str, who: CurrentUser, session: ReadSessionDep, settings: Se
     return job_out(job, owner, q.queue_position(session, job, settings))
 
 
+PATCH_EXAMPLES = {"tags": {"summary": "label it", "value": {"tags": ["baseline", "paper:table2"]}},
+                  "note": {"summary": "say why", "value": {"note": "the CE row of the lab's Table 2"}}}
+
+
 @router.patch("/{job_id}", response_model=JobOut, responses=error_responses(400, 401, 404))
-def patch_job(job_id: str, body: JobPatch, who: CurrentUser, session: SessionDep, settings: SettingsDep) -> JobOut:
+def patch_job(job_id: str, body: Annotated[JobPatch, Body(openapi_examples=PATCH_EXAMPLES)], who: CurrentUser,
+              session: SessionDep, settings: SettingsDep) -> JobOut:
     """Change a job's tags or note (in any state); what the job ran, its spec, stays as it was."""
     job, owner = visible_job(session, who, job_id)
     if body.tags is not None:

@@ -75,7 +75,8 @@ def test_openapi_has_an_example_for_every_body(client):
     bodies = [(path, method, op["requestBody"]) for path, ops in schema["paths"].items()
               for method, op in ops.items() if "requestBody" in op]
     assert {(p, m) for p, m, _ in bodies} == {("/v1/jobs", "post"), ("/v1/artifacts", "post"),
-                                              ("/v1/pipelines", "post")}
+                                              ("/v1/pipelines", "post"), ("/v1/jobs/{job_id}", "patch"),
+                                              ("/v1/datasets", "post")}
     for path, _, body in bodies:
         for media, content in body["content"].items():
             assert content.get("example") is not None or content.get("examples"), (path, media)
@@ -88,6 +89,8 @@ def test_openapi_has_an_example_for_every_body(client):
             if path.startswith("/v1/"):
                 assert op.get("security") == [{"HTTPBearer": []}], (method, path)
     submit_params = schema["paths"]["/v1/jobs"]["post"]["parameters"]
-    assert [(p["name"], p["in"]) for p in submit_params] == [("Idempotency-Key", "header")]
-    assert '"maxLength": 200' in json.dumps(submit_params[0]["schema"])
+    assert sorted((p["name"], p["in"]) for p in submit_params) == [("Idempotency-Key", "header"), ("note", "query"),
+                                                                    ("tag", "query")]
+    key = next(p for p in submit_params if p["name"] == "Idempotency-Key")
+    assert '"maxLength": 200' in json.dumps(key["schema"])
     assert "swagger" in client.get("/docs").text.lower()
