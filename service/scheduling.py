@@ -33,12 +33,12 @@ from sqlalchemy.orm import Session
 
 from service.models import Job, User, Worker, utcnow
 from service.settings import Settings
-from service.states import CANCELLING, FINAL_STATES, QUEUED, RUNNING
+from service.states import FINAL_STATES, HELD_STATES, QUEUED
 
 PRIORITY_RANK = {"high": 0, "normal": 1, "low": 2}
 DEFAULT_PRIORITIES = ("low", "normal")  # what a user may submit in unless an admin says otherwise
 MIN_CHARGE_S = 60.0  # a job costs at least a slot-minute: its start is what took the slot from someone else
-HELD = (RUNNING, CANCELLING)
+HELD = HELD_STATES
 HORIZON_HALF_LIVES = 10  # older usage weighs under 0.1 %: not read
 WORKER_SEEN_S = 60  # a worker that has not beaten its heart for this long is not counted as one of its queue's
 

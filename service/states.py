@@ -25,6 +25,7 @@ from service.webhooks import EVENT, notify_url
 WAITING, QUEUED, RUNNING, CANCELLING = "waiting", "queued", "running", "cancelling"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
 FINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED})
+HELD_STATES = (RUNNING, CANCELLING)  # a worker holds the job: its lease, its slot, its progress
 JobState = Literal["waiting", "queued", "running", "cancelling", "succeeded", "failed", "cancelled"]  # the API's
 ALL_STATES: tuple[str, ...] = get_args(JobState)
 

@@ -16,9 +16,7 @@ from sqlalchemy.orm import Session
 from service.models import Job, JobEvent, UTCDateTime, utcnow
 from service.scheduling import pick_next
 from service.settings import Settings
-from service.states import CANCELLING, QUEUED, RUNNING
-
-HELD_STATES = (RUNNING, CANCELLING)
+from service.states import HELD_STATES, QUEUED, RUNNING
 
 
 def lease_job(session: Session, job_id: str, worker_name: str, lease_seconds: float) -> Job | None:

@@ -34,9 +34,7 @@ from service.principal import Principal
 from service.queries import history as hq
 from service.routes.jobs import visible_job
 from service.schemas import error_responses
-from service.states import CANCELLING, FINAL_STATES, RUNNING
-
-RUNNING_STATES = (RUNNING, CANCELLING)
+from service.states import FINAL_STATES, HELD_STATES
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401, 422))  # on every route
 POLL_SECONDS = 0.3
@@ -134,7 +132,7 @@ def _poll(make_session: sessionmaker[Session], job_id: str, ev: int, m: int
         # the state first: if it is final here, the rows read next include everything written before it
         state, progress = session.execute(select(Job.state, Job.progress).where(Job.id == job_id)).first() or (
             None, None)
-        progress = progress if state in RUNNING_STATES else None
+        progress = progress if state in HELD_STATES else None
         events = hq.events_after(session, job_id, ev, EVENT_BATCH)
         metrics = hq.metrics_after(session, job_id, m, METRIC_BATCH)
     final = next((e for e in events if e.kind == "state" and e.state in FINAL_STATES), None)
