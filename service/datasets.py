@@ -25,9 +25,10 @@ import tempfile
 import warnings
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import IO
 
@@ -57,7 +58,7 @@ class _Entry:
     parts: tuple[str, ...]  # the checked path, as names
     is_dir: bool
     size: int
-    open: object  # () -> a binary file of the entry's bytes
+    open: Callable[[], IO[bytes] | None]  # a binary file of the entry's bytes (tarfile's may be None)
 
 
 def archive_kind(path: Path) -> str:
@@ -120,7 +121,7 @@ def _entries(path: Path, kind: str, max_files: int) -> Iterator[list[_Entry]]:
                         raise _refuse_kind(member.name, "a symbolic link" if member.issym() else "a hard link"
                                            if member.islnk() else "a fifo" if member.isfifo() else
                                            "a device file" if member.isdev() else "not a plain file")
-                    yield _Entry(parts, member.isdir(), member.size, lambda m=member: tar.extractfile(m))
+                    yield _Entry(parts, member.isdir(), member.size, partial(tar.extractfile, member))
             yield _listed(tar_entries(), max_files)
         return
     with zipfile.ZipFile(path) as archive:
@@ -134,7 +135,7 @@ def _entries(path: Path, kind: str, max_files: int) -> Iterator[list[_Entry]]:
                     raise _refuse_kind(info.filename, "a symbolic link" if kind == stat.S_IFLNK else "not a plain file")
                 if info.flag_bits & 0x1:
                     raise DatasetRefused(f"entry {info.filename[:200]!r} is encrypted")
-                yield _Entry(parts, info.is_dir(), info.file_size, lambda i=info: archive.open(i))
+                yield _Entry(parts, info.is_dir(), info.file_size, partial(archive.open, info))
         yield _listed(zip_entries(), max_files)
 
 
@@ -231,7 +232,9 @@ def _write(entry: _Entry, target: Path, budget: int, shown: str, max_bytes: int)
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
     size = 0
     with os.fdopen(fd, "wb") as out:
-        source: IO[bytes] = entry.open()  # type: ignore[operator]
+        source = entry.open()
+        if source is None:  # tarfile has no file for a member that is not a regular file; those are refused above
+            raise DatasetRefused(f"entry {shown} has no data")
         with source:
             while chunk := source.read(CHUNK):
                 size += len(chunk)

@@ -646,9 +646,9 @@ def problems_of(err: ValidationError) -> list[tuple[str, str]]:
             field, msg = msg.removeprefix(_FIELD_MARK).split(" ", 1)
             loc = [*loc, field]
         union = str(raw[-1]) if raw else ""
-        if e["type"] in ("extra_forbidden", "missing", "literal_error", "string_too_long", "string_too_short",
-                         "float_parsing", "int_parsing", "float_type", "int_type", "int_from_float", *_BOUNDS):
-            msg = _plain_message(e) or msg
+        plain = _plain_message(e)
+        if plain is not None:
+            msg = plain
         elif e["type"] == "union_tag_invalid" and union in _UNIONS:
             msg, loc = _unknown_kind(union, e.get("ctx", {}).get("tag")), [*loc, "kind"]
         elif e["type"] == "union_tag_not_found" and union in _UNIONS:
