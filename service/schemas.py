@@ -38,6 +38,8 @@ class JobOut(BaseModel):
     note: str | None = Field(None, description="its owner's note (PATCH changes it)")
     progress: dict[str, int] | None = Field(None, description='a running job\'s place in its epoch, {"epoch", "step", '
                                                               '"steps"}, as its trainer said a few seconds ago')
+    sweep_id: str | None = Field(None, description="the sweep this job is a trial of (its name is <sweep>-t<trial>)")
+    trial: int | None = Field(None, description="its trial's number in that sweep")
 
 
 TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,63}$"

@@ -12,6 +12,10 @@ in as text, never parsed as HTML; the Content-Security-Policy below allows no in
     /ui/compare?jobs=..  several jobs: the spec parameters that differ, final metrics, curves under one legend
                          (compare.js)
     /ui/queue?queue=gpu  the lab queue in dispatch order, with each owner's usage over share (app.js)
+    /ui/sweeps           your sweeps, newest first: state, trials ended / budget, the best metric (sweeps.js)
+    /ui/sweeps/{id}      one sweep: its search space, the best trial and its student's download, a table of the
+                         trials linking to their jobs, and a scatter of them over the searched fields coloured by
+                         the sweep's metric; live while it runs, cancel (sweeps.js, scatter.js)
 
 Mounted by service/app.py: `app.include_router(dashboard.router)`.
 """
@@ -59,7 +63,9 @@ def ui_root() -> RedirectResponse:
 @router.get("/ui/compare")
 @router.get("/ui/queue")
 @router.get("/ui/jobs/{job_id}")
-def page(job_id: str | None = None) -> FileResponse:
+@router.get("/ui/sweeps")
+@router.get("/ui/sweeps/{sweep_id}")
+def page(job_id: str | None = None, sweep_id: str | None = None) -> FileResponse:
     """Every page is the same shell; app.js draws the one the path names."""
     return _file("index.html")
 

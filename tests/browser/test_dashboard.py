@@ -1,7 +1,8 @@
 """The dashboard in headless Chromium: token login, the jobs page (only your jobs; sorted by a click on a column,
 filtered by the search box), a job page whose curves grow from the event stream on an axis to the planned epochs with
 the teacher as reference lines, its live log, checkpoint downloads, the cancel button, a failed job's reason, the
-compare page (the parameters that differ, one legend), untrusted text staying text, and the same with a real worker.
+compare page (the parameters that differ, one legend), untrusted text staying text, and the same with a real worker;
+a real sweep's pages (its list, its trials, their scatter, its student).
 Screenshots of the charts are read back pixel by pixel: a chart with data has its line's colour in it."""
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from playwright.sync_api import expect
 from service.dashboard import STATIC
 from ttm.client import Client
 
-from client_helpers import add_metrics, digits_spec, run_job
+from client_helpers import add_metrics, digits_spec, run_job, wait_for
 
 SERIES_BLUE = (0x1F, 0x77, 0xB4)  # chart.js PALETTE[0]: a job page's curve, the first job of a comparison
 REFERENCE_GREY = (0x5B, 0x62, 0x70)  # chart.js REFERENCE_COLOR: the teacher's line
@@ -53,12 +54,13 @@ def test_served_by_the_api_with_nothing_from_outside(api):
     with httpx.Client(base_url=api.url) as http:
         r = http.get("/")
         assert r.status_code == 307 and r.headers["location"] == "/ui/"
-        for path in ("/ui/", "/ui/jobs/job_x", "/ui/compare"):
+        for path in ("/ui/", "/ui/jobs/job_x", "/ui/compare", "/ui/sweeps", "/ui/sweeps/swp_x"):
             r = http.get(path)
             assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
             assert "default-src 'self'" in r.headers["content-security-policy"]
         names = sorted(p.name for p in STATIC.iterdir() if p.suffix in (".js", ".css"))
-        assert {"app.js", "chart.js", "jobs.js", "job.js", "compare.js", "style.css"} <= set(names)
+        assert {"app.js", "chart.js", "jobs.js", "job.js", "compare.js", "sweeps.js", "scatter.js",
+                "style.css"} <= set(names)
         for name in names:
             r = http.get(f"/ui/static/{name}")
             text = r.text.replace("http://www.w3.org/2000/svg", "")  # SVG's namespace is a name, not a fetch
@@ -373,3 +375,125 @@ def test_live_job_curve_grows_and_cancel(live, open_page, tmp_path):
     expect(page.locator("#job-state [data-state]")).to_have_text("cancelled", timeout=30_000)
     assert Client(live.url, live.alice).job(job["id"])["state"] == "cancelled"
     expect(page.locator('#checkpoints button[data-which="last"]')).to_have_count(2)  # pt and safetensors
+
+
+def test_a_real_sweep_its_list_page_scatter_trials_and_student(live, open_page, tmp_path):
+    """A grid of 2 over β, trained by the real worker and driven by the reconciler's sweep pass: the list shows it,
+    its page shows both trials linking to their jobs, the scatter has their 2 points with the best one circled, the
+    student downloads, a trial's job page links back, and the sweep's name, HTML, stays text."""
+    from service.broker import enqueue_job, make_celery
+    from service.sweeps import drive_all
+
+    job = {**digits_spec("unused", epochs=1), "teacher": {"zoo": "digits/resnet20"},
+           "loss": {"kind": "wttm", "gamma": 0.3, "beta": 1.0}}
+    body = {"name": XSS, "strategy": "grid", "max_running": 2, "space": {"loss.beta": [0.5, 2.0]}, "job": job}
+    http = httpx.Client(base_url=live.url, headers={"Authorization": f"Bearer {live.alice}"}, timeout=60)
+    r = http.post("/v1/sweeps", json=body)
+    assert r.status_code == 201, r.text
+    sweep_id = r.json()["id"]
+
+    page = open_page(f"{live.url}/ui/sweeps/{sweep_id}", live.alice)
+    expect(page.locator("#sweep-name")).to_have_text(XSS)
+    expect(page.locator("#sweep-state [data-state]")).to_have_text("running")
+    expect(page.locator("#cancel-sweep")).to_be_visible()
+    expect(page.locator("#space th")).to_have_text(["loss.beta"])
+    expect(page.locator("#space td")).to_have_text(["0.5, 2"])
+
+    celery = make_celery(live.settings)  # the reconciler's pass (`ttm serve` runs it; the live stack does not)
+
+    def ended() -> bool:
+        drive_all(live.settings, lambda job_id, queue: enqueue_job(job_id, queue, celery))
+        return http.get(f"/v1/sweeps/{sweep_id}").json()["state"] != "running"
+
+    wait_for(ended, 120, "the sweep to end", interval=0.5)
+    done = http.get(f"/v1/sweeps/{sweep_id}").json()
+    assert done["state"] == "succeeded", done
+    best = done["best"]
+    # the page follows the sweep to its end without a reload
+    expect(page.locator("#sweep-state [data-state]")).to_have_text("succeeded", timeout=10_000)
+    expect(page.locator("#cancel-sweep")).to_be_hidden()
+    rows = page.locator("#trials tr[data-trial]")
+    expect(rows).to_have_count(2)
+    for t in done["trials"]:
+        row = page.locator(f'#trials tr[data-trial="{t["number"]}"]')
+        expect(row.locator("a")).to_have_attribute("href", f"/ui/jobs/{t['job_id']}")
+        expect(row.locator("[data-state]")).to_have_text("complete")
+        expect(row.locator(".epochs")).to_have_text("1")
+    expect(page.locator("#trials tr.best")).to_have_attribute("data-trial", str(best["number"]))
+    expect(page.locator("#best-value")).to_contain_text(f"{best['value']:.2f}")
+    expect(page.locator("#best-top1")).to_contain_text(f"{best['test_top1']:.2f}")
+
+    scatter = page.locator("#scatter")
+    expect(scatter).to_have_attribute("data-points", "2")
+    expect(scatter).to_have_attribute("data-x-field", "loss.beta")  # one searched field: β against the metric
+    expect(scatter).to_have_attribute("data-y-field", "val/top1")
+    points = scatter.locator("a.point")
+    expect(points).to_have_count(2)
+    marked = scatter.locator('a.point[data-best="true"]')
+    expect(marked).to_have_count(1)
+    expect(marked.locator("circle.best-mark")).to_have_count(1)
+    expect(marked).to_have_attribute("href", f"/ui/jobs/{best['job_id']}")
+    expect(marked.locator("title")).to_contain_text(f"loss.beta = {best['params']['loss.beta']:g}")
+    cy = {int(points.nth(i).get_attribute("data-trial")): float(points.nth(i).locator("circle.mark")
+                                                                .get_attribute("cy")) for i in range(2)}
+    low, high = sorted(done["trials"], key=lambda t: t["value"])
+    assert low["value"] == high["value"] or cy[high["number"]] < cy[low["number"]]  # higher up (SVG y grows down)
+    assert page.locator("main img").count() == 0 and page.evaluate("document.body.dataset.pwned") is None
+    page.screenshot(path=str(tmp_path / "sweep.png"), full_page=True)
+
+    with page.expect_download() as download:
+        page.click("#download-best")
+    got = open(download.value.path(), "rb").read()
+    assert download.value.suggested_filename == f"{sweep_id}-best.safetensors"
+    want = http.get(f"/v1/sweeps/{sweep_id}/checkpoints/best?format=safetensors", follow_redirects=True)
+    assert want.status_code == 200 and got == want.content
+
+    # a trial's job page says whose trial it is; the navigation leads back to the list, which shows the sweep
+    marked.click()
+    expect(page).to_have_url(f"{live.url}/ui/jobs/{best['job_id']}")
+    link = page.locator("#job-sweep a")
+    expect(link).to_have_text(XSS)
+    expect(link).to_have_attribute("href", f"/ui/sweeps/{sweep_id}")
+    expect(page.locator("#job-sweep")).to_contain_text(f"Trial {best['number']} of sweep")
+    page.click("#nav-sweeps")
+    row = page.locator(f'#sweeps tr[data-sweep-id="{sweep_id}"]')
+    expect(row.locator("a")).to_have_text(XSS)
+    expect(row.locator("a")).to_have_attribute("href", f"/ui/sweeps/{sweep_id}")
+    expect(row.locator("[data-state]")).to_have_text("succeeded")
+    expect(row.locator(".trials")).to_have_text("2 / 2")
+    expect(row.locator(".best")).to_contain_text(f"{best['value']:.2f}")
+    expect(row.locator(".top1")).to_have_text(f"{best['test_top1']:.2f} %")
+    expect(page.locator("#nav-sweeps")).to_have_class(re.compile("active"))
+    assert page.locator("main img").count() == 0 and page.evaluate("document.body.dataset.pwned") is None
+    http.close()
+
+
+def test_a_sweep_over_two_fields_plots_them_on_a_log_axis_and_cancels(api, open_page):
+    """γ and β as the scatter's axes (β log-uniform: a log axis) while the trials wait in the queue (no worker here),
+    then the page's Cancel button cancels the sweep and its trials."""
+    job = {**digits_spec("unused", epochs=1), "teacher": {"zoo": "digits/resnet20"},
+           "loss": {"kind": "wttm", "gamma": 0.3, "beta": 1.0}}
+    body = {"name": "gamma-beta", "strategy": "random", "trials": 4, "max_running": 2, "job": job,
+            "space": {"loss.beta": {"log_uniform": [0.5, 100]}, "loss.gamma": {"uniform": [0.1, 0.8]}}}
+    with httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {api.alice}"}, timeout=60) as http:
+        r = http.post("/v1/sweeps", json=body)
+        assert r.status_code == 201, r.text
+        sweep = r.json()
+        page = open_page(f"{api.url}/ui/sweeps/{sweep['id']}", api.alice)
+        scatter = page.locator("#scatter")
+        expect(scatter).to_have_attribute("data-points", "2")  # max_running: two trials asked so far
+        expect(scatter).to_have_attribute("data-x-field", "loss.beta")
+        expect(scatter).to_have_attribute("data-x-scale", "log")
+        expect(scatter).to_have_attribute("data-y-field", "loss.gamma")
+        expect(scatter.locator(".x-tick")).to_have_text(["0.5", "1", "2", "5", "10", "20", "50", "100"])
+        expect(scatter.locator('a.point[data-state="running"]')).to_have_count(2)
+        expect(scatter.locator(".best-mark")).to_have_count(0)
+        expect(page.locator("#space td")).to_have_text(["log-uniform 0.5 … 100", "uniform 0.1 … 0.8"])
+        expect(page.locator("#best")).to_contain_text("Chosen when the sweep ends.")
+        page.click("#cancel-sweep")  # the dialog is accepted by the fixture
+        expect(page.locator("#sweep-state [data-state]")).to_have_text("cancelled")
+        expect(page.locator("#sweep-reason")).to_have_text("cancelled by alice")
+        expect(page.locator("#cancel-sweep")).to_be_hidden()
+        expect(page.locator("#trials td [data-state]")).to_have_text(["failed", "failed"])
+        for t in sweep["trials"]:
+            assert http.get(f"/v1/jobs/{t['job_id']}").json()["state"] == "cancelled"

@@ -3,11 +3,13 @@
 //   app.js      sign-in, the lab queue page, and which page a path draws
 //   jobs.js     the jobs page (sortable, searchable)      job.js      one job
 //   compare.js  several jobs side by side                 chart.js    the SVG line chart
+//   sweeps.js   the sweeps, and one sweep                 scatter.js  the SVG scatter of a sweep's trials
 //   api.js      the /v1 API, the event stream, the log    ui.js       elements and how values are written
 import { api, clearToken, getJson, setToken, token } from "./api.js";
 import { comparePage } from "./compare.js";
 import { jobPage } from "./job.js";
 import { jobsPage } from "./jobs.js";
+import { sweepPage, sweepsPage } from "./sweeps.js";
 import { every, h, hms, stopPage } from "./ui.js";
 
 const main = document.getElementById("main");
@@ -126,9 +128,13 @@ async function route() {
   document.getElementById("logout").hidden = authOff && !token();
   const path = location.pathname;
   const job = path.match(/^\/ui\/jobs\/([^/]+)$/);
+  const sweep = path.match(/^\/ui\/sweeps\/([^/]+)$/);
   for (const a of document.querySelectorAll("header nav a")) a.classList.remove("active");
   if (job) {
     jobPage(main, decodeURIComponent(job[1]));
+  } else if (sweep || path === "/ui/sweeps") {
+    document.getElementById("nav-sweeps").classList.add("active");
+    if (sweep) sweepPage(main, decodeURIComponent(sweep[1])); else sweepsPage(main);
   } else if (path === "/ui/compare") {
     document.getElementById("nav-compare").classList.add("active");
     comparePage(main);

@@ -51,6 +51,11 @@ export async function jobPage(main, jobId) {
   const cancel = h("button", { type: "button", id: "cancel", class: "danger" }, "Cancel job");
   const notice = h("p", { class: "error", id: "job-error", role: "alert" });
   const failure = h("div", { class: "banner bad", id: "failure", role: "alert", hidden: true });
+  // a trial of a sweep is named <sweep>-t<trial> (ttm/sweeps.py trial_spec)
+  const suffix = `-t${job.trial}`;
+  const sweepLine = h("p", { id: "job-sweep", hidden: !job.sweep_id }, `Trial ${job.trial} of sweep `,
+    job.sweep_id ? h("a", { href: `/ui/sweeps/${encodeURIComponent(job.sweep_id)}` },
+      job.name.endsWith(suffix) ? job.name.slice(0, -suffix.length) : job.sweep_id) : "");
   const meta = h("dl", { class: "meta", id: "meta" });
   const historyList = h("ol", { id: "history", class: "history" });
   const checkpoints = h("tbody", { id: "checkpoints" });
@@ -84,7 +89,7 @@ export async function jobPage(main, jobId) {
   main.replaceChildren(
     h("div", { class: "toolbar" }, title, badge, h("span", { class: "spacer" }),
       h("a", { href: `/ui/compare?jobs=${encodeURIComponent(job.id)}`, class: "button" }, "Compare…"), cancel),
-    failure, notice, progress, meta, h("h2", {}, "Curves"), charts,
+    sweepLine, failure, notice, progress, meta, h("h2", {}, "Curves"), charts,
     h("h2", {}, "Log ", logStatus, h("label", { class: "follow" }, follow, " follow")), logBox,
     h("div", { class: "columns" },
       h("section", {}, h("h2", {}, "State history"), historyList),
@@ -284,7 +289,8 @@ export async function jobPage(main, jobId) {
   every(1000, renderProgress);
 }
 
-async function downloadCheckpoint(c, button) {
+// A checkpoint through the API with the token, saved as <job or sweep id>-<which><suffix> (a sweep's page too).
+export async function downloadCheckpoint(c, button) {
   button.disabled = true;
   try {
     const blob = await (await api(c.url)).blob();
