@@ -9,7 +9,8 @@ const M = { left: 56, right: 14, top: 12, bottom: 34 }; // the left one grows to
 export const PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
 export const REFERENCE_COLOR = "#5b6270";
 
-function el(name, attrs = {}, text) {
+// An SVG element with attributes and, if given, its text (as text). The scatter (scatter.js) draws with it too.
+export function el(name, attrs = {}, text) {
   const node = document.createElementNS(SVG, name);
   for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
   if (text !== undefined) node.textContent = text;

@@ -3,21 +3,14 @@
 // against the metric. Pruned trials are rings, failed ones crosses, running ones grey; the best trial is circled.
 // Each point is a link to its trial's job, with its parameters and metric as its title. Redrawn whole on each update
 // (a sweep has at most a few hundred trials); its texts go in with textContent.
-import { formatValue, niceTicks } from "./chart.js";
+import { el, formatValue, niceTicks } from "./chart.js";
+import { paramText } from "./ui.js";
 
-const SVG = "http://www.w3.org/2000/svg";
 const W = 560, H = 300;
 const M = { left: 60, right: 92, top: 12, bottom: 38 }; // the right margin holds the colour scale
 // viridis at five stops: ordered in lightness, readable by the colour-blind and in grey
 const RAMP = [[0x44, 0x01, 0x54], [0x3b, 0x52, 0x8b], [0x21, 0x91, 0x8c], [0x5e, 0xc9, 0x62], [0xfd, 0xe7, 0x25]];
 const NO_VALUE = "#98a2b3";
-
-function el(name, attrs = {}, text) {
-  const node = document.createElementNS(SVG, name);
-  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
 
 // The colour of t in [0, 1] along the ramp.
 export function rampColor(t) {
@@ -68,8 +61,6 @@ function axis(lo, hi, log) {
   const a = ticks[0], b = ticks[ticks.length - 1];
   return { ticks, labels: ticks.map((t) => formatValue(t, step)), at: (v) => (b > a ? (v - a) / (b - a) : 0.5) };
 }
-
-const paramText = (v) => (typeof v === "number" ? String(Number(v.toPrecision(5))) : String(v));
 
 // Draw the sweep's trials into `figure` (a <figure>): replaces what was there.
 export function drawScatter(figure, sweep) {

@@ -4,13 +4,12 @@
 import { api, getJson } from "./api.js";
 import { downloadCheckpoint } from "./job.js";
 import { drawScatter } from "./scatter.js";
-import { every, h, pct, stateBadge, when } from "./ui.js";
+import { every, h, paramText, pct, stateBadge, when } from "./ui.js";
 
 const sweepPath = (id, rest = "") => `/v1/sweeps/${encodeURIComponent(id)}${rest}`;
 const sweepLink = (s) => h("a", { href: `/ui/sweeps/${encodeURIComponent(s.id)}` }, s.name);
 const ended = (s) => s.trials.filter((t) => t.state !== "running").length;
 const metricText = (v) => (v === null || v === undefined ? "–" : pct(v));
-const paramText = (v) => (typeof v === "number" ? String(Number(v.toPrecision(5))) : String(v));
 
 // The best metric so far: the chosen trial's once the sweep has ended, else the best of the completed trials'.
 function bestValue(s) {

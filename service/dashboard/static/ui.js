@@ -37,6 +37,8 @@ export const size = (n) => (n < 1024 ? `${n} B`
 export const pct = (v) => (v === null || v === undefined ? "–" : `${v.toFixed(2)} %`);
 export const when = (t) => (t ? new Date(t).toLocaleString() : "–");
 export const num = (v) => (v === null || v === undefined ? "–" : Number(v.toPrecision(5)).toString());
+// a searched field's value (a sweep's trial): a number as `num` writes it, anything else as it is
+export const paramText = (v) => (typeof v === "number" ? num(v) : String(v));
 
 // 0:04:10, as `ttm` prints durations
 export function hms(seconds) {
