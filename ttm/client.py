@@ -517,6 +517,55 @@ class Client:
         except httpx.TransportError as err:
             raise ServerUnreachable(f"download of {job_id} {which} keeps failing: {_describe(err)}") from None
 
+    # ------------------------------------------------------------------------------------------ tensorboard
+    def download_tensorboard(self, job_id: str, dest: str | Path = ".") -> Path:
+        """Unpack the job's TensorBoard events into `dest`/<job id>/ (its files there are replaced) and return that
+        folder: `tensorboard --logdir dest` shows one run per job unpacked there. Every entry is checked before
+        anything is written: regular files under <job id>/ only."""
+        dest = Path(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+
+        def once() -> Path:
+            response = self._send("GET", f"/v1/jobs/{job_id}/tensorboard", stream=True,
+                                  timeout=httpx.Timeout(self.timeout, read=120.0))
+            part = dest / f".{job_id}-tensorboard.{uuid.uuid4().hex[:8]}.tar.part"
+            try:
+                with part.open("wb") as f:
+                    for chunk in response.iter_bytes(CHUNK):
+                        f.write(chunk)
+                unpack_events(part, dest, job_id)
+            finally:
+                response.close()
+                part.unlink(missing_ok=True)
+            return dest / job_id
+
+        try:  # _send has retried the request; this retries a body that broke off
+            return self.retry.call(once, f"TensorBoard events of {job_id}",
+                                   retry_on=lambda e: isinstance(e, httpx.TransportError))
+        except httpx.TransportError as err:
+            raise ServerUnreachable(f"download of {job_id}'s TensorBoard events keeps failing: "
+                                    f"{_describe(err)}") from None
+
+
+class UnsafeArchive(ClientError):
+    """An archive from the server holds an entry this client does not unpack; nothing was written."""
+
+
+def unpack_events(tar_path: Path, dest: Path, job_id: str) -> list[str]:
+    """Unpack a GET /v1/jobs/{id}/tensorboard tar into `dest`: only regular files whose names lie under
+    `job_id`/ (no absolute name, no .., no link or device), all checked first; then tarfile's `data` filter."""
+    import tarfile
+
+    with tarfile.open(tar_path, mode="r:") as tar:
+        members = tar.getmembers()
+        for member in members:
+            parts = member.name.split("/")
+            if not member.isreg() or parts[0] != job_id or len(parts) < 2 or any(p in ("", ".", "..") for p in parts):
+                raise UnsafeArchive(f"the server's TensorBoard archive of {job_id} holds {member.name!r}, which is "
+                                    f"not a file under {job_id}/; nothing was unpacked")
+        tar.extractall(dest, members=members, filter="data")
+    return [m.name for m in members]
+
 
 class _EventStream:
     """One job's event stream, reopened after the last event seen whenever the connection drops."""

@@ -1,5 +1,5 @@
 """The client commands of `ttm`: upload, submit, jobs, status, watch, logs, cancel, tag, note, metrics, download,
-reproduce.
+tensorboard, reproduce.
 
 They talk to a job server (`--server`/TTM_SERVER, `--token`/TTM_TOKEN) through `ttm.client`. What a script reads
 goes to stdout (a job id, a file path, or with `--json` exactly one JSON object); progress and messages go to
@@ -145,7 +145,7 @@ def _code_for(status: int) -> Exit:
 @contextmanager
 def _errors(json_out: bool) -> Iterator[None]:
     """Every failure becomes a message (stderr, or a JSON object on stdout with --json) and its exit code."""
-    from ttm.client import ApiError, ChecksumMismatch, ServerUnreachable
+    from ttm.client import ApiError, ChecksumMismatch, ServerUnreachable, UnsafeArchive
     from ttm.spec import SpecError
 
     err = _stderr()
@@ -186,6 +186,10 @@ def _errors(json_out: bool) -> Iterator[None]:
         text = str(e)
         _fail(json_out, Exit.API_ERROR, {"code": "checksum_mismatch", "message": text},
               lambda: err.print(f"[bold red]checksum mismatch:[/] {text}"))
+    except UnsafeArchive as e:
+        text = str(e)
+        _fail(json_out, Exit.API_ERROR, {"code": "unsafe_archive", "message": text},
+              lambda: err.print(f"[bold red]refused:[/] {text}"))
     except (FileNotFoundError, IsADirectoryError, ValueError) as e:
         text = str(e)
         _fail(json_out, Exit.BAD_SPEC, {"code": "bad_usage", "message": text},
@@ -690,6 +694,24 @@ def download(job_id: JobId, which: Which = "best", fmt: Format = None, output: O
             print(path)
 
 
+def tensorboard(job_id: JobId,
+                output: Annotated[Path, typer.Option("--output", "-o", help="unpack into DIR/<job id>/; "
+                                                     "`tensorboard --logdir DIR` shows each job there as a run",
+                                                     metavar="DIR")] = Path("tensorboard"),
+                server: Server = None, token: Token = None, json_out: Json = False, retries: Retries = 5) -> None:
+    """Download a job's TensorBoard event files (one scalar per metric, step = epoch) and unpack them into
+    DIR/<job id>/; prints that folder. A running job's are there up to its last epoch."""
+    with _errors(json_out):
+        with _client(server, token, retries) as client:
+            folder = client.download_tensorboard(job_id, output)
+        if json_out:
+            _print_json({"job": job_id, "folder": str(folder),
+                         "files": sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())})
+        else:
+            print(folder)
+            _stderr().print(f"view them: tensorboard --logdir {output}")
+
+
 def reproduce(
     pair: Annotated[str, typer.Argument(metavar="PAIR", help="paper/cifar100/<teacher>-<student>, e.g. "
                                                              "paper/cifar100/resnet56-resnet20 (`ttm presets`)")],
@@ -742,7 +764,7 @@ COMMANDS: dict[str, Callable[..., Any]] = {
     "upload": upload, "upload-dataset": upload_dataset, "submit": submit, "jobs": jobs, "queue": queue,
     "status": status, "watch": watch,
     "logs": logs, "cancel": cancel, "tag": tag, "note": note, "metrics": metrics, "download": download,
-    "reproduce": reproduce}
+    "tensorboard": tensorboard, "reproduce": reproduce}
 
 
 def register(app: typer.Typer) -> None:

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ttm import tensorboard
 from ttm.checkpoint import load_state, save_state, save_student
 from ttm.spec import CosineSchedule, JobSpec, StepSchedule
 
@@ -368,6 +369,7 @@ def train(spec: JobSpec, out_dir: str | Path, *, on_metrics: MetricsCallback | N
             log.info("done: best test top-1 %.2f at epoch %d; checkpoints in %s", best_top1, best_epoch, out_dir)
         return TrainResult(out_dir, epoch, best_top1, best_epoch, last)
     finally:
+        tensorboard.close(out_dir)
         if handler is not None:
             log.removeHandler(handler)
             handler.close()
@@ -376,6 +378,7 @@ def train(spec: JobSpec, out_dir: str | Path, *, on_metrics: MetricsCallback | N
 def _emit(out_dir: Path, on_metrics: MetricsCallback | None, epoch: int, metrics: dict[str, float]) -> None:
     with open(out_dir / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"epoch": epoch, "metrics": metrics}) + "\n")
+    tensorboard.add_scalars(out_dir, epoch, metrics)  # the same rows as TensorBoard scalars
     if on_metrics is not None:
         on_metrics(epoch, metrics)
 
