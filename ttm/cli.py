@@ -82,6 +82,9 @@ def train(
     epochs: Annotated[int | None, typer.Option(help="override train.epochs (milestones past it are dropped)")] = None,
     data_root: Annotated[Path | None, typer.Option(help="where datasets live (torchvision layout)")] = None,
     overrides: Overrides = None,
+    group: Annotated[bool, typer.Option("--group", help="train SPEC's documents together as one student group: "
+                                        "one teacher forward per batch (they must share teacher, dataset, seed "
+                                        "and batch plan)")] = False,
 ) -> None:
     """Train the student(s) of SPEC on this machine; one line per epoch, checkpoints every epoch.
 
@@ -98,6 +101,7 @@ def train(
     except SpecError as e:
         print_spec_error(e)
         raise typer.Exit(EXIT_SPEC_ERROR) from None
+    members = []
     for spec in specs:
         run_dir = out / spec.name
         if not resume:
@@ -107,7 +111,12 @@ def train(
             spec = _teacher_from_run(spec, out / spec.teacher.job)
         if spec.teacher is not None and spec.teacher.zoo:
             spec = _teacher_from_zoo(spec)
-        _run_with_progress(spec, run_dir, stop_after, str(data_root) if data_root else None)
+        if group:
+            members.append(spec)
+        else:
+            _run_with_progress(spec, run_dir, stop_after, str(data_root) if data_root else None)
+    if group:
+        _run_group(members, out, stop_after, str(data_root) if data_root else None)
 
 
 def _with_epochs(spec, epochs: int):
@@ -192,6 +201,38 @@ def _run_with_progress(spec, out: Path, stop_after: int | None, data_root: str |
     finally:
         logger.removeHandler(handler)
     print(f"best test top-1 {result.best_top1:.2f} (epoch {result.best_epoch}); student: {out / 'best.safetensors'}")
+
+
+def _run_group(specs, out: Path, stop_after: int | None, data_root: str | None) -> None:
+    """`ttm train --group`: the documents as one student group (ttm.group), a log line per member and epoch."""
+    from ttm.group import GroupError, train_group
+    from ttm.teacher import WeightsError
+    from ttm.train import TrainingError
+
+    logger = logging.getLogger("ttm.group")  # the members' loggers are its children
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        results = train_group(specs, [out / s.name for s in specs], stop_after_epoch=stop_after, data_root=data_root)
+    except GroupError as e:
+        err.print(f"[bold red]not one student group[/]\n  {escape(str(e))}")
+        raise typer.Exit(EXIT_SPEC_ERROR) from None
+    except (TrainingError, WeightsError, FileNotFoundError, ValueError) as e:
+        err.print(f"[bold red]training failed:[/] {escape(str(e))}")
+        raise typer.Exit(EXIT_TRAINING_FAILED) from None
+    finally:
+        logger.removeHandler(handler)
+    for r in results:
+        name = r.member.spec.name
+        if r.result is None:
+            err.print(f"[bold red]{escape(name)} failed:[/] {escape(r.error or '')}")
+        else:
+            print(f"{name}: {r.state}, best test top-1 {r.result.best_top1:.2f} (epoch {r.result.best_epoch}); "
+                  f"student: {r.member.out_dir / 'best.safetensors'}")
+    if any(r.state == "failed" for r in results):
+        raise typer.Exit(EXIT_TRAINING_FAILED)
 
 
 @app.command()
