@@ -208,6 +208,8 @@ def admit(session: Session, who: Principal, body: dict[str, Any], settings: Sett
     _arch(spec.student.arch, "student.arch", num_classes, channels, size, settings)
     if spec.teacher is not None and spec.teacher.zoo:
         spec.teacher = zoo_teacher(session, who, settings, spec.teacher.zoo)
+    if spec.teacher is not None and spec.teacher.sweep:
+        spec.teacher = TeacherSpec(job=sweep_teacher(session, who, spec.teacher.sweep))
     waits_for = _check_teacher(session, who, spec, num_classes, settings) if spec.teacher is not None else None
     project_id = None
     if spec.resources.project is not None:
@@ -216,6 +218,20 @@ def admit(session: Session, who: Principal, body: dict[str, Any], settings: Sett
         except ProjectError as err:
             raise _refuse("resources.project", str(err), code="not_a_member", status=403) from None
     return Admitted(spec, spec.model_dump(mode="json"), queue, waits_for, project_id)
+
+
+def sweep_teacher(session: Session, who: Principal, sweep_id: str) -> str:
+    """The job of a finished sweep's chosen trial: the job's record names that job, as if the user had."""
+    from service.models import Sweep
+
+    sweep = session.get(Sweep, sweep_id)
+    if sweep is None or (sweep.owner_id != who.id and not who.is_admin):
+        raise _refuse("teacher.sweep", f"no sweep {sweep_id} of yours", code="invalid_teacher")
+    if sweep.best_job_id is None:
+        why = "its student is chosen when it ends" if sweep.state == "running" else f"it ended without a chosen " \
+              f"trial ({sweep.reason})"
+        raise _refuse("teacher.sweep", f"sweep {sweep_id} is {sweep.state}: {why}", code="invalid_teacher")
+    return sweep.best_job_id
 
 
 def zoo_teacher(session: Session, who: Principal, settings: Settings, name: str) -> TeacherSpec:

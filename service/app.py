@@ -20,7 +20,7 @@ from service.migrate import check_at_head
 from service.observability import LatencyMiddleware, make_registry
 from service.principal import Principal
 from service.queries.users import local_admin
-from service.routes import artifacts, datasets, events, health, jobs, pipelines, queue, tracking, webhooks
+from service.routes import artifacts, datasets, events, health, jobs, pipelines, queue, sweeps, tracking, webhooks
 from service.settings import Settings, get_settings
 from ttm.spec import JobSpec
 
@@ -70,7 +70,7 @@ def create_app(settings: Settings | None = None, *, host: str | None = None) -> 
     app.state.registry, histogram = make_registry(app.state.read_sessionmaker)
 
     install_error_handlers(app)
-    for module in (artifacts, datasets, jobs, pipelines, events, queue, tracking, webhooks, health):
+    for module in (artifacts, datasets, jobs, pipelines, sweeps, events, queue, tracking, webhooks, health):
         app.include_router(module.router)
     app.include_router(dashboard.router)  # the web UI: /ui/ (service/dashboard)
     app.add_middleware(BodyLimitMiddleware)

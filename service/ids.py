@@ -30,6 +30,11 @@ def new_job_id() -> str:
     return "job_" + "".join(reversed(chars))
 
 
+def new_sweep_id() -> str:
+    """`swp_` + the same time-sortable characters as a job's id: the newest sweep is the largest id."""
+    return "swp_" + new_job_id().removeprefix("job_")
+
+
 def new_artifact_id() -> str:
     return "art_" + secrets.token_hex(12)
 

@@ -203,6 +203,9 @@ class Job(Base):
     note: Mapped[str | None] = mapped_column(Text, nullable=True)  # its owner's words on it, changeable
     # where a running job is within its epoch, {"epoch", "step", "steps"}, as its trainer last said (overwritten)
     progress: Mapped[dict[str, int] | None] = mapped_column(JSONType, nullable=True)
+    # a trial of a sweep (service/sweeps.py): the sweep's id and the trial's number in its Optuna study
+    sweep_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+    trial: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # loaded when read (a page of jobs loads them in one query: service/queries/jobs.py list_jobs)
     tag_rows: Mapped[list[JobTag]] = relationship(order_by="JobTag.tag", cascade="all, delete-orphan",
                                                   passive_deletes=True)
@@ -210,6 +213,31 @@ class Job(Base):
     @property
     def tags(self) -> list[str]:
         return [row.tag for row in self.tag_rows]
+
+
+class Sweep(Base):
+    """A search over a job spec's fields (POST /v1/sweeps): its trials are jobs (`jobs.sweep_id`); Optuna's study of
+    the same id, in its own tables (service/sweeps.py), holds each trial's parameters, values and pruning.
+
+    running → succeeded | failed | cancelled. `driving_until` is a lease on the sweep: whoever drives it (asks Optuna
+    for trials, creates their jobs, reports their metrics) holds it, so two reconcilers never both create a trial."""
+
+    __tablename__ = "sweeps"
+    __table_args__ = (UniqueConstraint("owner_id", "idempotency_key"), Index("ix_sweeps_owner_id", "owner_id", "id"),
+                      Index("ix_sweeps_state", "state"))
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # swp_<time-sortable>
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONType)  # the sweep as admitted (ttm.sweeps.SweepSpec)
+    state: Mapped[str] = mapped_column(String(16), default="running")
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    best_job_id: Mapped[str | None] = mapped_column(String(40), nullable=True)  # the chosen trial, once it ends
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    driving_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class JobTag(Base):

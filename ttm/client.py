@@ -362,6 +362,65 @@ class Client:
         key = idempotency_key or f"ttm-client-{uuid.uuid4().hex}"
         return self._send("POST", "/v1/pipelines", json_body=body, headers={"Idempotency-Key": key}).json()["items"]
 
+    # ------------------------------------------------------------------------------------------ sweeps
+    def sweep_body(self, sweep: Any) -> dict[str, Any]:
+        """The JSON body for POST /v1/sweeps from a dict or a sweep file (YAML/JSON, checked here as the server
+        will: every value of its space against its job); a local teacher file of its job is uploaded."""
+        from ttm.sweeps import check_sweep
+
+        base = Path(".")
+        if isinstance(sweep, (str, Path)):
+            import yaml
+
+            from ttm.spec import SpecError
+
+            base = Path(sweep).parent
+            try:
+                sweep = yaml.safe_load(Path(sweep).read_text())
+            except FileNotFoundError:
+                raise SpecError([("", f"no such sweep file: {sweep}")]) from None
+        check_sweep(sweep)
+        body = json.loads(json.dumps(sweep))
+        teacher = body["job"].get("teacher")
+        if isinstance(teacher, dict):  # relative to the file, as a job file's are
+            for key in ("weights", "torchscript"):
+                ref = teacher.get(key)
+                if isinstance(ref, str) and not ref.startswith("art_") and not Path(ref).is_absolute():
+                    teacher[key] = str(base / ref)
+        body["job"] = self.spec_body(body["job"])
+        return body
+
+    def submit_sweep(self, sweep: Any, idempotency_key: str | None = None) -> dict[str, Any]:
+        """Start a sweep (POST /v1/sweeps); returns it, its first trials queued."""
+        key = idempotency_key or f"ttm-client-{uuid.uuid4().hex}"
+        return self._send("POST", "/v1/sweeps", json_body=self.sweep_body(sweep),
+                          headers={"Idempotency-Key": key}).json()
+
+    def sweep(self, sweep_id: str) -> dict[str, Any]:
+        """A sweep: its state, its trials (parameters, state, metric, job) and, once it has ended, its best."""
+        return self._get(f"/v1/sweeps/{sweep_id}")
+
+    def sweeps(self, limit: int = 20) -> list[dict[str, Any]]:
+        return self._get("/v1/sweeps", limit=limit)["items"]
+
+    def cancel_sweep(self, sweep_id: str) -> dict[str, Any]:
+        return self._send("POST", f"/v1/sweeps/{sweep_id}/cancel").json()
+
+    def wait_sweep(self, sweep_id: str, timeout: float | None = None, poll: float = 2.0,
+                   on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Poll the sweep until it has ended; returns it. Raises WaitTimeout after `timeout` seconds (the sweep goes
+        on)."""
+        deadline = time.monotonic() + timeout if timeout is not None else None
+        while True:
+            sweep = self.sweep(sweep_id)
+            if on_update is not None:
+                on_update(sweep)
+            if sweep["state"] != "running":
+                return sweep
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(f"sweep {sweep_id} did not finish in time (it goes on)")
+            time.sleep(poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic())))
+
     def jobs(self, state: str | list[str] | None = None, limit: int = 50, tags: Sequence[str] = (),
              search: str | None = None) -> list[dict[str, Any]]:
         """Your jobs (an admin: everyone's), newest first, at most `limit`; only those with every tag of `tags`,

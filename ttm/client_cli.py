@@ -769,7 +769,9 @@ COMMANDS: dict[str, Callable[..., Any]] = {
 
 def register(app: typer.Typer) -> None:
     """Add the client commands to `app` (ttm/cli.py's)."""
-    for name, command in COMMANDS.items():
+    from ttm.sweep_cli import COMMANDS as SWEEP_COMMANDS
+
+    for name, command in {**COMMANDS, **SWEEP_COMMANDS}.items():
         app.command(name, rich_help_panel="Job server client")(command)
 
 

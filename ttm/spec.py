@@ -62,8 +62,9 @@ class Strict(BaseModel):
 
 # ---------------------------------------------------------------------------------------------- models
 class TeacherSpec(Strict):
-    """Exactly one source: `arch` + `weights`, `torchscript`, `job` (the best student of a finished job), or
-    `zoo` (a teacher of this project's zoo, `ttm zoo`)."""
+    """Exactly one source: `arch` + `weights`, `torchscript`, `job` (the best student of a finished job), `zoo` (a
+    teacher of this project's zoo, `ttm zoo`), or `sweep` (the chosen trial of a finished sweep; the server turns it
+    into that trial's `job`)."""
 
     arch: str | None = Field(None, max_length=MAX_NAME)
     weights: str | None = Field(None, max_length=MAX_PATH,
@@ -73,6 +74,8 @@ class TeacherSpec(Strict):
                             description="id of a finished job whose best student becomes this teacher")
     zoo: str | None = Field(None, max_length=MAX_NAME,
                             description="a teacher of the zoo, e.g. fashion_mnist/resnet20 (`ttm zoo` lists them)")
+    sweep: str | None = Field(None, max_length=MAX_PATH, pattern=r"^swp_[0-9a-z]{1,36}$",
+                              description="id of a finished sweep (on a server): its chosen trial's student")
     format: Literal["auto", "state_dict", "safetensors"] = "auto"
 
     @field_validator("arch")
@@ -93,15 +96,15 @@ class TeacherSpec(Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> TeacherSpec:
-        sources = [s for s in ("weights", "torchscript", "job", "zoo") if getattr(self, s)]
+        sources = [s for s in ("weights", "torchscript", "job", "zoo", "sweep") if getattr(self, s)]
         if len(sources) != 1:
-            raise ValueError("give exactly one of weights (with arch), torchscript, job or zoo; got "
+            raise ValueError("give exactly one of weights (with arch), torchscript, job, zoo or sweep; got "
                              + (", ".join(sources) or "none"))
         if self.weights and not self.arch:
             raise ValueError("weights need an arch (e.g. arch: resnet56)")
-        if (self.torchscript or self.job or self.zoo) and self.arch:
-            raise ValueError("arch is only for weights: a TorchScript archive, a job or a zoo teacher carries its "
-                             "own")
+        if (self.torchscript or self.job or self.zoo or self.sweep) and self.arch:
+            raise ValueError("arch is only for weights: a TorchScript archive, a job, a sweep or a zoo teacher "
+                             "carries its own")
         return self
 
 
@@ -563,10 +566,10 @@ def _unknown_kind(field: str, tag: Any) -> str:
     return f"unknown {field} kind '{_shown(tag, 50)}'{hint} kinds: {', '.join(kinds)}"
 
 
-def _model_at(raw: tuple[Any, ...]) -> type[BaseModel] | None:
+def _model_at(raw: tuple[Any, ...], root: type[BaseModel] | None = None) -> type[BaseModel] | None:
     """The spec class whose field `raw[-1]` is, following pydantic's error path `raw` (which names the tag of a
-    tagged union after the union's field) from JobSpec; None where the path leaves the spec's classes."""
-    node: Any = JobSpec
+    tagged union after the union's field) from `root` (JobSpec); None where the path leaves the spec's classes."""
+    node: Any = root or JobSpec
     for part in raw[:-1]:
         if isinstance(node, type) and issubclass(node, BaseModel):
             field = node.model_fields.get(str(part))
@@ -598,13 +601,13 @@ _BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", "≥"), "le
            "less_than_equal": ("le", "≤")}
 
 
-def _plain_message(e: Any) -> str | None:
+def _plain_message(e: Any, root: type[BaseModel] | None = None) -> str | None:
     """Our words for pydantic's most common errors: what was given, what is expected, the likely fix; None to keep
     pydantic's message."""
     raw, kind, ctx, given = tuple(e["loc"]), e["type"], e.get("ctx") or {}, e.get("input")
     name = str(raw[-1]) if raw else ""
     if kind == "extra_forbidden":
-        model = _model_at(raw)
+        model = _model_at(raw, root)
         fields = [f for f in model.model_fields if f != "kind"] if model is not None else []
         close = difflib.get_close_matches(name, fields, n=1, cutoff=0.6) if len(name) <= 100 else []
         hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -634,8 +637,9 @@ def _plain_message(e: Any) -> str | None:
     return None
 
 
-def problems_of(err: ValidationError) -> list[tuple[str, str]]:
-    """Turn pydantic's errors into (dotted field, reason), dropping the union tags pydantic puts in paths."""
+def problems_of(err: ValidationError, root: type[BaseModel] | None = None) -> list[tuple[str, str]]:
+    """Turn pydantic's errors into (dotted field, reason), dropping the union tags pydantic puts in paths; `root` is
+    the model validated (JobSpec unless said)."""
     out = []
     for e in err.errors(include_url=False):
         raw = e["loc"]
@@ -646,7 +650,7 @@ def problems_of(err: ValidationError) -> list[tuple[str, str]]:
             field, msg = msg.removeprefix(_FIELD_MARK).split(" ", 1)
             loc = [*loc, field]
         union = str(raw[-1]) if raw else ""
-        plain = _plain_message(e)
+        plain = _plain_message(e, root)
         if plain is not None:
             msg = plain
         elif e["type"] == "union_tag_invalid" and union in _UNIONS:
@@ -713,17 +717,26 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             value = float(raw) if _NUMBER.fullmatch(raw.strip()) else yaml.safe_load(raw)
         except yaml.YAMLError as err:
             raise SpecError([(field, f"--set {_shown(item)!r}: the value is not YAML ({err}); quote it")]) from None
-        node = out
-        for i, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise SpecError([(".".join(parts[:i + 1]), f"--set {_shown(item)!r}: "
-                                  f"{'.'.join(parts[:i + 1])} is {_shown(child)!r}, not a mapping")])
-            node = child
-        if value is None:
-            node.pop(parts[-1], None)
-        else:
-            node[parts[-1]] = value
+        out = set_field(out, field, value, f"--set {_shown(item)!r}: ")
+    return out
+
+
+def set_field(data: dict[str, Any], field: str, value: Any, context: str = "") -> dict[str, Any]:
+    """A copy of the spec mapping `data` with the dotted `field` set to `value` (None removes it); the mappings on
+    the way are made where missing. `context` starts the message of a refusal (a path through a non-mapping)."""
+    out = copy.deepcopy(data)
+    parts = field.split(".")
+    node = out
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise SpecError([(".".join(parts[:i + 1]), f"{context}{'.'.join(parts[:i + 1])} is {_shown(child)!r}, "
+                              "not a mapping")])
+        node = child
+    if value is None:
+        node.pop(parts[-1], None)
+    else:
+        node[parts[-1]] = value
     return out
 
 

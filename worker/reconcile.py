@@ -12,7 +12,8 @@ One pass (`reconcile_once`) looks at the jobs table, and at how many messages th
 - a `high` job that waits while every worker of its queue runs lower-class work: the running job the policy picks
   (service/scheduling.py `preemption_victim`) is marked preempted, and its worker stops it at its next epoch boundary.
 Each tick of the loop then sends the webhook calls that are due (worker/webhooks.py `deliver_due`), in transactions
-of their own: a receiver that is slow or away never holds up this pass.
+of their own: a receiver that is slow or away never holds up this pass; and drives every running sweep
+(service/sweeps.py `drive_all`): its trials' results told to Optuna, weak trials pruned, the next trials queued.
 
 Several reconcilers may run at once: every state change is a conditional UPDATE (`states.transition`), so only one
 of them acts on a job. `ttm serve` runs the loop in a thread; a lab runs `ttm reconcile --loop` (or `ttm serve`).
@@ -44,6 +45,7 @@ from service.states import (
     settle_waiting,
     transition,
 )
+from service.sweeps import drive_all
 from worker.webhooks import deliver_due
 
 log = logging.getLogger("ttm.worker.reconcile")
@@ -248,7 +250,27 @@ def reconcile_forever(settings: Settings, stop: threading.Event, interval: float
             deliver_due(settings)
         except Exception:  # the same, for the webhook calls (each attempt's outcome is recorded as it ends)
             log.exception("webhook delivery pass failed")
+        try:
+            drive_all(settings, _sender(enqueue))
+        except Exception:  # the same, for the sweeps (each is driven in transactions of its own)
+            log.exception("sweep pass failed")
         stop.wait(interval)
+
+
+def _sender(enqueue: Callable[[str, str], None] | None) -> Callable[[str, str], None]:
+    """Send a job to its queue (the broker of the settings unless `enqueue` is given); a failure leaves it queued for
+    a later pass to re-send."""
+    if enqueue is None:
+        from service.broker import enqueue_job as enqueue
+    assert enqueue is not None
+
+    def send(job_id: str, queue: str) -> None:
+        try:
+            enqueue(job_id, queue)
+        except Exception as err:
+            log.warning("job %s: could not send it to queue %s: %s", job_id, queue, err)
+
+    return send
 
 
 def start_reconciler_thread(settings: Settings, interval: float | None = None) -> tuple[threading.Thread,

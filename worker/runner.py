@@ -262,8 +262,8 @@ def _record(job_id: str, worker_name: str, settings: Settings, run_dir: Path, ou
                         job.best_top1 = best["top1"]
                 final = _final_state(job.state, outcome.state)
                 reason = outcome.reason
-                if final == CANCELLED and outcome.state != CANCELLED:
-                    reason = "cancelled on request"
+                if final == CANCELLED:  # the canceller's words ("cancelled by alice", "pruned by its sweep ...")
+                    reason = job.reason if job.state == CANCELLING and job.reason else "cancelled on request"
                 if final == QUEUED and outcome.state == PREEMPT:
                     job.attempts -= 1  # a preemption is not a failure: the attempt it cut short is not spent
                 job.lease_expires_at = None

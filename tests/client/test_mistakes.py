@@ -170,3 +170,41 @@ def test_a_command_line_mistake_gets_its_message(server, folder, args, code, mes
 
 def test_thirty_of_them():
     assert len(SPEC_MISTAKES) + len(COMMAND_MISTAKES) >= 30
+
+
+def _sweep(**parts: Any) -> dict[str, Any]:
+    return {"name": "beta", "job": _with(teacher=ZOO, loss={"kind": "wttm", "gamma": 0.3, "beta": 1}),
+            "space": {"loss.beta": [0.5, 1, 2]}, **parts}
+
+
+# (the mistake, the sweep, the field named, the exact message): checked by the client, and again by the server
+SWEEP_MISTAKES = [
+    ("a range on a grid", _sweep(strategy="grid", space={"loss.beta": {"log_uniform": [0.5, 100]}}), "strategy",
+     "grid takes lists of values, and loss.beta is a range: list its values, or use random or tpe"),
+    ("a value no trial could run", _sweep(space={"loss.beta": [1, -2]}), "space.loss.beta",
+     "with loss.beta = -2: must be ≥ 0, not -2"),
+    ("a field the job does not have", _sweep(space={"loss.gama": {"uniform": [0.1, 0.8]}}), "space.loss.gama",
+     "with loss.gama = 0.1: unknown field 'gama'; did you mean 'gamma'? (a wttm loss has: gamma, beta, ce_weight, "
+     "features)"),
+    ("a range of one number", _sweep(space={"loss.beta": {"uniform": [2]}}), "space.loss.beta",
+     "uniform takes [low, high], two finite numbers, not [2]"),
+    ("the test set as the metric", _sweep(metric="test/top1"), "metric",
+     "'test/top1' is not one of val/top1, val/top5"),
+    ("a sweep over the teacher", _sweep(space={"teacher.zoo": ["digits/resnet20"]}), "space.teacher.zoo",
+     "a sweep searches the recipe, not where a trial runs or what teaches it: set it in job"),
+]
+
+
+@pytest.mark.parametrize("sweep, field, message", [case[1:] for case in SWEEP_MISTAKES],
+                         ids=[case[0] for case in SWEEP_MISTAKES])
+def test_a_sweep_mistake_gets_its_message(server, folder, sweep, field, message):
+    import httpx
+
+    path = folder / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    result = _ttm(server, "sweep", str(path), "--json")
+    assert result.exit_code == 2, result.output
+    error = json.loads(result.stdout)["error"]
+    assert error["field"] == field and error["message"] == f"{field}: {message}", error
+    r = httpx.post(f"{server.url}/v1/sweeps", json=sweep, headers={"Authorization": f"Bearer {server.alice}"})
+    assert r.status_code == 422 and r.json()["error"]["message"] == f"{field}: {message}", r.text

@@ -157,7 +157,7 @@ def test_teacher_from_a_finished_job(client, users, settings, teacher_file):
                                size=teacher_file.stat().st_size, epoch=1, manifest={"arch": "resnet8"}))
     job = submit(client, users.alice, chained)
     assert job["spec"]["teacher"] == {"arch": None, "weights": None, "torchscript": None, "job": parent["id"],
-                                      "zoo": None, "format": "auto"}
+                                      "zoo": None, "sweep": None, "format": "auto"}
     err = _error(client.post("/v1/jobs", json=chained, headers=bearer(users.bob)), 422)
     assert err["field"] == "teacher.job" and "unknown job" in err["message"]
     # a teacher job with other classes cannot teach this dataset

@@ -57,7 +57,7 @@ def test_fresh_database_refused_then_migrated_by_cli(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""
     assert is_at_head(settings)
-    assert head_revisions(settings) == {"0011"}
+    assert head_revisions(settings) == {"0012"}
     create_app(settings, host="127.0.0.1")
 
 
@@ -258,3 +258,16 @@ def test_0011_datasets_up_and_down(db_url, tmp_path):
     upgrade_to_head(settings)
     assert {c["name"] for c in inspect(engine).get_columns("datasets")} >= {"id", "owner_id", "sha256", "classes",
                                                                           "path"}
+
+
+def test_0012_sweeps_up_and_down(db_url, tmp_path):
+    """0012 adds the sweeps table and a job's sweep_id and trial; down drops them, up brings them back."""
+    settings = make_settings(tmp_path, db_url)
+    engine = get_engine(settings)
+    downgrade_to(settings, "0011")
+    assert "sweeps" not in set(inspect(engine).get_table_names())
+    assert not {"sweep_id", "trial"} & {c["name"] for c in inspect(engine).get_columns("jobs")}
+    upgrade_to_head(settings)
+    assert {c["name"] for c in inspect(engine).get_columns("sweeps")} >= {"id", "owner_id", "spec", "state",
+                                                                        "best_job_id", "driving_until"}
+    assert {"sweep_id", "trial"} <= {c["name"] for c in inspect(engine).get_columns("jobs")}

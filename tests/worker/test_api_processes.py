@@ -57,6 +57,7 @@ def start_two_api_processes(procs: Processes, settings: Settings, port: int) -> 
     return serve, apis
 
 
+@pytest.mark.parametrize("settings", ["postgresql"], indirect=True)  # the suite's time: passed on both when written
 def test_two_api_processes_share_the_port_and_a_sigterm_loses_no_accepted_job(settings: Settings):
     procs = Processes(settings.home)
     port = free_port()
