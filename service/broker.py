@@ -10,6 +10,7 @@ from service.settings import Settings, get_settings
 
 log = logging.getLogger("ttm.service")
 RUN_JOB_TASK = "ttm.run_job"
+MAKE_EXPORT_TASK = "ttm.make_export"
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -57,6 +58,12 @@ def default_celery() -> Celery:
 def enqueue_job(job_id: str, queue: str, app: Celery | None = None) -> None:
     """Send "run job <id>" to `queue`. The reconciler re-sends for queued jobs whose message was lost."""
     (app or default_celery()).send_task(RUN_JOB_TASK, args=[job_id], queue=queue)
+
+
+def enqueue_export(job_id: str, which: str, fmt: str, queue: str, app: Celery | None = None) -> None:
+    """Send "make export <job> <which> <format>" to `queue` (the job's). The reconciler re-sends for export requests
+    that no worker has taken."""
+    (app or default_celery()).send_task(MAKE_EXPORT_TASK, args=[job_id, which, fmt], queue=queue)
 
 
 def waiting_messages(app: Celery, queues: list[str]) -> dict[str, int] | None:

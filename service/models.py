@@ -291,6 +291,30 @@ class Checkpoint(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class ExportRequest(Base):
+    """An export of a succeeded job's best student asked for after the job (a download of a format it did not make):
+    the API inserts it, a worker of the job's queue makes it (worker/exports.py), and once made its file is a
+    Checkpoint row like any other. One row per (job, which, format): two requests at once make one export.
+
+    requested → running → made | failed; running → requested when its worker is lost (the reconciler re-sends it)."""
+
+    __tablename__ = "export_requests"
+    __table_args__ = (Index("ix_export_requests_state", "state"),)
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    which: Mapped[str] = mapped_column(String(8), primary_key=True)  # best
+    format: Mapped[str] = mapped_column(String(16), primary_key=True)  # onnx | pt2 | torchscript
+    state: Mapped[str] = mapped_column(String(16), default="requested")
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)  # why it failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # times a worker took it
+    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    sends: Mapped[int] = mapped_column(Integer, default=1)  # messages sent for it (the reconciler's back-off)
+    sent_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
 class WebhookDelivery(Base):
     """One call of a job's `notify.url` for its final state, written in the transaction that records that state
     (service/states.py) and sent by the reconciler's delivery pass (worker/webhooks.py) until a 2xx or a day.

@@ -103,6 +103,24 @@ class CheckpointOut(BaseModel):
     manifest: dict[str, Any]
 
 
+class ExportInProgress(BaseModel):
+    job_id: str
+    which: str = Field(description="best")
+    format: str = Field(description="onnx | pt2 | torchscript")
+    state: str = Field(description="requested (waits for a worker of the job's queue) | running (being made)")
+    attempts: int = Field(description="times a worker took it (a worker lost on the way makes it take again)")
+    requested_at: datetime
+
+
+class ExportPending(BaseModel):
+    """202 of a download whose export is being made on request; ask `poll` again after `retry_after` seconds."""
+
+    export: ExportInProgress
+    poll: str = Field(examples=["/v1/jobs/job_01jfz8q2x4m7c9v3b5n8k2r6tw/checkpoints/best?format=onnx"])
+    retry_after: int = Field(description="seconds, as the Retry-After header says")
+    message: str
+
+
 class Readiness(BaseModel):
     status: str = Field(description="ready | not ready")
     checks: dict[str, str] = Field(description='each dependency: "ok", or what went wrong',

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, gt=0)
     lease_seconds: int = Field(60, gt=0)
     sse_ping_seconds: float = Field(15, gt=0)
+    export_timeout_seconds: float = Field(
+        900, gt=0, description="an export made on request (a download of a format the job did not make): its "
+                               "process is stopped, and the export failed, after this long")
 
     # Files that carry code (TorchScript archives) are programs: refused unless an admin of a trusted lab allows
     # them, and then loaded only by a job's trainer child, never by the API (DESIGN decision 8).

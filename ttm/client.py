@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -40,6 +41,8 @@ DEFAULT_SERVER = "http://127.0.0.1:8000"  # where `ttm serve` listens by default
 FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 FORMATS = tuple(CHECKPOINT_SUFFIXES)
 CHUNK = 1024 * 1024
+EXPORT_WAIT_S = 600.0  # how long a download waits, by default, for an export the server makes on request
+PENDING_RETRY_S, MAX_PENDING_RETRY_S = 2.0, 30.0  # between its polls: without a Retry-After, and at most
 T = TypeVar("T")
 
 
@@ -539,16 +542,42 @@ class Client:
 
     # ------------------------------------------------------------------------------------------ downloads
     def download(self, job_id: str, which: str = "best", format: str | None = None,
-                 dest: str | Path | None = None) -> Path:
+                 dest: str | Path | None = None, *, timeout: float | None = EXPORT_WAIT_S,
+                 on_pending: Callable[[dict[str, Any]], None] | None = None) -> Path:
         """Save a checkpoint and check its sha256 against the server's ETag. `dest` is a file, or a folder for
-        the server's file name (default: the current folder); `format` defaults to what dest's suffix says."""
+        the server's file name (default: the current folder); `format` defaults to what dest's suffix says.
+
+        An export (onnx, pt2, torchscript) that the job did not make is made by the server on this request: the
+        server answers 202 until it is ready, and this waits, asking again after each Retry-After, for up to
+        `timeout` seconds (None: no limit), calling `on_pending` with each 202's body; then raises WaitTimeout (the
+        export goes on: ask again later)."""
         fmt = format or format_for(dest if dest is not None and not Path(dest).is_dir() else None)
         if fmt not in FORMATS:
             raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+        deadline = time.monotonic() + timeout if timeout is not None else None
+        while True:
+            try:
+                return self._download_once(job_id, which, fmt, dest)
+            except _Pending as pending:
+                if on_pending is not None:
+                    on_pending(pending.body)
+                delay = pending.retry_after
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise WaitTimeout(f"job {job_id}'s {which} {fmt} export was still being made after "
+                                          f"{timeout:g} s; it goes on: download it again later") from None
+                    delay = min(delay, left)
+                time.sleep(delay)
 
+    def _download_once(self, job_id: str, which: str, fmt: str, dest: str | Path | None) -> Path:
         def once() -> Path:
             response = self._send("GET", f"/v1/jobs/{job_id}/checkpoints/{which}", stream=True,
                                   params={"format": fmt}, timeout=httpx.Timeout(self.timeout, read=120.0))
+            if response.status_code == 202:  # an export being made on request: not a file yet
+                response.read()
+                response.close()
+                raise _Pending.from_response(response)
             target = _target(dest, response, job_id, which, fmt)
             expected = response.headers.get("X-TTM-Sha256") or response.headers.get("ETag", "").strip('W/"')
             part = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
@@ -624,6 +653,28 @@ def unpack_events(tar_path: Path, dest: Path, job_id: str) -> list[str]:
                                     f"not a file under {job_id}/; nothing was unpacked")
         tar.extractall(dest, members=members, filter="data")
     return [m.name for m in members]
+
+
+class _Pending(Exception):
+    """A 202: the server is making the export asked for; ask again after `retry_after` seconds."""
+
+    def __init__(self, body: dict[str, Any], retry_after: float):
+        super().__init__(body.get("message", "the export is being made"))
+        self.body, self.retry_after = body, retry_after
+
+    @classmethod
+    def from_response(cls, response: httpx.Response) -> _Pending:
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        try:  # seconds (the server's); a date, or nonsense, is the default wait. Bounded: a server's typo
+            retry_after = float(response.headers.get("Retry-After", ""))  # must not stall a CI job for an hour
+        except ValueError:
+            retry_after = PENDING_RETRY_S
+        if not math.isfinite(retry_after):
+            retry_after = PENDING_RETRY_S
+        return cls(body if isinstance(body, dict) else {}, min(max(retry_after, 0.1), MAX_PENDING_RETRY_S))
 
 
 class _EventStream:

@@ -32,7 +32,8 @@ class Exit(IntEnum):
     FAILED = 1  # the job failed
     BAD_SPEC = 2  # the spec is invalid (locally or 422 from the server), or the command line is
     CANCELLED = 3  # the job was cancelled
-    TIMED_OUT = 4  # --timeout passed before the job finished (the job goes on unless --cancel-on-timeout)
+    TIMED_OUT = 4  # --timeout passed before the job finished (the job goes on unless --cancel-on-timeout), or before
+    # the export a download waits for was made (it goes on)
     BELOW_MIN_ACCURACY = 5  # the job succeeded with a best test top-1 under --min-accuracy
     UNREACHABLE = 6  # no answer from the server, after retries
     AUTH = 7  # the token is missing, unknown (401) or not allowed (403)
@@ -86,8 +87,9 @@ Output = Annotated[Path | None, typer.Option(
                            ".safetensors, .onnx, .pt2, .ts, else pt)", show_default=False)]
 Which = Annotated[str, typer.Option(help="best | last checkpoint")]
 Format = Annotated[str | None, typer.Option(
-    "--format", help="pt | safetensors | onnx | pt2 | torchscript (the last three: exports the spec asked for "
-                     "in output.formats) [default: from -o's suffix, else pt]", show_default=False)]
+    "--format", help="pt | safetensors | onnx | pt2 | torchscript (the last three: exports of the best student; "
+                     "one the job did not make is made by the server on this request) [default: from -o's suffix, "
+                     "else pt]", show_default=False)]
 CancelOnTimeout = Annotated[bool, typer.Option("--cancel-on-timeout", help="cancel the job when --timeout passes")]
 Overrides = Annotated[list[str] | None, typer.Option(
     "--set", metavar="FIELD=VALUE", help="change the spec: a dotted field and a YAML value (train.lr=0.1, "
@@ -145,7 +147,7 @@ def _code_for(status: int) -> Exit:
 @contextmanager
 def _errors(json_out: bool) -> Iterator[None]:
     """Every failure becomes a message (stderr, or a JSON object on stdout with --json) and its exit code."""
-    from ttm.client import ApiError, ChecksumMismatch, ServerUnreachable, UnsafeArchive
+    from ttm.client import ApiError, ChecksumMismatch, ServerUnreachable, UnsafeArchive, WaitTimeout
     from ttm.spec import SpecError
 
     err = _stderr()
@@ -182,6 +184,10 @@ def _errors(json_out: bool) -> Iterator[None]:
         text = str(e)
         _fail(json_out, Exit.UNREACHABLE, {"code": "unreachable", "message": text},
               lambda: err.print(f"[bold red]server unreachable:[/] {text}"))
+    except WaitTimeout as e:  # a download's wait for an export made on request (a job's wait is _follow's)
+        text = str(e)
+        _fail(json_out, Exit.TIMED_OUT, {"code": "timed_out", "message": text},
+              lambda: err.print(f"[bold red]timed out:[/] {text}", markup=True))
     except ChecksumMismatch as e:
         text = str(e)
         _fail(json_out, Exit.API_ERROR, {"code": "checksum_mismatch", "message": text},
@@ -197,6 +203,19 @@ def _errors(json_out: bool) -> Iterator[None]:
     except KeyboardInterrupt:
         err.print("interrupted (the job goes on; `ttm cancel ID` stops it)")
         raise typer.Exit(130) from None
+
+
+def export_progress(console: Console) -> Callable[[dict[str, Any]], None]:
+    """What a download waiting for an export made on request says on stderr: a line each time its state changes."""
+    said: set[str] = set()
+
+    def on_pending(body: dict[str, Any]) -> None:
+        state = str((body.get("export") or {}).get("state") or "requested")
+        if state not in said:
+            said.add(state)
+            console.print(f"ttm: {body.get('message') or f'the export is being made ({state})'}", markup=False)
+
+    return on_pending
 
 
 def _fail(json_out: bool, code: Exit, error: dict[str, Any], human: Any) -> None:
@@ -323,7 +342,7 @@ def _follow(client: Client, job: dict[str, Any], *, timeout: float | None, min_a
     if code is Exit.SUCCEEDED and min_accuracy is not None and (best is None or best < min_accuracy):
         code = Exit.BELOW_MIN_ACCURACY
     if code is Exit.SUCCEEDED and output is not None:
-        file = client.download(final["id"], which, fmt, output)
+        file = client.download(final["id"], which, fmt, output, on_pending=export_progress(err))
     messages = {
         Exit.SUCCEEDED: f"succeeded: best test top-1 {_pct(best)}" + (f"; student saved to {file}" if file else ""),
         Exit.FAILED: f"failed: {final.get('reason') or 'no reason given'}",
@@ -683,11 +702,16 @@ def metrics(job_id: JobId,
 
 
 def download(job_id: JobId, which: Which = "best", fmt: Format = None, output: Output = None,
+             timeout: Annotated[str, typer.Option(
+                 help="how long to wait for an export the server makes on request (2h, 90m, 45s): exit 4 after "
+                      "it (the export goes on)")] = "10m",
              server: Server = None, token: Token = None, json_out: Json = False, retries: Retries = 5) -> None:
-    """Download a job's student checkpoint (its sha256 is checked); prints the file's path."""
+    """Download a job's student checkpoint (its sha256 is checked); prints the file's path. An export the job did
+    not make (onnx, pt2, torchscript of a succeeded job) is made by the server first: this waits for it."""
+    wait = parse_duration(timeout)
     with _errors(json_out):
         with _client(server, token, retries) as client:
-            path = client.download(job_id, which, fmt, output)
+            path = client.download(job_id, which, fmt, output, timeout=wait, on_pending=export_progress(_stderr()))
         if json_out:
             _print_json({"file": str(path), "job": job_id, "which": which, "size": path.stat().st_size})
         else:
@@ -776,7 +800,12 @@ def register(app: typer.Typer) -> None:
 
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Use a ttm job server.")
-register(app)
 
 if __name__ == "__main__":
-    app(prog_name="ttm")
+    # Run as `python -m ttm.client_cli`, this file is __main__, and ttm.sweep_cli (which register adds) imports
+    # ttm.client_cli: a second copy, whose own register would find ttm.sweep_cli half-imported. Run that copy's app.
+    from ttm.client_cli import app as client_app
+
+    client_app(prog_name="ttm")
+else:
+    register(app)

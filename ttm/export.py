@@ -256,3 +256,17 @@ def export_student(model: nn.Module, formats: Iterable[str], images: torch.Tenso
     manifest["exports"] = exports
     write_json(manifest_path, manifest)
     return exports
+
+
+def export_best(run_dir: Path, formats: Iterable[str], test_batches: Iterable[tuple[torch.Tensor, ...]]
+                ) -> dict[str, dict[str, Any]]:
+    """Export the best student of `run_dir` (best.pt, as best.json describes it) in each of `formats`, checked on
+    the first test images of `test_batches`. The one path of both kinds of export: at the end of a job whose spec
+    asks for them (ttm.train), and on request after it (worker/export_child.py)."""
+    from ttm.models import build_model
+
+    manifest_path = run_dir / "best.json"
+    manifest = json.loads(manifest_path.read_text())
+    best = build_model(manifest["arch"], num_classes=manifest["num_classes"], in_channels=manifest["input_shape"][0])
+    best.load_state_dict(torch.load(run_dir / checkpoint_name("best", "pt"), map_location="cpu", weights_only=True))
+    return export_student(best, formats, check_images(test_batches), manifest_path)

@@ -11,6 +11,10 @@ One pass (`reconcile_once`) looks at the jobs table, and at how many messages th
 - a waiting student whose teacher job has ended without settling it (a crash between the two): settled now;
 - a `high` job that waits while every worker of its queue runs lower-class work: the running job the policy picks
   (service/scheduling.py `preemption_victim`) is marked preempted, and its worker stops it at its next epoch boundary.
+Export requests (an export of a succeeded job asked for by downloading it, worker/exports.py) are looked after the
+same way: one whose worker stopped renewing its lease is requested again and re-sent, until TTM_MAX_ATTEMPTS takes,
+then failed with the reason; one that no worker has taken is re-sent after RESEND_LEASES leases, then at doubling
+intervals.
 Each tick of the loop then sends the webhook calls that are due (worker/webhooks.py `deliver_due`), in transactions
 of their own: a receiver that is slow or away never holds up this pass; and drives every running sweep
 (service/sweeps.py `drive_all`): its trials' results told to Optuna, weak trials pruned, the next trials queued.
@@ -31,6 +35,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from service.models import Job, JobEvent, utcnow
+from service.queries.exports import pending_by_queue as pending_exports
 from service.queries.jobs import queue_depths
 from service.settings import Settings
 from service.states import (
@@ -69,9 +74,13 @@ class ReconcileSummary:
     released: list[str] = field(default_factory=list)  # waiting students queued here (their teacher had ended)
     to_send: list[tuple[str, str]] = field(default_factory=list)  # (job id, queue): send once committed
     resume_after: str | None = None  # the last queued job this pass looked at, when more follow it
+    exports_resent: list[str] = field(default_factory=list)  # "job/which/format"
+    exports_failed: list[str] = field(default_factory=list)
+    exports_to_send: list[tuple[str, str, str, str]] = field(default_factory=list)  # (job, which, format, queue)
 
     def __bool__(self) -> bool:
-        return bool(self.requeued or self.failed or self.cancelled or self.resent or self.preempted or self.released)
+        return bool(self.requeued or self.failed or self.cancelled or self.resent or self.preempted or self.released
+                    or self.exports_resent or self.exports_failed)
 
 
 def reconcile_once(session: Session, settings: Settings, now: datetime | None = None, after: str | None = None,
@@ -87,7 +96,40 @@ def reconcile_once(session: Session, settings: Settings, now: datetime | None = 
     _lost_messages(session, settings, now, summary, after, page, count_messages)
     _unsettled_waits(session, summary)
     _preemptions(session, settings, now, summary)
+    _lost_exports(session, settings, now, summary)
     return summary
+
+
+def _lost_exports(session: Session, settings: Settings, now: datetime, summary: ReconcileSummary) -> None:
+    from service.models import ExportRequest
+    from service.queries import exports as eq
+
+    first_wait = RESEND_LEASES * settings.lease_seconds
+    pending = session.execute(
+        select(ExportRequest, Job.queue).join(Job, Job.id == ExportRequest.job_id)
+        .where(ExportRequest.state.in_(eq.PENDING))
+        .order_by(ExportRequest.sent_at).limit(LOST_MESSAGE_PAGE)
+        .with_for_update(skip_locked=True, of=ExportRequest)).all()
+    for row, queue in pending:
+        name = f"{row.job_id}/{row.which}/{row.format}"
+        if row.state == eq.RUNNING:
+            if row.lease_expires_at is not None and _aware(row.lease_expires_at) >= now:
+                continue  # its worker is making it
+            if row.attempts >= settings.max_attempts:
+                row.state, row.lease_expires_at, row.finished_at = eq.FAILED, None, now
+                row.reason = (f"its worker stopped renewing its lease {row.attempts} times (killed, out of host "
+                              f"memory, or its machine gone?); gave up after TTM_MAX_ATTEMPTS="
+                              f"{settings.max_attempts}; last: {row.worker}")
+                summary.exports_failed.append(name)
+                continue
+            row.state, row.worker, row.lease_expires_at = eq.REQUESTED, None, None
+        elif _aware(row.sent_at) + timedelta(seconds=min(first_wait * 2 ** min(row.sends - 1, 16),
+                                                         MAX_RESEND_INTERVAL_S)) > now:
+            continue  # its message may still wait in the queue: its worker may be busy with a job
+        row.sends, row.sent_at = row.sends + 1, now
+        summary.exports_resent.append(name)
+        summary.exports_to_send.append((row.job_id, row.which, row.format, queue))
+    session.flush()
 
 
 def _unsettled_waits(session: Session, summary: ReconcileSummary) -> None:
@@ -165,7 +207,8 @@ def _lost_messages(session: Session, settings: Settings, now: datetime, summary:
         depths = queue_depths(session)
         waiting = count_messages(sorted(depths)) if depths else {}
         if waiting is not None:
-            short = [q for q, depth in depths.items() if waiting.get(q, 0) < depth]
+            exports = pending_exports(session)  # their messages wait in the same queues
+            short = [q for q, depth in depths.items() if waiting.get(q, 0) < depth + exports.get(q, 0)]
             if not short:
                 return
             query = query.where(Job.queue.in_(short))
@@ -207,10 +250,14 @@ def _aware(t: datetime) -> datetime:
 
 
 def reconcile_and_send(settings: Settings, enqueue: Callable[[str, str], None] | None = None,
-                       after: str | None = None) -> ReconcileSummary:
+                       after: str | None = None,
+                       enqueue_export: Callable[[str, str, str, str], None] | None = None) -> ReconcileSummary:
     """One pass in its own transaction, then the messages (after the commit, so a worker sees the new state)."""
     from service.db import session_scope
 
+    if enqueue_export is None:
+        from service.broker import enqueue_export
+    assert enqueue_export is not None  # given, or the broker's
     count_messages = None
     if enqueue is None:  # the broker of the settings: ask it what it holds, and send to it
         from service.broker import default_celery, waiting_messages
@@ -225,10 +272,16 @@ def reconcile_and_send(settings: Settings, enqueue: Callable[[str, str], None] |
             enqueue(job_id, queue)
         except Exception as err:  # the broker is away: the job stays queued and is re-sent on a later pass
             log.warning("job %s: could not send it to queue %s: %s", job_id, queue, err)
+    for job_id, which, fmt, queue in summary.exports_to_send:
+        try:
+            enqueue_export(job_id, which, fmt, queue)
+        except Exception as err:  # the same: a later pass re-sends it
+            log.warning("job %s: could not send its %s export to queue %s: %s", job_id, fmt, queue, err)
     if summary:
-        log.info("reconciled: requeued %s, failed %s, cancelled %s, re-sent %s, preempted %s",
-                 summary.requeued or "-", summary.failed or "-", summary.cancelled or "-", summary.resent or "-",
-                 summary.preempted or "-")
+        log.info("reconciled: requeued %s, failed %s, cancelled %s, re-sent %s, preempted %s, exports re-sent %s, "
+                 "exports failed %s", summary.requeued or "-", summary.failed or "-", summary.cancelled or "-",
+                 summary.resent or "-", summary.preempted or "-", summary.exports_resent or "-",
+                 summary.exports_failed or "-")
     return summary
 
 

@@ -1,5 +1,7 @@
-"""The one task: `ttm.run_job(job_id)`. Its body is lease, run, record (worker/runner.py); it passes ids only. The
-message wakes a worker of its queue; which queued job it runs is the lab's policy's (service/scheduling.py)."""
+"""The tasks: `ttm.run_job(job_id)`, whose body is lease, run, record (worker/runner.py), and
+`ttm.make_export(job_id, which, format)`, an export asked for after its job (worker/exports.py). They pass ids only.
+A run_job message wakes a worker of its queue; which queued job it runs is the lab's policy's
+(service/scheduling.py)."""
 from __future__ import annotations
 
 import logging
@@ -9,7 +11,7 @@ import threading
 from celery import signals
 from celery.exceptions import Reject
 
-from service.broker import RUN_JOB_TASK, enqueue_job
+from service.broker import MAKE_EXPORT_TASK, RUN_JOB_TASK, enqueue_job
 from service.settings import get_settings
 from worker.app import celery_app
 
@@ -47,6 +49,18 @@ def run_job(self, job_id: str) -> str:
     if outcome != "skipped":
         wake_queue(settings, job_id)
     return outcome
+
+
+@celery_app.task(name=MAKE_EXPORT_TASK, bind=True, ignore_result=True)
+def make_export(self, job_id: str, which: str, fmt: str) -> str:
+    """Make the export of a succeeded job's student that its owner asked for; a request that is not ours to make
+    (made, failed, taken by another worker) is a no-op."""
+    from worker.exports import execute_export
+
+    if shutting_down():
+        raise Reject("worker shutting down", requeue=True)
+    return execute_export(job_id, which, fmt, worker_identity(self.request.hostname), get_settings(),
+                          should_stop=shutting_down)
 
 
 def wake_queue(settings, job_id: str) -> None:  # noqa: ANN001

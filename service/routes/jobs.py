@@ -9,24 +9,26 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response
-from fastapi.responses import FileResponse, PlainTextResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from pydantic import BeforeValidator
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.admission import Admitted, admit
-from service.broker import enqueue_job
+from service.broker import enqueue_export, enqueue_job
 from service.deps import CurrentUser, ReadSessionDep, SessionDep, SettingsDep
 from service.errors import ApiError, not_found
 from service.models import Checkpoint, Job
 from service.principal import Principal
 from service.queries import checkpoints as cq
+from service.queries import exports as eq
 from service.queries import history as hq
 from service.queries import jobs as q
 from service.schemas import (
     JOB_EXAMPLES,
     MAX_TAGS,
     CheckpointOut,
+    ExportPending,
     JobList,
     JobOut,
     JobPatch,
@@ -301,11 +303,22 @@ def checkpoint_manifest(job_id: str, which: Literal["best", "last"], who: Curren
             responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"},
                                                                       "example": "<checkpoint bytes>"}},
                              "description": "the file; ETag is its sha256, X-TTM-Manifest its manifest (JSON)"},
-                       304: {"description": "If-None-Match matched the sha256"}, **error_responses(401, 404)})
+                       202: {"model": ExportPending, "description": "the export is being made on request: ask again "
+                                                                       "after Retry-After seconds"},
+                       304: {"description": "If-None-Match matched the sha256"}, **error_responses(401, 404, 409)})
 def download_checkpoint(job_id: str, which: Literal["best", "last"], who: CurrentUser, session: ReadSessionDep,
-                        format: CheckpointFormat = "pt",
+                        writer: SessionDep, request: Request, format: CheckpointFormat = "pt",
                         if_none_match: Annotated[str | None, Header()] = None) -> Response:
-    ckpt = _checkpoint(session, who, job_id, which, format)
+    """A checkpoint file. An export (onnx, pt2, torchscript) of a succeeded job's best student that its spec did not
+    make is made on the first request: 202 with Retry-After until a worker has made and checked it, then 200 with
+    the kept file; an export that cannot be made is a 409 naming why, at once, on every later request too."""
+    job, _ = visible_job(session, who, job_id)
+    ckpt = cq.get_checkpoint(session, job_id, which, format)
+    if ckpt is None:
+        if eq.makeable(session, job, which, format):
+            return _export_on_request(writer, job, which, format, request)
+        code, message = cq.why_missing(session, job, which, format)
+        raise ApiError(404, message, code=code)
     etag = f'"{ckpt.sha256}"'
     headers = {"ETag": etag, "X-TTM-Sha256": ckpt.sha256, "Cache-Control": "private, max-age=0",
                "X-TTM-Manifest": json.dumps(ckpt.manifest or {}, separators=(",", ":"), ensure_ascii=True)}
@@ -317,3 +330,23 @@ def download_checkpoint(job_id: str, which: Literal["best", "last"], who: Curren
                        code="checkpoint_missing")
     return FileResponse(path, media_type="application/octet-stream", headers=headers,
                         filename=f"{job_id}-{checkpoint_name(which, format)}")
+
+
+def _export_on_request(session: Session, job: Job, which: str, fmt: str, request: Request) -> JSONResponse:
+    """202 while the export is made (the first request records it and sends it to a worker of the job's queue);
+    409 when it was refused or failed, so a poll never starts it again."""
+    refused = cq.export_refusal(session, job.id, fmt)
+    if refused is not None:
+        raise ApiError(409, f"job {job.id}'s {fmt} export was refused when it was made: {refused}",
+                       code="export_refused")
+    row, inserted = eq.request_export(session, job, which, fmt)
+    if row.state == eq.FAILED:
+        raise ApiError(409, f"job {job.id}'s {fmt} export failed: {row.reason}", code="export_failed")
+    if inserted:
+        try:
+            enqueue_export(job.id, which, fmt, job.queue, request.app.state.celery)
+        except Exception as err:  # noqa: BLE001 - kombu raises transport-specific errors; the request is stored
+            log.error("could not send the %s export of %s (%s: %s); the reconciler re-sends it", fmt, job.id,
+                      type(err).__name__, err)
+    return JSONResponse(eq.pending_body(row, job.queue), status_code=202,
+                        headers={"Retry-After": str(eq.RETRY_AFTER_S), "Cache-Control": "no-store"})

@@ -200,6 +200,30 @@ def test_download_checks_the_sha256(tmp_path):
         assert c.download("job_x", dest=tmp_path / "s.pt").read_bytes() == body
 
 
+def test_a_download_waits_on_202_as_retry_after_says_and_no_longer_than_its_timeout(tmp_path):
+    """An export the server makes on request: 202 until ready (Retry-After honoured, a hostile one bounded), then the
+    file; past the timeout, WaitTimeout, and nothing written."""
+    body = b"an onnx file"
+    pending = {"export": {"state": "running", "format": "onnx"}, "message": "being made"}
+    answers = [httpx.Response(202, json=pending, headers={"Retry-After": "0.2"}),
+               httpx.Response(202, json=pending, headers={"Retry-After": "nan"}),
+               httpx.Response(200, content=body, headers={"ETag": f'"{hashlib.sha256(body).hexdigest()}"'})]
+    transport, calls = _mock(answers)
+    seen: list[dict] = []
+    start = time.monotonic()
+    with Client("http://ttm.test", "t", transport=transport) as c:
+        path = c.download("job_x", "best", "onnx", tmp_path / "s.onnx", on_pending=seen.append)
+    assert path.read_bytes() == body and len(calls) == 3 and seen == [pending, pending]
+    assert 0.2 + 2.0 <= time.monotonic() - start < 10  # 0.2 s, then the default 2 s for a Retry-After of nan
+
+    transport, calls = _mock([httpx.Response(202, json=pending, headers={"Retry-After": "86400"})])
+    start = time.monotonic()
+    with Client("http://ttm.test", "t", transport=transport) as c, pytest.raises(WaitTimeout, match="still being"):
+        c.download("job_x", "best", "onnx", tmp_path / "t.onnx", timeout=0.5)
+    assert time.monotonic() - start < 5 and len(calls) == 2  # the day asked for is cut to what the timeout leaves
+    assert not (tmp_path / "t.onnx").exists()
+
+
 def test_sse_parsing_and_formats():
     body = (": ping\n\nid: 1-0\nevent: state\ndata: {\"state\":\"queued\"}\n\nretry: 10\n\n"
             "id: 2-0\nevent: metric\ndata: {\"epoch\":1,\ndata: \"value\":2}\n\n"

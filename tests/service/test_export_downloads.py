@@ -1,14 +1,16 @@
 """GET /v1/jobs/{id}/checkpoints/best?format=onnx|pt2|torchscript: an export is offered once the worker has recorded
-it (ttm.export wrote and checked it); without one, the 404 says why and what to do. A stand-in writes the rows a
-worker would (svc_helpers.run_job)."""
+it (ttm.export wrote and checked it); a succeeded job's export that was not made is requested (202 until a worker
+has made it; tests/client/test_export_on_request.py runs that with a real worker); without one, the answer says why
+and what to do. A stand-in writes the rows a worker would (svc_helpers.run_job)."""
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 from sqlalchemy import select
 
 from service.db import session_scope
-from service.models import Checkpoint
+from service.models import Checkpoint, ExportRequest
 
 from svc_helpers import bearer, run_job, spec_ce, submit
 
@@ -22,13 +24,52 @@ def _error(response, status: int) -> dict:
     return response.json()["error"]
 
 
-def test_an_export_not_asked_for_says_how_to_ask(client, users, settings):
+def _messages(settings) -> list[Path]:
+    """The messages waiting in the embedded broker (kombu's filesystem transport: a file each)."""
+    return sorted(p for p in (settings.broker_dir / "queue").iterdir() if p.is_file())
+
+
+def test_an_export_not_made_is_requested_once_and_then_answered_from_its_row(client, users, settings):
     plain = submit(client, users.alice)
-    run_job(settings, plain["id"], to="succeeded", epochs=1, checkpoint=True)
-    err = _error(_get(client, users.alice, plain["id"], "onnx"), 404)
-    assert err["code"] == "export_not_requested"
-    assert f"job {plain['id']} was not asked for onnx: resubmit with output.formats: [onnx]" in err["message"]
-    assert _error(_get(client, users.alice, plain["id"], "tflite"), 422)["field"] == "format"
+    jid = plain["id"]
+    err = _error(_get(client, users.alice, jid, "onnx"), 404)  # queued: made on request once it has succeeded
+    assert err["code"] == "export_not_requested" and "once it has succeeded" in err["message"]
+    run_job(settings, jid, to="succeeded", epochs=1, checkpoint=True)
+    before = len(_messages(settings))
+
+    first, again = _get(client, users.alice, jid, "onnx"), _get(client, users.alice, jid, "onnx")
+    for r in (first, again):
+        assert r.status_code == 202, r.text
+        assert r.headers["retry-after"] == "2"
+        body = r.json()
+        assert body["export"] == {**body["export"], "job_id": jid, "which": "best", "format": "onnx",
+                                  "state": "requested", "attempts": 0}
+        assert body["poll"] == f"/v1/jobs/{jid}/checkpoints/best?format=onnx" and body["retry_after"] == 2
+        assert "waits for a worker of queue cpu" in body["message"]
+    assert len(_messages(settings)) == before + 1  # one request, one message: the second found the row
+    with session_scope(settings) as session:
+        row = session.get(ExportRequest, (jid, "best", "onnx"))
+        assert row is not None and row.sends == 1
+
+    # someone else's job is no one's: 404, and nothing requested
+    assert _error(_get(client, users.bob, jid, "pt2"), 404)["code"] == "not_found"
+    with session_scope(settings) as session:
+        assert session.get(ExportRequest, (jid, "best", "pt2")) is None
+    manifest = client.get(f"/v1/jobs/{jid}/checkpoints/best/manifest?format=pt2", headers=bearer(users.alice))
+    assert _error(manifest, 404)["code"] == "export_not_made"
+    assert _error(_get(client, users.alice, jid, "onnx", which="last"), 404)["code"] == "export_best_only"
+    assert _error(_get(client, users.alice, jid, "tflite"), 422)["field"] == "format"
+
+    # an export that failed is answered at once with its reason, every time, and never sent again
+    with session_scope(settings) as session:
+        row = session.get(ExportRequest, (jid, "best", "onnx"))
+        assert row is not None
+        row.state, row.reason = "failed", "the export process was killed by SIGKILL"
+    for _ in range(2):
+        err = _error(_get(client, users.alice, jid, "onnx"), 409)
+        assert err == {"code": "export_failed",
+                       "message": f"job {jid}'s onnx export failed: the export process was killed by SIGKILL"}
+    assert len(_messages(settings)) == before + 1
 
     # the old spelling asked for TorchScript: the job ended before its export was made
     old = submit(client, users.alice, {**spec_ce(), "output": {"torchscript": True}})
@@ -60,7 +101,7 @@ def test_an_asked_export_is_offered_or_its_refusal_said(client, users, settings)
                                sha256=hashlib.sha256(data).hexdigest(), size=len(data), epoch=2, manifest=manifest))
     run_job(settings, jid, to="succeeded")
 
-    err = _error(_get(client, users.alice, jid, "onnx"), 404)
+    err = _error(_get(client, users.alice, jid, "onnx"), 409)  # refused when made: not made again
     assert err["code"] == "export_refused"
     assert err["message"] == (f"job {jid}'s onnx export was refused when it was made: its logits differ from "
                               "PyTorch's by up to 0.5 on 64 test image(s), over the tolerance 0.0001")

@@ -159,8 +159,8 @@ def test_submit_run_succeed_with_metrics_over_sse_and_a_checkpoint_that_reloads(
     logits = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
     with torch.no_grad():
         assert (logits - student.eval()(x)).abs().max() <= made["check"]["tolerance"]
-    missing = server.http.get(f"/v1/jobs/{job['id']}/checkpoints/best", params={"format": "pt2"})
-    assert missing.status_code == 404 and "output.formats: [pt2]" in missing.json()["error"]["message"]
+    missing = server.http.get(f"/v1/jobs/{job['id']}/checkpoints/best/manifest", params={"format": "pt2"})
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "export_not_made"  # made on request
 
 
 def test_the_papers_best_rows_wttm_with_crd_and_itrd_run_through_the_service(server: Server):
