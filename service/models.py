@@ -337,6 +337,26 @@ class WebhookDelivery(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class TrackingExport(Base):
+    """A job's export to the MLflow tracking server (TTM_MLFLOW_URI), owed once it ends after running: written in
+    the transaction that records that end (service/states.py), made by the reconciler's export pass
+    (worker/tracking.py), retried with a backoff while the server is away.
+
+    pending: `next_attempt_at` is set; exported: `exported_at` is set; given up: neither."""
+
+    __tablename__ = "tracking_exports"
+    __table_args__ = (Index("ix_tracking_exports_due", "next_attempt_at"),)
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # MLflow's, once an attempt made one
+    experiment_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)  # why the last attempt did not export
+    exported_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class Worker(Base):
     """A worker process's heartbeat; /metrics counts those seen in the last minute."""
 

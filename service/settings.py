@@ -1,6 +1,7 @@
 """The server's one settings object. Every `TTM_*` variable is read here and nowhere else in service/."""
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -73,6 +74,12 @@ class Settings(BaseSettings):
     webhook_allow: str = Field("", description="hosts and CIDRs a webhook may reach although not public")
     webhook_timeout_seconds: float = Field(5.0, gt=0, le=60, description="connect and read, per delivery attempt")
 
+    # Experiment tracking (worker/tracking.py): the reconciler exports every job that ends after running to this
+    # MLflow tracking server (its spec as params, its metric rows per epoch, the best student as artifacts).
+    mlflow_uri: str = Field("", description="an MLflow tracking URI, e.g. http://mlflow.lab:5000; empty: none")
+    mlflow_experiment: str = Field("ttm", min_length=1, max_length=200, description="the jobs' MLflow experiment")
+    mlflow_timeout_seconds: int = Field(10, gt=0, le=300, description="connect and read, per MLflow request")
+
     @field_validator("webhook_allow", mode="after")
     @classmethod
     def _allow_list(cls, v: str) -> str:
@@ -99,6 +106,11 @@ class Settings(BaseSettings):
     @property
     def broker_dir(self) -> Path:
         return self.home / "broker"
+
+    @property
+    def mlflow_shown_uri(self) -> str:
+        """TTM_MLFLOW_URI without a user:password@ it may carry: what logs and the API show."""
+        return re.sub(r"//[^/@]*@", "//", self.mlflow_uri, count=1).rstrip("/")
 
 
 @lru_cache(maxsize=1)

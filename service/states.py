@@ -8,7 +8,8 @@ waiting → queued | failed | cancelled: a student whose teacher is a job that h
 (`jobs.waits_for`). When that job succeeds its waiting students become queued; when it fails or is cancelled they
 fail with its reason, and theirs after them. `transition` does this in the same transaction, so no job is ever left
 waiting on a job that has ended. It also records there the webhook call of a job that names `notify.url`
-(service/webhooks.py): reaching a final state and owing its call are one commit.
+(service/webhooks.py): reaching a final state and owing its call are one commit; so is, for a job that ran,
+owing its export to the MLflow tracking server (worker/tracking.py).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from service.models import Job, JobEvent, utcnow
+from service.queries.tracking import add_export
 from service.queries.webhooks import add_delivery
 from service.webhooks import EVENT, notify_url
 
@@ -81,6 +83,8 @@ def transition(session: Session, job: Job, to_state: str, reason: str | None = N
     if to_state in FINAL_STATES and (url := notify_url(job)) is not None:
         # in this transaction: the call is never lost, and the state change never waits on the network
         add_delivery(session, job, url, EVENT, now)
+    if to_state in FINAL_STATES and job.started_at is not None:  # it ran: the tracking server is owed its run
+        add_export(session, job, now)
     session.flush()
     return settle_waiting(session, job, to_state, reason) if to_state in FINAL_STATES else []
 

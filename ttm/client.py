@@ -605,7 +605,11 @@ class Client:
         except httpx.TransportError as err:
             raise ServerUnreachable(f"download of {job_id} {which} keeps failing: {_describe(err)}") from None
 
-    # ------------------------------------------------------------------------------------------ tensorboard
+    # ------------------------------------------------------------------------------------------ tracking
+    def tracking(self, job_id: str) -> dict[str, Any]:
+        """Where the job's export to the server's MLflow stands (state, attempts, last_error, run_id, run_url)."""
+        return self._get(f"/v1/jobs/{job_id}/tracking")
+
     def download_tensorboard(self, job_id: str, dest: str | Path = ".") -> Path:
         """Unpack the job's TensorBoard events into `dest`/<job id>/ (its files there are replaced) and return that
         folder: `tensorboard --logdir dest` shows one run per job unpacked there. Every entry is checked before

@@ -584,6 +584,7 @@ def status(job_id: JobId, server: Server = None, token: Token = None, json_out: 
         with _client(server, token, retries) as client:
             job = client.job(job_id)
             client_metrics = client.metrics(job_id) if not json_out and job["state"] != "waiting" else []
+            mlflow = None if json_out else _mlflow_line(client, job_id)
         if json_out:
             _print_json(job)
             return
@@ -596,10 +597,29 @@ def status(job_id: JobId, server: Server = None, token: Token = None, json_out: 
                 ("created", job.get("created_at")), ("started", job.get("started_at")),
                 ("finished", job.get("finished_at")), ("progress", progress),
                 ("best top-1", _pct(job.get("best_top1"))), ("waits for", job.get("waits_for")),
-                ("reason", job.get("reason")), ("tags", ", ".join(job.get("tags", []))), ("note", job.get("note"))]
+                ("reason", job.get("reason")), ("tags", ", ".join(job.get("tags", []))), ("note", job.get("note")),
+                ("mlflow", mlflow)]
         for key, value in rows:
             if value not in (None, ""):
                 print(f"{key + ':':12s}{value}")
+
+
+def _mlflow_line(client: Client, job_id: str) -> str | None:
+    """Where the job's export to the server's MLflow stands, or None (no MLflow, nothing to export yet, or a server
+    from before experiment tracking)."""
+    from ttm.client import ApiError
+
+    try:
+        t = client.tracking(job_id)
+    except ApiError:
+        return None
+    if t.get("state") == "exported":
+        return f"exported, run {t.get('run_url') or t.get('run_id')}"
+    if t.get("state") == "pending" and t.get("attempts"):
+        return f"not exported yet (attempt {t['attempts']}: {t.get('last_error')}); tried again {t['next_attempt_at']}"
+    if t.get("state") in ("pending", "failed"):
+        return "export pending" if t["state"] == "pending" else f"export failed: {t.get('last_error')}"
+    return None
 
 
 def _progress(rows: list[dict[str, Any]], job: dict[str, Any]) -> str | None:

@@ -293,6 +293,11 @@ def default_interval(settings: Settings) -> float:
 def reconcile_forever(settings: Settings, stop: threading.Event, interval: float | None = None,
                       enqueue: Callable[[str, str], None] | None = None) -> None:
     interval = interval or default_interval(settings)
+    if settings.mlflow_uri:  # finished jobs to MLflow, in a thread of its own: a slow server never holds this loop
+        from worker.tracking import export_forever
+
+        threading.Thread(target=export_forever, args=(settings, stop, interval), name="mlflow-export",
+                         daemon=True).start()
     after = None
     while not stop.is_set():
         try:

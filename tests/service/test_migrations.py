@@ -57,7 +57,7 @@ def test_fresh_database_refused_then_migrated_by_cli(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""
     assert is_at_head(settings)
-    assert head_revisions(settings) == {"0013"}
+    assert head_revisions(settings) == {"0014"}
     create_app(settings, host="127.0.0.1")
 
 

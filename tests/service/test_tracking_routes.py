@@ -1,7 +1,8 @@
 """GET /v1/jobs/{id}/tensorboard and GET /v1/jobs/{id}/tracking, on run directories made by hand: the tar holds the
 events folder's regular files only (no link followed, no FIFO, no file outside it) under the job's id, for its
 owner alone; a job without events is a 404 that says why; the SDK's unpacking refuses an archive with anything but
-files under the job's folder and writes nothing."""
+files under the job's folder and writes nothing. A job that ends after running owes its export to MLflow; one that
+never ran owes none."""
 from __future__ import annotations
 
 import io
@@ -10,11 +11,19 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
+from service.app import create_app
 from service.settings import Settings
 from ttm.client import UnsafeArchive, unpack_events
 
-from svc_helpers import bearer, run_job, submit
+from svc_helpers import bearer, make_settings, run_job, submit
+
+
+@pytest.fixture
+def settings(db_url: str, tmp_path: Path) -> Settings:
+    (tmp_path / "data").mkdir()
+    return make_settings(tmp_path, db_url, mlflow_uri="http://user:secret@mlflow.lab:5000/")
 
 
 def events_folder(settings: Settings, job_id: str) -> Path:
@@ -93,3 +102,22 @@ def test_unpacking_refuses_anything_but_files_under_the_job(tmp_path, kind):
     with pytest.raises(UnsafeArchive, match="nothing was unpacked"):
         unpack_events(archive, tmp_path / "out", job_id)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*"))
+
+
+def test_jobs_that_ran_owe_an_export(client, users, settings):
+    ran = submit(client, users.alice)
+    never = submit(client, users.alice)
+    r = client.get(f"/v1/jobs/{ran['id']}/tracking", headers=bearer(users.alice))
+    assert r.json() == {"state": "none", "mlflow_uri": "http://mlflow.lab:5000", "experiment": "ttm", "attempts": 0,
+                        "next_attempt_at": None, "last_error": None, "run_id": None, "run_url": None,
+                        "exported_at": None}  # no user:password@ shown
+    run_job(settings, ran["id"], to="failed", epochs=1)
+    assert client.post(f"/v1/jobs/{never['id']}/cancel", headers=bearer(users.alice)).status_code == 200
+    owed = client.get(f"/v1/jobs/{ran['id']}/tracking", headers=bearer(users.alice)).json()
+    assert owed["state"] == "pending" and owed["attempts"] == 0 and owed["next_attempt_at"]
+    assert client.get(f"/v1/jobs/{never['id']}/tracking", headers=bearer(users.alice)).json()["state"] == "none"
+    r = client.get(f"/v1/jobs/{ran['id']}/tracking", headers=bearer(users.bob))
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    with TestClient(create_app(settings.model_copy(update={"mlflow_uri": ""}), host="127.0.0.1")) as plain:
+        off = plain.get(f"/v1/jobs/{ran['id']}/tracking", headers=bearer(users.alice)).json()
+    assert off["state"] == "off" and off["mlflow_uri"] is None

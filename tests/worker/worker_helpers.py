@@ -54,6 +54,9 @@ def env_for(settings: Settings, **extra: str) -> dict[str, str]:
                TTM_MAX_ATTEMPTS=str(settings.max_attempts), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     if settings.broker_url:
         env["TTM_BROKER_URL"] = settings.broker_url
+    if settings.mlflow_uri:
+        env.update(TTM_MLFLOW_URI=settings.mlflow_uri, TTM_MLFLOW_EXPERIMENT=settings.mlflow_experiment,
+                   TTM_MLFLOW_TIMEOUT_SECONDS=str(settings.mlflow_timeout_seconds))
     env.update(extra)
     return env
 
