@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import optuna
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
@@ -54,22 +54,26 @@ from ttm.sweeps import (
     trial_spec,
 )
 
+if TYPE_CHECKING:
+    import optuna
+
 log = logging.getLogger("ttm.sweeps")
 
 SWEEP_RUNNING, SWEEP_SUCCEEDED, SWEEP_FAILED, SWEEP_CANCELLED = "running", "succeeded", "failed", "cancelled"
 LEASE_S = 60.0  # a pass takes well under a second per trial it submits; a crashed driver's lease lapses after this
-TrialState = optuna.trial.TrialState
+CANCEL_WAIT_S = 10.0  # how long a cancel waits for a pass under way to end
 SUBMITTED, REFUSED, WAITS = "submitted", "refused", "waits"  # what became of a trial's job at a pass
-optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per trial in the service's log otherwise
 
 
 # ------------------------------------------------------------------------------------------------ Optuna
 @functools.lru_cache(maxsize=4)
 def optuna_storage(database_url: str) -> optuna.storages.RDBStorage:
     """Optuna's storage beside the service's tables (see the module's docstring), one per process and database."""
+    import optuna
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per trial in the service's log otherwise
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite":
         path = url.database or ""
@@ -88,6 +92,8 @@ def optuna_storage(database_url: str) -> optuna.storages.RDBStorage:
 
 
 def distributions(spec: SweepSpec) -> dict[str, optuna.distributions.BaseDistribution]:
+    import optuna
+
     out: dict[str, optuna.distributions.BaseDistribution] = {}
     for key, dim in spec.space.items():
         if isinstance(dim, Uniform):
@@ -102,6 +108,8 @@ def distributions(spec: SweepSpec) -> dict[str, optuna.distributions.BaseDistrib
 
 
 def _sampler(spec: SweepSpec, asked: int) -> optuna.samplers.BaseSampler:
+    import optuna
+
     # A sampler lives as long as one pass, so its seed moves on with the trials already asked: a fixed seed would
     # draw the same first point on every pass. (A grid's points are all enqueued up front, in order.)
     seed = spec.seed + asked
@@ -112,6 +120,8 @@ def _sampler(spec: SweepSpec, asked: int) -> optuna.samplers.BaseSampler:
 
 
 def _pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
+    import optuna
+
     pruning = spec.pruning
     if pruning is None:
         return optuna.pruners.NopPruner()
@@ -122,6 +132,8 @@ def _pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
 
 
 def load_study(sweep: Sweep, settings: Settings, asked: int = 0) -> optuna.Study:
+    import optuna
+
     spec = SweepSpec.model_validate(sweep.spec)
     storage = optuna_storage(settings.database_url)
     study = optuna.create_study(study_name=sweep.id, storage=storage, direction="maximize", load_if_exists=True,
@@ -136,6 +148,8 @@ def load_study(sweep: Sweep, settings: Settings, asked: int = 0) -> optuna.Study
 
 def read_trials(sweep: Sweep, settings: Settings) -> list[optuna.trial.FrozenTrial]:
     """The study's trials as they stand, for reading (a study not made yet has none: nothing is created here)."""
+    import optuna
+
     try:
         study = optuna.load_study(study_name=sweep.id, storage=optuna_storage(settings.database_url))
     except KeyError:  # Optuna's word for "no such study"
@@ -144,7 +158,9 @@ def read_trials(sweep: Sweep, settings: Settings) -> list[optuna.trial.FrozenTri
 
 
 def _asked(trials: list[optuna.trial.FrozenTrial]) -> int:
-    return sum(1 for t in trials if t.state != TrialState.WAITING)
+    import optuna
+
+    return sum(1 for t in trials if t.state != optuna.trial.TrialState.WAITING)
 
 
 # ------------------------------------------------------------------------------------------------ submit, cancel
@@ -183,11 +199,23 @@ def create_sweep(session: Session, who: Principal, data: Any, settings: Settings
 
 
 def cancel_sweep(session: Session, sweep: Sweep, by: str, settings: Settings) -> None:
-    """Cancel the sweep and its trials that have not ended (a running one stops at its worker, as any cancel); the
-    caller commits. Optuna is told that the unfinished trials failed."""
-    if sweep.state != SWEEP_RUNNING:
-        raise ApiError(409, f"sweep {sweep.id} is already {sweep.state}", code="sweep_finished")
+    """Cancel the sweep and its trials that have not ended (a running one stops at its worker, as any cancel), and
+    tell Optuna the unfinished trials failed; commits. It takes the sweep's lease first, so no pass is asking for a
+    trial meanwhile (a pass lasts a second or so: this waits a few)."""
+    import optuna
+
+    deadline = time.monotonic() + CANCEL_WAIT_S
+    while not take_lease(session, sweep.id):
+        session.refresh(sweep)
+        if sweep.state != SWEEP_RUNNING:
+            raise ApiError(409, f"sweep {sweep.id} is already {sweep.state}", code="sweep_finished")
+        if time.monotonic() >= deadline:
+            raise ApiError(503, f"sweep {sweep.id} is being driven (its next trials asked for); cancel it again in "
+                                "a few seconds", code="busy", headers={"Retry-After": "2"})
+        time.sleep(0.2)
+    session.refresh(sweep)
     sweep.state, sweep.reason, sweep.finished_at = SWEEP_CANCELLED, f"cancelled by {by}", utcnow()
+    sweep.driving_until = None
     for job in trial_jobs(session, sweep.id):
         target = {WAITING: CANCELLED, QUEUED: CANCELLED, RUNNING: CANCELLING}.get(job.state)
         if target is not None:
@@ -195,13 +223,13 @@ def cancel_sweep(session: Session, sweep: Sweep, by: str, settings: Settings) ->
                 transition(session, job, target, reason=f"its sweep {sweep.id} was cancelled by {by}")
             except IllegalTransition:  # it moved meanwhile (a worker finished it): leave it as it ended
                 pass
-    session.flush()
+    session.commit()
     try:
         study = optuna.load_study(study_name=sweep.id, storage=optuna_storage(settings.database_url))
     except KeyError:  # never driven: no trial to tell
         return
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study.tell(trial.number, state=TrialState.FAIL)
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
 
 
 def trial_jobs(session: Session, sweep_id: str) -> list[Job]:
@@ -262,11 +290,13 @@ class _Pass:
         self.queued: list[tuple[str, str]] = []
 
     def run(self) -> list[tuple[str, str]]:
+        import optuna
+
         if self.sweep.state != SWEEP_RUNNING:
             return []
         study = load_study(self.sweep, self.settings)
         jobs = {job.trial: job for job in trial_jobs(self.session, self.sweep.id)}
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             job = jobs.get(trial.number)
             if job is None:  # asked, but its job was not stored (refused for now, or a crash): submit it now
                 self._submit(study, trial.number, trial.params)
@@ -274,7 +304,7 @@ class _Pass:
                 self._follow(study, trial, job)
         trials = study.get_trials(deepcopy=False)
         asked = _asked(trials)
-        owed = sum(1 for t in trials if t.state == TrialState.RUNNING)
+        owed = sum(1 for t in trials if t.state == optuna.trial.TrialState.RUNNING)
         if asked < self.spec.budget and owed < self.spec.max_running:
             study = load_study(self.sweep, self.settings, asked)  # a sampler seeded past the trials asked so far
             while asked < self.spec.budget and owed < self.spec.max_running:
@@ -285,7 +315,7 @@ class _Pass:
                     break  # the queue is full for now: ask no more this pass
                 owed += outcome == SUBMITTED  # a refused trial is told failed; the budget counts it
         trials = study.get_trials(deepcopy=False)
-        if asked >= self.spec.budget and not any(t.state == TrialState.RUNNING for t in trials) and all(
+        if asked >= self.spec.budget and not any(t.state == optuna.trial.TrialState.RUNNING for t in trials) and all(
                 job.state in FINAL_STATES for job in trial_jobs(self.session, self.sweep.id)):
             self._finish(study, trials)  # (a pruned trial's job has stopped too: nothing of it runs on)
         return self.queued
@@ -295,6 +325,8 @@ class _Pass:
         """Store and queue the trial's job: SUBMITTED; REFUSED when admission refuses it for good (the trial is told
         it failed); WAITS when it refuses it for now (a full queue, an inspection busy): the trial stays owed and the
         next pass tries again."""
+        import optuna
+
         from service.admission import admit
 
         data = trial_spec(self.spec, params, number)
@@ -309,7 +341,7 @@ class _Pass:
                 trial.set_user_attr("waits", message)
                 return WAITS
             trial.set_user_attr("refused", message)
-            study.tell(number, state=TrialState.FAIL)
+            study.tell(number, state=optuna.trial.TrialState.FAIL)
             return REFUSED
         job = q.insert_job(self.session, self.owner.id, name=admitted.spec.name, spec=admitted.spec_json,
                            queue=admitted.queue, priority=admitted.spec.resources.priority, slots=admitted.slots,
@@ -323,6 +355,8 @@ class _Pass:
 
     def _follow(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, job: Job) -> None:
         """Report the job's new epochs to Optuna; tell it the result once the job has ended; stop it if pruned."""
+        import optuna
+
         values = self._metric(job.id)
         pruner = _live(study, trial.number)
         for epoch in sorted(set(values) - set(trial.intermediate_values)):
@@ -332,7 +366,7 @@ class _Pass:
                 study.tell(trial.number, max(values.values()))
             else:
                 pruner.set_user_attr("job_state", job.state)
-                study.tell(trial.number, state=TrialState.FAIL)
+                study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
             return
         if job.state == RUNNING and values and pruner.should_prune():
             epoch = max(values)
@@ -344,7 +378,7 @@ class _Pass:
             except IllegalTransition:  # it ended meanwhile: the next pass tells its result
                 self.session.rollback()
                 return
-            study.tell(trial.number, state=TrialState.PRUNED)
+            study.tell(trial.number, state=optuna.trial.TrialState.PRUNED)
             log.info("sweep %s: trial %d (%s) %s", self.sweep.id, trial.number, job.id, reason)
 
     def _metric(self, job_id: str) -> dict[int, float]:
@@ -354,7 +388,9 @@ class _Pass:
         return {int(epoch): float(value) for epoch, value in rows}
 
     def _finish(self, study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> None:
-        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        import optuna
+
+        complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
         sweep = self.sweep
         if complete:
             best = study.best_trial
@@ -376,5 +412,7 @@ class _Pass:
 def _live(study: optuna.Study, number: int) -> optuna.trial.Trial:
     """The trial `number` of the study as a live Trial, to report to and ask whether to prune, in a process other than
     the one that asked for it (ask-and-tell across processes; Optuna's documented constructor, its storage's id)."""
+    import optuna
+
     trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
     return optuna.trial.Trial(study, trial_id)

@@ -26,7 +26,7 @@ from service.principal import Principal
 from service.routes.jobs import IdempotencyKey, request_hash
 from service.schemas import error_responses
 from service.settings import Settings
-from service.sweeps import SWEEP_RUNNING, TrialState, cancel_sweep, create_sweep, drive, read_trials, trial_jobs
+from service.sweeps import SWEEP_RUNNING, cancel_sweep, create_sweep, drive, read_trials, trial_jobs
 
 router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"], responses=error_responses(401, 422))
 EVENTS_POLL_S = 1.0
@@ -97,7 +97,7 @@ def sweep_out(session: Session, sweep: Sweep, owner: str, settings: Settings) ->
     jobs = {job.trial: job for job in trial_jobs(session, sweep.id)}
     trials, best = [], None
     for t in read_trials(sweep, settings):
-        if t.state == TrialState.WAITING:  # a grid point not asked for yet
+        if t.state.name == "WAITING":  # a grid point not asked for yet
             continue
         job = jobs.get(t.number)
         epochs = {int(k): float(v) for k, v in t.intermediate_values.items()}
@@ -184,12 +184,11 @@ def get_sweep(sweep_id: str, who: CurrentUser, session: ReadSessionDep, settings
     return sweep_out(session, sweep, owner, settings)
 
 
-@router.post("/{sweep_id}/cancel", response_model=SweepOut, responses=error_responses(401, 404, 409))
+@router.post("/{sweep_id}/cancel", response_model=SweepOut, responses=error_responses(401, 404, 409, 503))
 def cancel(sweep_id: str, who: CurrentUser, session: SessionDep, settings: SettingsDep) -> SweepOut:
     """Cancel the sweep and every trial that has not ended; a finished sweep is a 409."""
     sweep, owner = visible_sweep(session, who, sweep_id)
     cancel_sweep(session, sweep, who.name, settings)
-    session.commit()
     return sweep_out(session, sweep, owner, settings)
 
 

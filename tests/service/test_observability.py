@@ -76,7 +76,7 @@ def test_openapi_has_an_example_for_every_body(client):
               for method, op in ops.items() if "requestBody" in op]
     assert {(p, m) for p, m, _ in bodies} == {("/v1/jobs", "post"), ("/v1/artifacts", "post"),
                                               ("/v1/pipelines", "post"), ("/v1/jobs/{job_id}", "patch"),
-                                              ("/v1/datasets", "post")}
+                                              ("/v1/datasets", "post"), ("/v1/sweeps", "post")}
     for path, _, body in bodies:
         for media, content in body["content"].items():
             assert content.get("example") is not None or content.get("examples"), (path, media)
