@@ -112,3 +112,26 @@ def test_an_asked_export_is_offered_or_its_refusal_said(client, users, settings)
     assert ("best", "pt2") in {(c["which"], c["format"]) for c in listed}
     manifest = client.get(f"/v1/jobs/{jid}/checkpoints/best/manifest?format=pt2", headers=bearer(users.alice))
     assert manifest.json()["exports"]["onnx"]["offered"] is False
+
+
+def test_requests_at_once_make_one_export(live_server, users, settings):
+    """Eight clients ask for the same export at the same moment: all are told it is being made, one message is sent."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    job = httpx.post(f"{live_server}/v1/jobs", json=spec_ce(), headers=bearer(users.alice), timeout=30).json()
+    run_job(settings, job["id"], to="succeeded", epochs=1, checkpoint=True)
+    before = len(_messages(settings))
+
+    def get(_: int) -> httpx.Response:
+        return httpx.get(f"{live_server}/v1/jobs/{job['id']}/checkpoints/best?format=pt2", headers=bearer(users.alice),
+                         timeout=30)
+
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(get, range(8)))
+    assert [r.status_code for r in responses] == [202] * 8, [r.text for r in responses if r.status_code != 202]
+    assert len(_messages(settings)) == before + 1
+    with session_scope(settings) as session:
+        row = session.get(ExportRequest, (job["id"], "best", "pt2"))
+        assert row is not None and row.sends == 1
