@@ -316,18 +316,21 @@ class ExportRequest(Base):
 
 
 class WebhookDelivery(Base):
-    """One call of a job's `notify.url` for its final state, written in the transaction that records that state
-    (service/states.py) and sent by the reconciler's delivery pass (worker/webhooks.py) until a 2xx or a day.
+    """One call of a job's or a sweep's `notify.url` for its final state, written in the transaction that records
+    that state (service/states.py, service/sweeps.py) and sent by the reconciler's delivery pass (worker/webhooks.py)
+    until a 2xx or a day. Exactly one of `job_id` and `sweep_id` is set.
 
     pending: `next_attempt_at` is set; delivered: `delivered_at` is set; given up: neither."""
 
     __tablename__ = "webhook_deliveries"
     __table_args__ = (Index("ix_webhook_deliveries_due", "next_attempt_at"),
-                      Index("ix_webhook_deliveries_job", "job_id", "created_at"))
+                      Index("ix_webhook_deliveries_job", "job_id", "created_at"),
+                      Index("ix_webhook_deliveries_sweep", "sweep_id", "created_at"))
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)  # dlv_<hex>, sent as X-TTM-Delivery
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
-    event: Mapped[str] = mapped_column(String(32))  # job.finished
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), nullable=True)
+    sweep_id: Mapped[str | None] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"), nullable=True)
+    event: Mapped[str] = mapped_column(String(32))  # job.finished | sweep.finished
     url: Mapped[str] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

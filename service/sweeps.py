@@ -30,6 +30,7 @@ from service.ids import new_sweep_id
 from service.models import Job, Metric, Sweep, User, utcnow
 from service.principal import Principal
 from service.queries import jobs as q
+from service.queries.webhooks import add_sweep_delivery
 from service.settings import Settings
 from service.states import (
     CANCELLED,
@@ -42,6 +43,7 @@ from service.states import (
     IllegalTransition,
     transition,
 )
+from service.webhooks import SWEEP_EVENT, notify_url, submit_refusal
 from ttm.spec import SpecError
 from ttm.sweeps import (
     IntRange,
@@ -171,6 +173,9 @@ def create_sweep(session: Session, who: Principal, data: Any, settings: Settings
     from service.admission import admit
 
     sweep_spec, _ = check_sweep(data)  # SpecError: 422 naming the field
+    if sweep_spec.notify is not None and (why := submit_refusal(sweep_spec.notify.url, settings.webhook_allow)):
+        raise ApiError(422, f"notify.url: {why}", code="url_refused", field="notify.url",
+                       errors=[{"field": "notify.url", "message": why}])
     # the job, then each listed value and range end, admitted as a trial's job would be (the server's limits, the
     # data root, the teacher): a value no trial could run is refused now, naming it
     for field, value in [(None, None), *corner_points(sweep_spec)]:
@@ -216,6 +221,7 @@ def cancel_sweep(session: Session, sweep: Sweep, by: str, settings: Settings) ->
     session.refresh(sweep)
     sweep.state, sweep.reason, sweep.finished_at = SWEEP_CANCELLED, f"cancelled by {by}", utcnow()
     sweep.driving_until = None
+    owe_call(session, sweep)
     for job in trial_jobs(session, sweep.id):
         target = {WAITING: CANCELLED, QUEUED: CANCELLED, RUNNING: CANCELLING}.get(job.state)
         if target is not None:
@@ -230,6 +236,14 @@ def cancel_sweep(session: Session, sweep: Sweep, by: str, settings: Settings) ->
         return
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+
+
+def owe_call(session: Session, sweep: Sweep) -> None:
+    """The sweep's `notify.url` call for the end just recorded, in the same transaction (as a job's, service/states.py):
+    the call is never lost, and the end never waits on the network."""
+    url = notify_url(sweep)
+    if url is not None:
+        add_sweep_delivery(session, sweep, url, SWEEP_EVENT, sweep.finished_at or utcnow())
 
 
 def trial_jobs(session: Session, sweep_id: str) -> list[Job]:
@@ -405,6 +419,7 @@ class _Pass:
             sweep.reason = f"none of its {len(trials)} trials completed" + (
                 f" (trial refused: {refused})" if refused else "")
         sweep.finished_at = utcnow()
+        owe_call(self.session, sweep)
         self.session.commit()
         log.info("sweep %s: %s (%s)", sweep.id, sweep.state, sweep.reason)
 

@@ -21,11 +21,12 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
-from service.models import Job
+from service.models import Job, Sweep
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 EVENT = "job.finished"
+SWEEP_EVENT = "sweep.finished"
 ALLOW_SETTING = "TTM_WEBHOOK_ALLOW"
 
 
@@ -84,7 +85,8 @@ def submit_refusal(url: str, allow_text: str) -> str | None:
             f"call unless its admin allows it ({ALLOW_SETTING}); give a public URL")
 
 
-def notify_url(job: Job) -> str | None:
+def notify_url(job: Job | Sweep) -> str | None:
+    """The `notify.url` of a job's spec, or of a sweep's."""
     notify = (job.spec or {}).get("notify")
     url = notify.get("url") if isinstance(notify, dict) else None
     return url if isinstance(url, str) else None
@@ -94,16 +96,21 @@ def _iso(t: datetime | None) -> str | None:
     return t.isoformat() if t is not None else None
 
 
-def event_body(job: Job, owner: str, delivery_id: str, sent_at: datetime) -> bytes:
-    """The JSON a receiver gets, as the bytes that are signed."""
-    body: dict[str, Any] = {
-        "event": EVENT,
-        "job": {"id": job.id, "name": job.name, "state": job.state, "reason": job.reason,
-                "best_top1": job.best_top1, "created_at": _iso(job.created_at), "started_at": _iso(job.started_at),
-                "finished_at": _iso(job.finished_at), "owner": owner},
-        "delivery": delivery_id,
-        "sent_at": _iso(sent_at),
-    }
+def event_body(subject: Job | Sweep, owner: str, delivery_id: str, sent_at: datetime) -> bytes:
+    """The JSON a receiver gets, as the bytes that are signed: a job's end, or a sweep's (with its chosen job)."""
+    body: dict[str, Any]
+    if isinstance(subject, Sweep):
+        body = {"event": SWEEP_EVENT,
+                "sweep": {"id": subject.id, "name": subject.name, "state": subject.state, "reason": subject.reason,
+                          "best_job_id": subject.best_job_id, "created_at": _iso(subject.created_at),
+                          "finished_at": _iso(subject.finished_at), "owner": owner}}
+    else:
+        job = subject
+        body = {"event": EVENT,
+                "job": {"id": job.id, "name": job.name, "state": job.state, "reason": job.reason,
+                        "best_top1": job.best_top1, "created_at": _iso(job.created_at),
+                        "started_at": _iso(job.started_at), "finished_at": _iso(job.finished_at), "owner": owner}}
+    body.update(delivery=delivery_id, sent_at=_iso(sent_at))
     return json.dumps(body, separators=(",", ":")).encode()
 
 

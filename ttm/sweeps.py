@@ -13,6 +13,7 @@ search with Optuna.
     max_running: 2             # trials queued or running at once
     metric: val/top1           # what the best trial is chosen on: a validation metric, never the test set
     pruning: {kind: median}    # stop weak trials from their per-epoch metric (median, asha), or leave it out
+    notify: {url: https://ci.example/hook}   # called, signed, when the sweep ends (sweep.finished)
 
 A job without `dataset.validation` gets `{fraction: 0.1}`: a sweep chooses on held-out training samples, and only
 the chosen trial's test accuracy is reported.
@@ -26,7 +27,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from ttm.spec import MAX_NAME, JobSpec, SpecError, Strict, _at, parse_spec, problems_of, set_field
+from ttm.spec import MAX_NAME, JobSpec, NotifySpec, SpecError, Strict, _at, parse_spec, problems_of, set_field
 
 MAX_TRIALS = 500
 MAX_DIMENSIONS = 16
@@ -72,6 +73,8 @@ class SweepSpec(Strict):
     metric: Literal["val/top1", "val/top5"] = "val/top1"
     pruning: PruningSpec | None = None
     seed: int = Field(0, ge=0, le=2**31 - 1, description="the sampler's seed")
+    notify: NotifySpec | None = Field(None, description="a URL the server calls when the sweep ends (its trials call "
+                                                        "their job's notify.url, if any)")
 
     @field_validator("space", mode="before")
     @classmethod

@@ -106,10 +106,10 @@ def _attempt(settings: Settings, delivery_id: str, attempts: int, now: datetime,
              summary: DeliverySummary) -> None:
     attempt = attempts + 1
     with session_scope(settings) as session:
-        found = q.delivery_with_job(session, delivery_id)
+        found = q.delivery_with_subject(session, delivery_id)
         if found is None:
             return
-        delivery, job, owner = found
+        delivery, subject, owner = found
         if now - delivery.created_at > GIVE_UP_AFTER:  # (a sender that died mid-attempt, then a long outage)
             if q.give_up(session, delivery_id, attempts, f"gave up: not delivered within {GIVE_UP_AFTER}", now):
                 summary.gave_up.append(delivery_id)
@@ -121,7 +121,7 @@ def _attempt(settings: Settings, delivery_id: str, attempts: int, now: datetime,
         secret = webhook_secret(session, owner.id)
         url = delivery.url
         sent_at = utcnow()
-        body = event_body(job, owner.name, delivery_id, sent_at)
+        body = event_body(subject, owner.name, delivery_id, sent_at)
     headers = {"Content-Type": "application/json", "User-Agent": "ttm-webhooks/1",
                "X-TTM-Signature": signature(secret, int(sent_at.timestamp()), body),
                "X-TTM-Delivery": delivery_id, "X-TTM-Event": delivery.event}

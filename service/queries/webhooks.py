@@ -9,7 +9,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from service.ids import new_delivery_id
-from service.models import Job, User, WebhookDelivery
+from service.models import Job, Sweep, User, WebhookDelivery
 
 
 def add_delivery(session: Session, job: Job, url: str, event: str, now: datetime) -> None:
@@ -18,8 +18,17 @@ def add_delivery(session: Session, job: Job, url: str, event: str, now: datetime
                                 next_attempt_at=now, created_at=now))
 
 
-def list_deliveries(session: Session, job_id: str) -> list[WebhookDelivery]:
-    return list(session.scalars(select(WebhookDelivery).where(WebhookDelivery.job_id == job_id)
+def add_sweep_delivery(session: Session, sweep: Sweep, url: str, event: str, now: datetime) -> None:
+    """A sweep's call, due now; in the caller's transaction (the one recording the sweep's end)."""
+    session.add(WebhookDelivery(id=new_delivery_id(), sweep_id=sweep.id, event=event, url=url, attempts=0,
+                                next_attempt_at=now, created_at=now))
+
+
+def list_deliveries(session: Session, job_id: str | None = None, sweep_id: str | None = None
+                    ) -> list[WebhookDelivery]:
+    """A job's calls, or a sweep's, oldest first."""
+    which = WebhookDelivery.job_id == job_id if job_id is not None else WebhookDelivery.sweep_id == sweep_id
+    return list(session.scalars(select(WebhookDelivery).where(which)
                                 .order_by(WebhookDelivery.created_at, WebhookDelivery.id)))
 
 
@@ -61,7 +70,13 @@ def give_up(session: Session, delivery_id: str, attempts_seen: int, why: str, no
     return result.rowcount == 1  # type: ignore[attr-defined]
 
 
-def delivery_with_job(session: Session, delivery_id: str) -> tuple[WebhookDelivery, Job, User] | None:
-    row = session.execute(select(WebhookDelivery, Job, User).join(Job, Job.id == WebhookDelivery.job_id)
-                          .join(User, User.id == Job.owner_id).where(WebhookDelivery.id == delivery_id)).first()
-    return (row[0], row[1], row[2]) if row else None
+def delivery_with_subject(session: Session, delivery_id: str
+                          ) -> tuple[WebhookDelivery, Job | Sweep, User] | None:
+    """The delivery, the job or sweep it is about, and their owner."""
+    delivery = session.get(WebhookDelivery, delivery_id)
+    if delivery is None:
+        return None
+    subject = (session.get(Job, delivery.job_id) if delivery.job_id is not None else
+               session.get(Sweep, delivery.sweep_id) if delivery.sweep_id is not None else None)
+    owner = session.get(User, subject.owner_id) if subject is not None else None
+    return (delivery, subject, owner) if subject is not None and owner is not None else None

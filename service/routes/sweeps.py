@@ -23,7 +23,9 @@ from service.deps import CurrentUser, ReadSessionDep, SessionDep, SettingsDep
 from service.errors import ApiError, not_found
 from service.models import Sweep, User
 from service.principal import Principal
+from service.queries import webhooks as wq
 from service.routes.jobs import IdempotencyKey, request_hash
+from service.routes.webhooks import DeliveryList, delivery_out
 from service.schemas import error_responses
 from service.settings import Settings
 from service.sweeps import SWEEP_RUNNING, cancel_sweep, create_sweep, drive, read_trials, trial_jobs
@@ -205,6 +207,13 @@ def sweep_checkpoint(sweep_id: str, which: Literal["best", "last"], who: Current
             f" without a chosen trial ({sweep.reason})"), code="no_student")
     query = f"?{request.url.query}" if request.url.query else ""
     return RedirectResponse(f"/v1/jobs/{sweep.best_job_id}/checkpoints/{which}{query}", status_code=307)
+
+
+@router.get("/{sweep_id}/deliveries", response_model=DeliveryList, responses=error_responses(401, 404))
+def sweep_deliveries(sweep_id: str, who: CurrentUser, session: ReadSessionDep) -> DeliveryList:
+    """The calls of the sweep's `notify.url` (event sweep.finished, one when it ends), oldest first."""
+    visible_sweep(session, who, sweep_id)
+    return DeliveryList(items=[delivery_out(d) for d in wq.list_deliveries(session, sweep_id=sweep_id)])
 
 
 @router.get("/{sweep_id}/events", response_class=EventSourceResponse, responses=error_responses(401, 404))

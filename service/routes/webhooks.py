@@ -20,7 +20,7 @@ router = APIRouter(prefix="/v1", tags=["webhooks"], responses=error_responses(40
 class DeliveryOut(BaseModel):
     id: str = Field(description="sent as X-TTM-Delivery (and in the body): the same in every attempt",
                     examples=["dlv_3f9a1c0b7e2d4a6c8b5e1f20"])
-    event: str = Field(description="job.finished")
+    event: str = Field(description="job.finished, or sweep.finished")
     url: str
     state: Literal["pending", "delivered", "failed"] = Field(
         description="pending: tried again at next_attempt_at; delivered: a 2xx came back; failed: gave up")
@@ -29,7 +29,7 @@ class DeliveryOut(BaseModel):
     last_status: int | None = Field(description="the receiver's HTTP status at the last attempt")
     last_error: str | None = Field(description="why the last attempt did not deliver")
     delivered_at: datetime | None
-    created_at: datetime = Field(description="when the job reached its final state")
+    created_at: datetime = Field(description="when the job (or sweep) reached its final state")
 
 
 class DeliveryList(BaseModel):
@@ -40,7 +40,7 @@ class WebhookSecret(BaseModel):
     secret: str = Field(description="the HMAC-SHA256 key of X-TTM-Signature on your jobs' webhook calls")
 
 
-def _delivery_out(d: WebhookDelivery) -> DeliveryOut:
+def delivery_out(d: WebhookDelivery) -> DeliveryOut:
     state: Literal["pending", "delivered", "failed"] = (
         "delivered" if d.delivered_at is not None else "pending" if d.next_attempt_at is not None else "failed")
     return DeliveryOut(id=d.id, event=d.event, url=d.url, state=state, attempts=d.attempts,
@@ -52,7 +52,7 @@ def _delivery_out(d: WebhookDelivery) -> DeliveryOut:
 def list_deliveries(job_id: str, who: CurrentUser, session: ReadSessionDep) -> DeliveryList:
     """The calls of the job's `notify.url` (one per final state reached), oldest first."""
     visible_job(session, who, job_id)
-    return DeliveryList(items=[_delivery_out(d) for d in q.list_deliveries(session, job_id)])
+    return DeliveryList(items=[delivery_out(d) for d in q.list_deliveries(session, job_id)])
 
 
 @router.get("/users/me/webhook-secret", response_model=WebhookSecret)

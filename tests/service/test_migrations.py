@@ -57,7 +57,7 @@ def test_fresh_database_refused_then_migrated_by_cli(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""
     assert is_at_head(settings)
-    assert head_revisions(settings) == {"0014"}
+    assert head_revisions(settings) == {"0015"}
     create_app(settings, host="127.0.0.1")
 
 
@@ -271,3 +271,30 @@ def test_0012_sweeps_up_and_down(db_url, tmp_path):
     assert {c["name"] for c in inspect(engine).get_columns("sweeps")} >= {"id", "owner_id", "spec", "state",
                                                                         "best_job_id", "driving_until"}
     assert {"sweep_id", "trial"} <= {c["name"] for c in inspect(engine).get_columns("jobs")}
+
+
+def test_0015_sweep_webhooks_up_and_down(db_url, tmp_path):
+    """0015 lets a webhook call belong to a sweep (job_id nullable, sweep_id); down drops a sweep's calls and keeps
+    the jobs' ones."""
+    from sqlalchemy import text
+
+    settings = make_settings(tmp_path, db_url)
+    engine = get_engine(settings)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO users (id, name, is_admin, created_at, weight) VALUES (1, 'jo', false, "
+                          "CURRENT_TIMESTAMP, 1)"))
+        conn.execute(text("INSERT INTO jobs (id, owner_id, name, spec, state, queue, priority, slots, attempts, "
+                          "created_at) VALUES ('job_1', 1, 'kept', '{}', 'succeeded', 'cpu', 'normal', 1, 0, "
+                          "CURRENT_TIMESTAMP)"))
+        conn.execute(text("INSERT INTO sweeps (id, owner_id, name, spec, state, created_at) VALUES ('swp_1', 1, 's', "
+                          "'{}', 'cancelled', CURRENT_TIMESTAMP)"))
+        for dlv, job, sweep in (("dlv_j", "'job_1'", "NULL"), ("dlv_s", "NULL", "'swp_1'")):
+            conn.execute(text(f"INSERT INTO webhook_deliveries (id, job_id, sweep_id, event, url, attempts, "
+                              f"created_at) VALUES ('{dlv}', {job}, {sweep}, 'e', 'http://x/', 0, CURRENT_TIMESTAMP)"))
+    downgrade_to(settings, "0014")
+    assert "sweep_id" not in {c["name"] for c in inspect(engine).get_columns("webhook_deliveries")}
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT id FROM webhook_deliveries")).all() == [("dlv_j",)]
+        assert conn.execute(text("SELECT name FROM jobs")).all() == [("kept",)]
+    upgrade_to_head(settings)
+    assert "sweep_id" in {c["name"] for c in inspect(engine).get_columns("webhook_deliveries")}

@@ -186,3 +186,34 @@ def test_forbidden_addresses_refused_and_never_called(db_url, users, tmp_path, r
     assert "refused: localhost resolves to" in refused["last_error"] and refused["last_status"] is None
     assert deliver_due(settings, now=utcnow() + timedelta(hours=1)).gave_up == []
     assert receiver.requests == []
+
+
+def test_a_sweep_calls_its_url_once_when_it_ends_signed(client, users, settings, receiver):
+    """A sweep's notify.url gets sweep.finished when it ends (here: cancelled), signed like a job's, once; its
+    deliveries are its owner's to see; a loopback URL is refused where the admin has not allowed it."""
+    from service.sweeps import drive_all
+
+    sweep = {"name": "beta", "job": {**spec_ce("trial"), "dataset": {"name": "digits"}},
+             "space": {"train.lr": [0.05, 0.1]}, "strategy": "grid", "notify": {"url": f"{receiver.url}/sweep"}}
+    r = client.post("/v1/sweeps", json=sweep, headers=bearer(users.alice))
+    assert r.status_code == 201, r.text
+    sweep_id = r.json()["id"]
+    drive_all(settings, lambda job_id, queue: None)  # a reconciler's pass: nothing has ended, nothing is called
+    assert deliver_due(settings).delivered == [] and receiver.to("/sweep") == []
+    assert client.post(f"/v1/sweeps/{sweep_id}/cancel", headers=bearer(users.alice)).json()["state"] == "cancelled"
+    (pending,) = client.get(f"/v1/sweeps/{sweep_id}/deliveries", headers=bearer(users.alice)).json()["items"]
+    assert pending["event"] == "sweep.finished" and pending["state"] == "pending"
+    assert deliver_due(settings).delivered == [pending["id"]]
+    assert deliver_due(settings, now=utcnow() + timedelta(hours=1)).delivered == []  # never twice
+    ((_, headers, body),) = receiver.to("/sweep")
+    secret = client.get("/v1/users/me/webhook-secret", headers=bearer(users.alice)).json()["secret"]
+    assert verify(secret, headers, body) and headers["X-TTM-Event"] == "sweep.finished"
+    sent = json.loads(body)
+    assert sent["sweep"]["id"] == sweep_id and sent["sweep"]["state"] == "cancelled" and sent["sweep"]["owner"] == \
+        "alice" and sent["sweep"]["reason"] == "cancelled by alice"
+    assert client.get(f"/v1/sweeps/{sweep_id}/deliveries", headers=bearer(users.bob)).status_code == 404
+
+    strict = make_settings(settings.home / "strict", settings.database_url)  # no TTM_WEBHOOK_ALLOW
+    with TestClient(create_app(strict, host="127.0.0.1")) as other:
+        r = other.post("/v1/sweeps", json=sweep, headers=bearer(users.alice))
+    assert r.status_code == 422 and r.json()["error"]["field"] == "notify.url", r.text
