@@ -4,8 +4,8 @@
 import { api, FINAL, followEvents, getJson, jobPath, logFrom } from "./api.js";
 import { LineChart, PALETTE } from "./chart.js";
 import {
-  archText, durationSeconds, every, h, hms, inEpoch, lossText, num, onStop, pct, plannedEpochs, size, stateBadge,
-  when,
+  archText, durationSeconds, every, h, hms, inEpoch, lossText, num, onCancel, onStop, pct, plannedEpochs, size,
+  stateBadge, when,
 } from "./ui.js";
 
 // The charts of a job and of a comparison: the trainer's metric names (ttm/train.py), and the teacher's metric
@@ -228,19 +228,9 @@ export async function jobPage(main, jobId) {
     }
   }
 
-  cancel.addEventListener("click", async () => {
-    if (!confirm(`Cancel job ${job.name} (${job.id})?`)) return;
-    cancel.disabled = true;
-    try {
-      job = await (await api(jobPath(jobId, "/cancel"), { method: "POST" })).json();
-      notice.textContent = "";
-      render();
-    } catch (err) {
-      notice.textContent = `Cancel failed: ${err.message}`;
-    } finally {
-      cancel.disabled = false;
-    }
-  });
+  onCancel(cancel, notice, () => `Cancel job ${job.name} (${job.id})?`,
+    async () => (await api(jobPath(jobId, "/cancel"), { method: "POST" })).json(),
+    (out) => { job = out; render(); });
 
   const controller = new AbortController();
   onStop(() => controller.abort());

@@ -4,7 +4,7 @@
 import { api, getJson } from "./api.js";
 import { downloadCheckpoint } from "./job.js";
 import { drawScatter } from "./scatter.js";
-import { every, h, paramText, pct, stateBadge, when } from "./ui.js";
+import { every, h, onCancel, paramText, pct, stateBadge, when } from "./ui.js";
 
 const sweepPath = (id, rest = "") => `/v1/sweeps/${encodeURIComponent(id)}${rest}`;
 const sweepLink = (s) => h("a", { href: `/ui/sweeps/${encodeURIComponent(s.id)}` }, s.name);
@@ -145,18 +145,8 @@ export async function sweepPage(main, sweepId) {
     } catch { /* the next tick tries again */ }
   }
 
-  cancel.addEventListener("click", async () => {
-    if (!confirm(`Cancel sweep ${sweep.name} (${sweep.id}) and its unfinished trials?`)) return;
-    cancel.disabled = true;
-    try {
-      sweep = await (await api(sweepPath(sweepId, "/cancel"), { method: "POST" })).json();
-      notice.textContent = "";
-      render();
-    } catch (err) {
-      notice.textContent = `Cancel failed: ${err.message}`;
-    } finally {
-      cancel.disabled = false;
-    }
-  });
+  onCancel(cancel, notice, () => `Cancel sweep ${sweep.name} (${sweep.id}) and its unfinished trials?`,
+    async () => (await api(sweepPath(sweepId, "/cancel"), { method: "POST" })).json(),
+    (out) => { sweep = out; render(); });
   every(3000, () => { if (sweep.state === "running") reload(); });
 }

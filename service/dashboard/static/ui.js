@@ -105,3 +105,21 @@ export function inEpoch(job, epochsDone) {
   const p = job.progress;
   return p && ["running", "cancelling"].includes(job.state) && p.epoch > epochsDone && p.steps > 0 ? p : null;
 }
+
+// A Cancel button: asks `question()` first, then `send()` (the POST, resolving to the new state), hands the result
+// to `done`; a refusal is said in `notice`. The button is disabled while the request is out.
+export function onCancel(button, notice, question, send, done) {
+  button.addEventListener("click", async () => {
+    if (!confirm(question())) return;
+    button.disabled = true;
+    try {
+      const out = await send();
+      notice.textContent = "";
+      done(out);
+    } catch (err) {
+      notice.textContent = `Cancel failed: ${err.message}`;
+    } finally {
+      button.disabled = false;
+    }
+  });
+}
