@@ -27,7 +27,18 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from ttm.spec import MAX_NAME, JobSpec, NotifySpec, SpecError, Strict, _at, parse_spec, problems_of, set_field
+from ttm.spec import (
+    MAX_NAME,
+    JobSpec,
+    NotifySpec,
+    SpecError,
+    Strict,
+    _at,
+    _too_deep,
+    parse_spec,
+    problems_of,
+    set_field,
+)
 
 MAX_TRIALS = 500
 MAX_DIMENSIONS = 16
@@ -201,12 +212,32 @@ def corner_points(sweep: SweepSpec) -> list[tuple[str, Scalar]]:
     return out
 
 
+def _nul_at(data: Any) -> str | None:
+    """The dotted place of the first NUL character in a key or a string of `data`, or None."""
+    stack: list[tuple[Any, str]] = [(data, "")]
+    while stack:
+        node, path = stack.pop()
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for key, child in items:
+            where = f"{path}.{key}" if path else str(key)
+            if (isinstance(key, str) and "\x00" in key) or (isinstance(child, str) and "\x00" in child):
+                return where.replace("\x00", "\\x00")
+            stack.append((child, where))
+    return None
+
+
 def check_sweep(data: Any) -> tuple[SweepSpec, JobSpec]:
     """The sweep, and its job as written; a SpecError naming the field otherwise (`job.loss.beta`,
     `space.loss.beta`). Every point of a grid, or every listed value and each end of each range, is tried against the
     job spec, so a value no trial could run is refused now, not an hour into the sweep."""
     if not isinstance(data, dict):
         raise SpecError([("", f"a sweep is a mapping with job and space, not {type(data).__name__}")])
+    deep = _too_deep(data)
+    if deep is not None:
+        raise deep
+    nul = _nul_at(data)
+    if nul is not None:  # anywhere, the job's own name included (a trial's name replaces it): PostgreSQL stores none
+        raise SpecError([(nul, "contains a NUL character (\\x00), which cannot be stored: remove it")])
     try:
         sweep = SweepSpec.model_validate(data)
     except ValidationError as err:

@@ -192,6 +192,8 @@ SWEEP_MISTAKES = [
      "'test/top1' is not one of val/top1, val/top5"),
     ("a sweep over the teacher", _sweep(space={"teacher.zoo": ["digits/resnet20"]}), "space.teacher.zoo",
      "a sweep searches the recipe, not where a trial runs or what teaches it: set it in job"),
+    ("a NUL in the job's name (which a trial's name replaces)", _sweep(job={**_sweep()["job"], "name": "a\x00b"}),
+     "job.name", "contains a NUL character (\\x00), which cannot be stored: remove it"),
 ]
 
 
