@@ -14,7 +14,8 @@ COPY ttm ./ttm
 COPY service ./service
 COPY worker ./worker
 COPY migrations ./migrations
-RUN pip install . && rm -rf /src
+# the server, its workers and their extras: `pip install .` alone is the client (no FastAPI, Celery or torch)
+RUN pip install ".[server,export,timm,tracking]" && rm -rf /src
 
 # an unprivileged user owns the state directory (named volumes mounted there inherit its ownership)
 RUN useradd --system --create-home --uid 1000 ttm && mkdir -p /var/lib/ttm /data && chown ttm:ttm /var/lib/ttm
