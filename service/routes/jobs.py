@@ -138,12 +138,16 @@ def store_job(session: Session, who: Principal, admitted: Admitted, key: str | N
 
 def send(request: Request, job: Job) -> None:
     """Wake a worker of the job's queue (a waiting job is sent when its teacher job succeeds)."""
-    if job.state != QUEUED:
-        return
+    if job.state == QUEUED:
+        send_queued(request, job.id, job.queue)
+
+
+def send_queued(request: Request, job_id: str, queue: str) -> None:
+    """Send a stored, queued job to its queue; a broker that is away leaves it to the reconciler."""
     try:
-        enqueue_job(job.id, job.queue, request.app.state.celery)
+        enqueue_job(job_id, queue, request.app.state.celery)
     except Exception as err:  # noqa: BLE001 - kombu raises transport-specific errors; the job is stored
-        log.error("could not enqueue %s (%s: %s); it stays queued for the reconciler", job.id,
+        log.error("could not enqueue %s (%s: %s); it stays queued for the reconciler", job_id,
                   type(err).__name__, err)
 
 

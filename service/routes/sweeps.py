@@ -24,7 +24,7 @@ from service.errors import ApiError, not_found
 from service.models import Sweep, User
 from service.principal import Principal
 from service.queries import webhooks as wq
-from service.routes.jobs import IdempotencyKey, request_hash
+from service.routes.jobs import IdempotencyKey, request_hash, send_queued
 from service.routes.webhooks import DeliveryList, delivery_out
 from service.schemas import error_responses
 from service.settings import Settings
@@ -147,7 +147,7 @@ def submit_sweep(body: Annotated[dict[str, Any], Body()], who: CurrentUser, sess
             raise
         return _replay(session, prior, who, body_hash, settings, response)
     for job_id, queue in drive(session, sweep.id, settings, leased=True):
-        _send(request, job_id, queue)
+        send_queued(request, job_id, queue)  # (trials the pass queued)
     session.refresh(sweep)
     return sweep_out(session, sweep, who.name, settings)
 
@@ -159,15 +159,6 @@ def _replay(session: Session, prior: Sweep, who: Principal, body_hash: str, sett
                             "a new key for a new sweep", code="idempotency_conflict")
     response.status_code = 200
     return sweep_out(session, prior, who.name, settings)
-
-
-def _send(request: Request, job_id: str, queue: str) -> None:
-    from service.broker import enqueue_job
-
-    try:
-        enqueue_job(job_id, queue, request.app.state.celery)
-    except Exception:  # noqa: BLE001 - the job is stored queued: the reconciler re-sends it
-        pass
 
 
 @router.get("", response_model=SweepList)
