@@ -206,6 +206,9 @@ class Job(Base):
     # a trial of a sweep (service/sweeps.py): the sweep's id and the trial's number in its Optuna study
     sweep_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
     trial: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # the student group it trains in (its leader's id, the same on every member: worker/lease.py take_companions);
+    # null when it trains alone. The queue counts a group as one slot and splits its usage (service/scheduling.py)
+    group_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
     # loaded when read (a page of jobs loads them in one query: service/queries/jobs.py list_jobs)
     tag_rows: Mapped[list[JobTag]] = relationship(order_by="JobTag.tag", cascade="all, delete-orphan",
                                                   passive_deletes=True)

@@ -6,7 +6,9 @@ Within a queue, a job's place is given by, in order:
 2. its owner's fair-share load: the owner's recent usage over their share (users.weight, default 1). Usage is in
    slot-seconds (a slot is one GPU; a cpu-queue job holds one), each job charged for at least MIN_CHARGE_S from its
    start, and decaying with a half-life (TTM_FAIR_SHARE_HALF_LIFE_HOURS, default a week) from when it ended; a
-   running job counts until now, undecayed. A user with nothing running and nothing lately goes first;
+   running job counts until now, undecayed. A student group (jobs.group_id: trials of a sweep trained in one
+   process) takes one slot: its running members share it, and each is charged its part of the group's time;
+   a user with nothing running and nothing lately goes first;
 3. the job's submit time (its id).
 
 Preemption: when the job a free worker would take next is `high` but every live worker of its queue is busy, and
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -47,7 +49,7 @@ WORKER_SEEN_S = 60  # a worker that has not beaten its heart for this long is no
 class Load:
     """One user's standing in the queue: slots running now, decayed usage (slot-seconds), share, limit."""
 
-    running: int = 0
+    running: float = 0.0  # slots (a student group's members share one)
     usage: float = 0.0
     weight: float = 1.0
     max_running: int | None = None
@@ -106,19 +108,20 @@ def queue_state(session: Session, queue: str | None, settings: Settings, now: da
     life = half_life(settings)
     since = now - life * HORIZON_HALF_LIVES
     rows = session.execute(
-        select(Job.owner_id, Job.slots, Job.state, Job.queue, Job.started_at, Job.finished_at)
+        select(Job.owner_id, Job.slots, Job.state, Job.queue, Job.started_at, Job.finished_at, Job.group_id)
         .where(Job.started_at.is_not(None),
                or_(Job.state.in_(HELD), and_(Job.state.in_(FINAL_STATES), Job.finished_at > since)))).all()
     state = QueueState()
     durations = []
-    for owner_id, slots, job_state, job_queue, started, finished in rows:
+    shares = group_shares(rows)
+    for (owner_id, slots, job_state, job_queue, started, finished, _), share in zip(rows, shares):
         assert started is not None  # the query keeps started jobs only
         load = state.loads.setdefault(owner_id, Load())
         if job_state in HELD:
-            load.running += slots
-            load.usage += charge(slots, started, now)
+            load.running += slots * share
+            load.usage += charge(slots, started, now) * share
         elif finished is not None:
-            load.usage += decayed(charge(slots, started, finished), finished, now, life)
+            load.usage += decayed(charge(slots, started, finished) * share, finished, now, life)
             if job_queue == queue and finished > now - life:
                 durations.append((finished - started).total_seconds())
     if durations:
@@ -130,6 +133,15 @@ def queue_state(session: Session, queue: str | None, settings: Settings, now: da
             load = state.loads.setdefault(user_id, Load())
             load.weight, load.max_running = weight, max_running
     return state
+
+
+def group_shares(rows) -> list[float]:  # noqa: ANN001 (rows with .state and .group_id)
+    """Each row's part of its slots: 1 for a job alone; 1/K for one of K running members of a student group (or of
+    K members in all, once it has ended)."""
+    running = Counter(r.group_id for r in rows if r.group_id is not None and r.state in HELD)
+    every = Counter(r.group_id for r in rows if r.group_id is not None)
+    return [1.0 if r.group_id is None else 1.0 / (running[r.group_id] if r.state in HELD else every[r.group_id])
+            for r in rows]
 
 
 def _groups(session: Session, queue: str, per_group: int | None) -> dict[tuple[str, int], deque[Queued]]:
@@ -231,12 +243,12 @@ def preemption_victim(session: Session, queue: str, settings: Settings, now: dat
         return None
     now = now or utcnow()
     running = session.execute(
-        select(Job.id, Job.priority, Job.started_at, Job.preempted_by)
+        select(Job.id, Job.priority, Job.started_at, Job.preempted_by, Job.group_id)
         .where(Job.queue == queue, Job.state.in_(HELD), Job.lease_expires_at > now)).all()
     if not running or any(r.preempted_by is not None for r in running):
         return None
     workers = live_workers(session, queue, now)
-    if workers == 0 or len(running) < workers:
+    if workers == 0 or len({r.group_id or r.id for r in running}) < workers:  # a student group holds one worker
         return None
     waiting = pick_next(session, queue, settings, now)
     if waiting is None or session.scalar(select(Job.priority).where(Job.id == waiting)) != "high":
@@ -270,11 +282,12 @@ def week_usage_hours(session: Session, owner_id: int, now: datetime | None = Non
     now = now or utcnow()
     since = now - timedelta(days=7)
     total = 0.0
-    for slots, state, started, finished in session.execute(
-            select(Job.slots, Job.state, Job.started_at, Job.finished_at)
-            .where(Job.owner_id == owner_id, Job.started_at.is_not(None),
-                   or_(Job.state.in_(HELD), Job.finished_at > since))):
+    rows = session.execute(
+        select(Job.slots, Job.state, Job.started_at, Job.finished_at, Job.group_id)
+        .where(Job.owner_id == owner_id, Job.started_at.is_not(None),
+               or_(Job.state.in_(HELD), Job.finished_at > since))).all()
+    for (slots, state, started, finished, _), share in zip(rows, group_shares(rows)):
         assert started is not None  # the query keeps started jobs only
         end = now if state in HELD or finished is None else finished
-        total += slots * max((end - max(started, since)).total_seconds(), 0.0)
+        total += slots * share * max((end - max(started, since)).total_seconds(), 0.0)
     return total / 3600

@@ -40,6 +40,8 @@ class JobOut(BaseModel):
                                                               '"steps"}, as its trainer said a few seconds ago')
     sweep_id: str | None = Field(None, description="the sweep this job is a trial of (its name is <sweep>-t<trial>)")
     trial: int | None = Field(None, description="its trial's number in that sweep")
+    group_id: str | None = Field(None, description="the student group it trains (or trained) in: the id of the "
+                                                   "group's first job; null when it trained alone")
 
 
 TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,63}$"

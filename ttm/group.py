@@ -40,6 +40,7 @@ from torch import nn
 from ttm import tensorboard
 from ttm.checkpoint import load_state, save_state
 from ttm.spec import JobSpec
+from ttm.sweeps import SHARED_FIELDS, group_difference
 from ttm.train import (
     PROGRESS_EVERY_S,
     Dist,
@@ -63,15 +64,10 @@ from ttm.train import (
 
 log = logging.getLogger("ttm.group")
 
-# What every member must share, as dotted fields of the spec: one pipeline (the data set with its subset, validation
-# split, augmentation and image size; the seed; the batch size and what is done with the ragged last batch; the
-# number of epochs), one teacher, and one device and precision for every network. The rest may differ: the student,
-# the loss and its γ/β, the optimizer, lr and schedule, the exports.
-SHARED_FIELDS = ("teacher", "dataset", "train.seed", "train.batch_size", "train.drop_last", "train.epochs",
-                 "train.fast_path", "train.device", "train.precision", "train.compile", "resources.gpus")
 STOPPED_KEY = "left_group"  # in a member's state.pt: the epoch after which should_stop ended it, for good
 
-MemberState = Literal["done", "stopped", "paused", "failed"]
+MemberState = Literal["done", "stopped", "paused", "failed", "left"]
+LEAVE_CHECK_S = 0.25  # how often, within an epoch, leave_now is asked
 
 
 class GroupError(ValueError):
@@ -91,7 +87,8 @@ class GroupMember:
 @dataclass
 class MemberResult:
     """How a member ended. `state`: done (all epochs), stopped (should_stop said so), paused (stop_after_epoch:
-    resume continues it) or failed (`error` says why; the others went on). `device_s`: its share of the group's
+    resume continues it), failed (`error` says why; the others went on) or left (leave_now said so within an
+    epoch: that epoch is dropped, and its state.pt is the last finished epoch's). `device_s`: its share of the group's
     training time, each epoch's wall time split evenly among the members that trained in it (what a queue charges
     each trial)."""
 
@@ -103,6 +100,7 @@ class MemberResult:
 
 
 StopHook = Callable[[GroupMember, int, dict[str, float]], bool]
+LeaveHook = Callable[[GroupMember], bool]
 GroupMetricsCallback = Callable[[GroupMember, int, dict[str, float]], None]
 GroupProgressCallback = Callable[[GroupMember, int, int, int], None]  # (member, epoch, step, steps per epoch)
 MemberEndCallback = Callable[[MemberResult], None]
@@ -116,37 +114,17 @@ def check_group(specs: Sequence[JobSpec]) -> None:
         raise GroupError("a student group needs at least one spec")
     dumps = [s.model_dump(mode="json") for s in specs]
     for i, dump in enumerate(dumps[1:], 1):
-        for name in SHARED_FIELDS:
-            ours, theirs = _at(dumps[0], name), _at(dump, name)
-            where = _first_difference(ours, theirs, name)
-            if where is not None:
-                path, a, b = where
-                raise GroupError(
-                    f"{path} differs: {_shown(b)} in member {i} ({specs[i].name}), {_shown(a)} in member 0 "
-                    f"({specs[0].name}); a student group shares {', '.join(SHARED_FIELDS)}: give them the same "
-                    f"{path}, or train member {i} as its own job")
+        where = group_difference(dumps[0], dump)
+        if where is not None:
+            path, a, b = where
+            raise GroupError(
+                f"{path} differs: {_shown(b)} in member {i} ({specs[i].name}), {_shown(a)} in member 0 "
+                f"({specs[0].name}); a student group shares {', '.join(SHARED_FIELDS)}: give them the same "
+                f"{path}, or train member {i} as its own job")
     for i, spec in enumerate(specs):
         if spec.resources.gpus > 1:
             raise GroupError(f"resources.gpus is {spec.resources.gpus} in member {i} ({spec.name}): a student group "
                              "trains in one process on one device; set resources.gpus to 1 or 0")
-
-
-def _at(dump: dict[str, Any], dotted: str) -> Any:
-    node: Any = dump
-    for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
-
-
-def _first_difference(a: Any, b: Any, path: str) -> tuple[str, Any, Any] | None:
-    """The dotted path of the first leaf where a and b differ, with both values; None if they are equal."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in [*a, *(k for k in b if k not in a)]:
-            found = _first_difference(a.get(key), b.get(key), f"{path}.{key}")
-            if found is not None:
-                return found
-        return None
-    return None if a == b else (path, a, b)
 
 
 def _shown(value: Any) -> str:
@@ -214,11 +192,14 @@ def train_group(specs: Sequence[JobSpec], run_dirs: Sequence[str | Path], *,
                 on_metrics: GroupMetricsCallback | None = None, should_stop: StopHook | None = None,
                 on_progress: GroupProgressCallback | None = None, on_member_end: MemberEndCallback | None = None,
                 resume: bool = True, stop_after_epoch: int | None = None, data_root: str | None = None,
-                job_ids: Sequence[str | None] | None = None) -> list[MemberResult]:
+                job_ids: Sequence[str | None] | None = None, leave_now: LeaveHook | None = None
+                ) -> list[MemberResult]:
     """Train `specs[i]`'s student into `run_dirs[i]`, all on one data pipeline and one teacher forward per batch;
     each member resumes from its own state.pt when `resume` is set. Returns how each member ended, in order.
 
     `should_stop(member, epoch, metrics)`, asked after each of a member's epochs, ends that member when true;
+    `leave_now(member)`, asked every LEAVE_CHECK_S within an epoch, ends it at once (a cancelled job: its epoch
+    under way is dropped);
     `on_member_end(result)` is called as each member leaves (the worker writes its outcome there); `on_metrics` and
     `on_progress` are those of `ttm.train.train` with the member first. `stop_after_epoch` pauses every member after
     that epoch, as in `train`. A member that fails (its loss became NaN) leaves the group with its reason; an
@@ -314,7 +295,13 @@ def train_group(specs: Sequence[JobSpec], run_dirs: Sequence[str | Path], *,
             seen = 0
             epoch_start = time.perf_counter()
             next_progress = epoch_start + PROGRESS_EVERY_S
+            next_look = epoch_start + LEAVE_CHECK_S
             for step, (x, y, idx) in enumerate(train_batches, 1):
+                if leave_now is not None and time.perf_counter() >= next_look:
+                    active = _without_leavers(active, epoch, leave_now, on_member_end)
+                    next_look = time.perf_counter() + LEAVE_CHECK_S
+                    if not active:
+                        break
                 x = x.contiguous(memory_format=memory_format)
                 with autocast(), torch.no_grad():
                     v = step_teacher(x) if step_teacher is not None else None
@@ -329,6 +316,8 @@ def train_group(specs: Sequence[JobSpec], run_dirs: Sequence[str | Path], *,
             if cuda:
                 torch.cuda.synchronize()
             epoch_time = time.perf_counter() - epoch_start
+            if leave_now is not None:
+                active = _without_leavers(active, epoch, leave_now, on_member_end)
 
             # ---- once per epoch, member by member: evaluate, checkpoint, report, and whether it goes on
             for m in active:
@@ -365,6 +354,24 @@ def train_group(specs: Sequence[JobSpec], run_dirs: Sequence[str | Path], *,
         for logger, handler in handlers:
             logger.removeHandler(handler)
             handler.close()
+
+
+def _without_leavers(active: list[_Member], epoch: int, leave_now: LeaveHook,
+                     on_member_end: MemberEndCallback | None) -> list[_Member]:
+    """`active` less the members leave_now sends away now (their epoch under way dropped)."""
+    staying = []
+    for m in active:
+        if not leave_now(m.info):
+            staying.append(m)
+            continue
+        m.logger.info("asked to leave the group in epoch %d; it resumes from epoch %d's checkpoint", epoch,
+                      epoch - 1)
+        m.state = "left"
+        m.result = TrainResult(m.info.out_dir, epoch - 1, m.run.best_top1, m.run.best_epoch, m.last,
+                               stopped_early=True)
+        if on_member_end is not None:
+            on_member_end(m.outcome())
+    return staying
 
 
 def _end_member_epoch(m: _Member, epoch: int, steps_per_epoch: int, seen: int, epoch_time: float, test_batches,

@@ -81,6 +81,10 @@ class SweepSpec(Strict):
     trials: int | None = Field(None, ge=1, le=MAX_TRIALS, description="the budget; default: the grid's size "
                                                                        "(grid), else 20")
     max_running: int = Field(2, ge=1, le=64, description="trials queued or running at once")
+    group: int = Field(4, ge=1, le=16, description="at most this many trials train as one student group on one "
+                                                   "worker (one process, one data pipeline, one teacher forward per "
+                                                   "batch) when they share the data, teacher, seed and batch plan; "
+                                                   "the queue counts a group as one job. 1: each trial alone")
     metric: Literal["val/top1", "val/top5"] = "val/top1"
     pruning: PruningSpec | None = None
     seed: int = Field(0, ge=0, le=2**31 - 1, description="the sampler's seed")
@@ -257,3 +261,40 @@ def check_sweep(data: Any) -> tuple[SweepSpec, JobSpec]:
             raise SpecError([(f"space.{key}", f"with {shown}: " + "; ".join(
                 f"{f}: {m}" if f and f != key else m for f, m in err.problems))]) from None
     return sweep, first
+
+
+# ---------------------------------------------------------------------------------------------- student groups
+# What every member must share, as dotted fields of the spec: one pipeline (the data set with its subset, validation
+# split, augmentation and image size; the seed; the batch size and what is done with the ragged last batch; the
+# number of epochs), one teacher, and one device and precision for every network. The rest may differ: the student,
+# the loss and its γ/β, the optimizer, lr and schedule, the exports.
+SHARED_FIELDS = ("teacher", "dataset", "train.seed", "train.batch_size", "train.drop_last", "train.epochs",
+                 "train.fast_path", "train.device", "train.precision", "train.compile", "resources.gpus")
+
+
+def group_difference(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, Any, Any] | None:
+    """The first SHARED_FIELDS leaf in which two specs (as JSON) differ, with both values; None: they can train in
+    one group (the worker forms groups with this, from the specs its jobs were admitted with)."""
+    for name in SHARED_FIELDS:
+        where = _first_difference(_leaf(a, name), _leaf(b, name), name)
+        if where is not None:
+            return where
+    return None
+
+
+def _leaf(dump: dict[str, Any], dotted: str) -> Any:
+    node: Any = dump
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _first_difference(a: Any, b: Any, path: str) -> tuple[str, Any, Any] | None:
+    """The dotted path of the first leaf where a and b differ, with both values; None if they are equal."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in [*a, *(k for k in b if k not in a)]:
+            found = _first_difference(a.get(key), b.get(key), f"{path}.{key}")
+            if found is not None:
+                return found
+        return None
+    return None if a == b else (path, a, b)

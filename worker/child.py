@@ -1,4 +1,4 @@
-"""The trainer's process: `python -m worker.child JOB_ID RUN_DIR SUPERVISOR_PID [NPROC]`.
+"""The trainer's process: `python -m worker.child JOB_ID RUN_DIR SUPERVISOR_PID [NPROC] [--member JOB_ID RUN_DIR]...`.
 
 Started by the worker's task in a fresh interpreter (a clean CUDA context; DataLoader workers allowed), in its own
 session. With NPROC > 1 it becomes torchrun on this node, which starts NPROC copies of this module as DDP ranks
@@ -10,6 +10,10 @@ epoch's metrics to RUN_DIR/metrics.jsonl and writes the checkpoints there, and t
 database as they appear. Every process leaves `outcome-<rank>.json` in RUN_DIR: success with the best accuracy, or
 the reason it failed in words a user can
 act on. The worker turns that (or, when there is none, the exit code and the log's last lines) into the job's end.
+
+With `--member`, the jobs train as one student group (ttm.group.train_group): the first job leads, each member
+trains into its own run directory and gets its own outcome-0.json as it leaves the group. A member whose run
+directory holds a LEAVE_FILE (the worker writes one when its job is cancelled or its lease lost) leaves at once.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ log = logging.getLogger("ttm.worker.child")
 
 EXIT_TRAINING_FAILED = 3
 MAX_REASON = 2000
+LEAVE_FILE = "leave"  # in a group member's run directory: it stops training now
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("supervisor", type=int, help="the worker's pid: we die when it does")
     parser.add_argument("nproc", type=int, nargs="?", default=1, help="processes for this job; > 1: torchrun")
+    parser.add_argument("--member", nargs=2, action="append", default=[], metavar=("JOB_ID", "RUN_DIR"),
+                        help="another job of its student group")
     args = parser.parse_args(argv)
 
     from worker.proc import die_with_parent, fit_socket_paths, limit_resources, watch_supervisor
@@ -57,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
+    if args.member:
+        return run_group([(args.job_id, args.run_dir), *((job, Path(d)) for job, d in args.member)])
     return run_trainer(args.job_id, args.run_dir, rank)
 
 
@@ -93,6 +102,38 @@ def run_trainer(job_id: str, run_dir: Path, rank: int) -> int:
         return EXIT_TRAINING_FAILED
     write_outcome(run_dir, rank, {"ok": True, "best_top1": result.best_top1, "best_epoch": result.best_epoch,
                                   "epochs_done": result.epochs_done})
+    return 0
+
+
+def run_group(members: list[tuple[str, Path]]) -> int:
+    """Train the members' spec.json files as one student group. Each member's outcome-0.json is written as it
+    leaves (done, failed alone, or asked to leave); an error of the group itself fails every member still in it."""
+    from ttm.group import MemberResult, train_group
+    from ttm.spec import parse_spec
+
+    def ended(result: MemberResult) -> None:
+        out = result.member.out_dir
+        if result.state == "failed":
+            write_outcome(out, 0, {"ok": False, "reason": result.error or "the trainer failed"})
+        elif result.state == "left":
+            write_outcome(out, 0, {"ok": False, "left": True, "reason": "left its student group on request"})
+        elif result.result is not None:
+            write_outcome(out, 0, {"ok": True, "best_top1": result.result.best_top1,
+                                   "best_epoch": result.result.best_epoch, "epochs_done": result.result.epochs_done,
+                                   "device_s": result.device_s})
+
+    try:
+        specs = [parse_spec(json.loads((run_dir / "spec.json").read_text())) for _, run_dir in members]
+        train_group(specs, [run_dir for _, run_dir in members], job_ids=[job for job, _ in members],
+                    resume=True, data_root=specs[0].dataset.root, on_member_end=ended,
+                    leave_now=lambda m: (m.out_dir / LEAVE_FILE).exists())
+    except Exception as err:
+        reason = failure_reason(err)
+        log.exception("the student group failed: %s", reason)
+        for _, run_dir in members:
+            if not outcome_path(run_dir, 0).exists():
+                write_outcome(run_dir, 0, {"ok": False, "reason": reason})
+        return EXIT_TRAINING_FAILED
     return 0
 
 

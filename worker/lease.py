@@ -13,7 +13,7 @@ from typing import NamedTuple
 from sqlalchemy import and_, case, literal, or_, select, update
 from sqlalchemy.orm import Session
 
-from service.models import Job, JobEvent, UTCDateTime, utcnow
+from service.models import Job, JobEvent, Sweep, UTCDateTime, utcnow
 from service.scheduling import pick_next
 from service.settings import Settings
 from service.states import HELD_STATES, QUEUED, RUNNING
@@ -81,6 +81,52 @@ def take_job(session: Session, message_job_id: str, worker_name: str, settings: 
 
 
 TAKE_TRIES = 20
+
+
+def take_companions(session: Session, leader: Job, worker_name: str, settings: Settings) -> list[Job]:
+    """The other trials of the leader's sweep that train with it as one student group (ttm.group), leased by this
+    worker now: queued, or running with an expired lease (a group whose worker died resumes together), of the
+    same queue, and sharing the data, teacher, seed and batch plan (ttm.group.group_difference); at most the
+    sweep's `group` − 1 of them, the oldest first. Every member's `group_id` becomes the leader's id; a leader
+    with no companion trains alone (group_id null). The companions skip the queue's order: they are the same
+    owner's, and the group takes one slot."""
+    from ttm.sweeps import SweepSpec, group_difference  # (no torch: this runs inside the lease's transaction)
+
+    leader.group_id = None
+    if leader.sweep_id is None or _gpus(leader.spec) > 1:
+        return []
+    sweep = session.get(Sweep, leader.sweep_id)
+    size = SweepSpec.model_validate(sweep.spec).group if sweep is not None else 1
+    if size <= 1:
+        return []
+    now = utcnow()
+    candidates = session.execute(
+        select(Job.id, Job.spec).where(
+            Job.sweep_id == leader.sweep_id, Job.id != leader.id, Job.queue == leader.queue,
+            or_(Job.state == QUEUED,
+                and_(Job.state == RUNNING, or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now))))
+        .order_by(Job.id)).all()
+    taken: list[Job] = []
+    for job_id, spec in candidates:
+        if len(taken) >= size - 1:
+            break
+        if _gpus(spec) > 1 or group_difference(leader.spec, spec) is not None:
+            continue
+        locked = session.scalar(select(Job.id).where(Job.id == job_id).with_for_update(skip_locked=True))
+        job = lease_job(session, job_id, worker_name, settings.lease_seconds) if locked else None
+        if job is not None:
+            taken.append(job)
+    if taken:
+        for job in (leader, *taken):
+            job.group_id = leader.id
+        session.flush()
+    return taken
+
+
+def _gpus(spec: dict) -> int:
+    resources = spec.get("resources") if isinstance(spec, dict) else None
+    gpus = resources.get("gpus", 1) if isinstance(resources, dict) else 1
+    return gpus if isinstance(gpus, int) else 1
 
 
 class Held(NamedTuple):

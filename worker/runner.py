@@ -28,7 +28,7 @@ from service.db import session_scope
 from service.models import Job
 from service.settings import Settings
 from service.states import CANCELLED, CANCELLING, FAILED, QUEUED, SUCCEEDED, IllegalTransition, transition
-from worker.lease import HELD_STATES, held_state, renew_lease, take_job
+from worker.lease import HELD_STATES, Held, held_state, renew_lease, take_companions, take_job
 from worker.proc import child_environment, signal_name, stop_process_group
 from worker.record import RunRecorder, backfill_metrics, heartbeat, sync_checkpoints
 from worker.slots import held_slot_fds
@@ -57,11 +57,23 @@ def job_run_dir(settings: Settings, job_id: str) -> Path:
     return settings.artifact_dir / "jobs" / job_id
 
 
+@dataclass
+class _Member:
+    """A job this worker runs: alone, or as a member of a student group (the first one leads)."""
+
+    job_id: str
+    run_dir: Path
+    spec: dict
+    recorder: RunRecorder
+    leaving: Outcome | None = None  # asked to leave its group (cancelled, lease lost): its end once it has left
+
+
 def execute_job(job_id: str, worker_name: str, settings: Settings, *, queues: str = "",
                 should_stop: Callable[[], bool] = lambda: False,
                 enqueue: Callable[[str, str], None] | None = None) -> str:
     """Lease, run, record; returns a word for the worker's log ("skipped", or the job's final state). `job_id` is
-    the message's: the job run is the best of its queue (or that job itself, when it lost its worker).
+    the message's: the job run is the best of its queue (or that job itself, when it lost its worker), with the
+    other trials of its sweep that train with it as one student group, if any (worker/lease.py take_companions).
 
     `should_stop` says the worker is shutting down (the job goes back to the queue, to resume elsewhere);
     `enqueue(job_id, queue)` sends it there.
@@ -72,52 +84,92 @@ def execute_job(job_id: str, worker_name: str, settings: Settings, *, queues: st
         if job is None:
             log.info("message for %s: no job to run (none queued, or their owners at max-running)", message_job_id)
             return "skipped"
-        job_id = job.id
-        run_dir = job_run_dir(settings, job_id)
-        session.execute(update(Job).where(Job.id == job_id).values(out_dir=str(run_dir)))
-        spec_data, attempt, queue = job.spec, job.attempts, job.queue
+        leased = [job, *take_companions(session, job, worker_name, settings)]
+        members = []
+        for one in leased:
+            run_dir = job_run_dir(settings, one.id)
+            session.execute(update(Job).where(Job.id == one.id).values(out_dir=str(run_dir)))
+            members.append(_Member(one.id, run_dir, one.spec, RunRecorder(one.id, run_dir)))
+            log.info("job %s: leased (attempt %d); run directory %s", one.id, one.attempts, run_dir)
+        job_id, queue = job.id, job.queue
         heartbeat(session, worker_name, queues or queue)
-    log.info("job %s: leased (attempt %d); run directory %s", job_id, attempt, run_dir)
+    if len(members) > 1:
+        log.info("job %s leads a student group of %d: %s", job_id, len(members),
+                 ", ".join(m.job_id for m in members[1:]))
 
-    try:
-        proc = _start(job_id, spec_data, run_dir, settings, queue)
-    except Exception as err:  # a spec that does not resolve, a missing artifact, a full disk
-        from ttm.spec import SpecError
-        from worker.resolve import ResolveError
+    def record(member: _Member, outcome: Outcome) -> str:
+        return _record(member.job_id, worker_name, settings, member.run_dir, outcome, queue, enqueue)
 
-        reason = str(err) if isinstance(err, (ResolveError, SpecError)) else f"could not start the trainer: {err}"
-        return _record(job_id, worker_name, settings, run_dir, Outcome(FAILED, reason), queue, enqueue)
-
-    try:
-        outcome = _supervise(proc, job_id, worker_name, settings, run_dir, queues or queue, should_stop)
-    except BaseException:  # the worker itself is going down (cold shutdown): take the child with it, hand the job back
-        stop_process_group(proc, STOP_GRACE_S)
+    started: list[_Member] = []
+    for member in members:
         try:
-            _record(job_id, worker_name, settings, run_dir, Outcome(REQUEUE, _shutdown_reason(worker_name)), queue,
-                    enqueue)
-        except Exception as err:  # the reconciler will find the lease expired
-            log.warning("job %s: could not hand the job back: %s", job_id, err)
+            _prepare(member, settings, queue)
+            started.append(member)
+        except Exception as err:  # a spec that does not resolve, a missing artifact, a full disk
+            from ttm.spec import SpecError
+            from worker.resolve import ResolveError
+
+            reason = str(err) if isinstance(err, (ResolveError, SpecError)) else f"could not start the trainer: {err}"
+            record(member, Outcome(FAILED, reason))
+    if not started:
+        return FAILED
+    try:
+        proc = _start(started, settings)
+    except Exception as err:
+        for member in started:
+            record(member, Outcome(FAILED, f"could not start the trainer: {err}"))
+        return FAILED
+
+    ended: dict[str, str] = {}
+    try:
+        outcomes = _supervise(proc, started, worker_name, settings, queues or queue, should_stop,
+                              on_left=lambda m, outcome: ended.setdefault(m.job_id, record(m, outcome)))
+    except BaseException:  # the worker itself is going down (cold shutdown): take the child with it, hand jobs back
+        stop_process_group(proc, STOP_GRACE_S)
+        for member in started:
+            if member.job_id in ended:
+                continue
+            try:
+                record(member, Outcome(REQUEUE, _shutdown_reason(worker_name)))
+            except Exception as err:  # the reconciler will find the lease expired
+                log.warning("job %s: could not hand the job back: %s", member.job_id, err)
         raise
-    return _record(job_id, worker_name, settings, run_dir, outcome, queue, enqueue)
+    for member in started:
+        if member.job_id in outcomes:
+            ended[member.job_id] = record(member, outcomes[member.job_id])
+    return ended.get(job_id, next(iter(ended.values()), FAILED))
 
 
 # ------------------------------------------------------------------------------------------------ run
-def _start(job_id: str, spec_data: dict, run_dir: Path, settings: Settings, queue: str) -> subprocess.Popen:
+def _prepare(member: _Member, settings: Settings, queue: str) -> None:
+    """Resolve the member's spec into its run directory's spec.json; clear what an earlier attempt left."""
+    from worker.child import LEAVE_FILE
     from worker.resolve import resolve_spec
 
+    run_dir = member.run_dir
     with session_scope(settings) as session:
-        spec = resolve_spec(session, spec_data, settings)
-        backfill_metrics(session, job_id, run_dir)  # a re-run job: epochs its last child wrote to file only
+        spec = resolve_spec(session, member.spec, settings)
+        backfill_metrics(session, member.job_id, run_dir)  # a re-run job: epochs its last child wrote to file only
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = spec.model_dump(mode="json", exclude_none=True)
     resolved.pop("preset", None)  # applied already: the child runs exactly these fields
     resolved["resources"]["queue"] = queue  # where `auto` sent it: the child checks a gpu job has GPUs
     (run_dir / "spec.json").write_text(json.dumps(resolved, indent=2))
-    nproc = spec.resources.gpus if spec.resources.gpus > 1 else 1
-    for stale in run_dir.glob("outcome-*.json"):  # a previous attempt's
+    for stale in [*run_dir.glob("outcome-*.json"), run_dir / LEAVE_FILE]:  # a previous attempt's
         stale.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "worker.child", job_id, str(run_dir), str(os.getpid()), str(nproc)]
     (run_dir / "tmp").mkdir(exist_ok=True)
+
+
+def _start(members: list[_Member], settings: Settings) -> subprocess.Popen:
+    """The trainer child of one job, or of a student group (led by the first member, in its run directory)."""
+    lead = members[0]
+    run_dir = lead.run_dir
+    spec = json.loads((run_dir / "spec.json").read_text())
+    gpus = spec.get("resources", {}).get("gpus", 1)
+    nproc = gpus if gpus > 1 and len(members) == 1 else 1
+    cmd = [sys.executable, "-m", "worker.child", lead.job_id, str(run_dir), str(os.getpid()), str(nproc)]
+    for member in members[1:]:
+        cmd += ["--member", member.job_id, str(member.run_dir)]
     # no credentials in the child: it may run a teacher's code (TorchScript); the worker records what it writes
     env = child_environment(dict(os.environ), run_dir, PROJECT_ROOT)
     with open(run_dir / "child.log", "ab") as log_file:
@@ -126,77 +178,112 @@ def _start(job_id: str, spec_data: dict, run_dir: Path, settings: Settings, queu
         # the slot's lock goes along: the slot stays taken while any process of this job lives
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
                                 start_new_session=True, env=env, cwd=run_dir, pass_fds=held_slot_fds())
-    log.info("job %s: trainer started (pid %d, %d process%s)", job_id, proc.pid, nproc, "es" if nproc > 1 else "")
+    log.info("job %s: trainer started (pid %d, %d process%s%s)", lead.job_id, proc.pid, nproc,
+             "es" if nproc > 1 else "", f", a student group of {len(members)}" if len(members) > 1 else "")
     return proc
 
 
-def _supervise(proc: subprocess.Popen, job_id: str, worker_name: str, settings: Settings, run_dir: Path,
-               queues: str, should_stop: Callable[[], bool]) -> Outcome:
+def _supervise(proc: subprocess.Popen, members: list[_Member], worker_name: str, settings: Settings, queues: str,
+               should_stop: Callable[[], bool], on_left: Callable[[_Member, Outcome], object]) -> dict[str, Outcome]:
+    """Watch the child until it ends, every POLL_S: renew each member's lease, record what it wrote, and act on
+    the job rows. Returns the end of each member still in the child when it ended (or was stopped). In a group, a
+    member that ends on its own (fails alone) or is asked to leave (cancelled, its lease lost: a LEAVE_FILE in its
+    run directory) is handed to `on_left` once its outcome file says it has left, while the rest train on."""
+    from worker.child import LEAVE_FILE, outcome_path
+
     renew_every = max(POLL_S, settings.lease_seconds / 3)
-    next_renewal = time.monotonic() + renew_every
-    recorder = RunRecorder(job_id, run_dir)
+    next_renewal = time.monotonic()  # at once: preparing the members' run directories took part of the lease
+    live = list(members)
     preemption: _Preemption | None = None
+
+    def stopped(outcome: Outcome) -> dict[str, Outcome]:
+        stop_process_group(proc, STOP_GRACE_S)
+        return {m.job_id: m.leaving or outcome for m in live}
+
     while True:
         try:
             code = proc.wait(timeout=POLL_S)
         except subprocess.TimeoutExpired:
             code = None
         if code is not None:
-            return _outcome_of_exit(code, run_dir)
+            return {m.job_id: m.leaving or _outcome_of_exit(code, m.run_dir) for m in live}
+        if len(members) > 1:  # members that left the group while it trains on
+            for m in [m for m in live if outcome_path(m.run_dir, 0).exists()]:
+                live.remove(m)
+                on_left(m, m.leaving or _outcome_of_exit(0, m.run_dir))
+            if not live:
+                return stopped(Outcome(FAILED, "the student group ended without its members"))
         if should_stop():
-            log.info("job %s: the worker is shutting down; stopping the trainer", job_id)
-            stop_process_group(proc, STOP_GRACE_S)
-            return Outcome(REQUEUE, _shutdown_reason(worker_name))
+            log.info("job %s: the worker is shutting down; stopping the trainer", members[0].job_id)
+            return stopped(Outcome(REQUEUE, _shutdown_reason(worker_name)))
         try:
             with session_scope(settings) as session:
-                if time.monotonic() >= next_renewal:
-                    held = renew_lease(session, job_id, worker_name, settings.lease_seconds)
+                renew = time.monotonic() >= next_renewal
+                held: dict[str, Held | None] = {}
+                for m in live:
+                    if renew:
+                        held[m.job_id] = renew_lease(session, m.job_id, worker_name, settings.lease_seconds)
+                    else:
+                        held[m.job_id] = held_state(session, m.job_id, worker_name)
+                    if held[m.job_id] is not None:
+                        m.recorder.record_new(session)  # the epochs and checkpoints the child wrote since the last tick
+                if renew:
                     heartbeat(session, worker_name, queues)
                     next_renewal = time.monotonic() + renew_every
-                else:
-                    held = held_state(session, job_id, worker_name)
-                if held is not None:
-                    recorder.record_new(session)  # the epochs and checkpoints the child wrote since the last tick
         except SQLAlchemyError as err:  # the database is away: keep training, try again next tick
-            recorder.undo()
-            log.warning("job %s: could not reach the database: %s", job_id, err)
+            for m in live:
+                m.recorder.undo()
+            log.warning("job %s: could not reach the database: %s", members[0].job_id, err)
             continue
-        if held is None:
-            log.warning("job %s: lease lost (the reconciler gave the job to another worker); stopping", job_id)
-            stop_process_group(proc, STOP_GRACE_S)
-            return Outcome(None, "lease lost")
-        if held.state == CANCELLING:
-            log.info("job %s: cancel requested; stopping the trainer", job_id)
-            stop_process_group(proc, STOP_GRACE_S)
-            return Outcome(CANCELLED, "cancelled on request")
-        if held.preempted_by is not None:
+        for m in live:
+            state = held[m.job_id]
+            if m.leaving is not None:
+                continue
+            if state is None:
+                log.warning("job %s: lease lost (the reconciler gave the job to another worker); stopping", m.job_id)
+                m.leaving = Outcome(None, "lease lost")
+            elif state.state == CANCELLING:
+                log.info("job %s: cancel requested; stopping its training", m.job_id)
+                m.leaving = Outcome(CANCELLED, "cancelled on request")
+            else:
+                continue
+            if len(live) > 1:
+                (m.run_dir / LEAVE_FILE).touch()
+        if all(m.leaving is not None for m in live):
+            return stopped(Outcome(FAILED, "stopped"))  # (each has its own end)
+        wanted = next((h.preempted_by for h in held.values() if h is not None and h.preempted_by), None)
+        if wanted is not None:
             if preemption is None:
-                preemption = _Preemption(held.preempted_by, run_dir, settings.preempt_grace_seconds)
-                log.info("job %s: preempted by %s; stopping at the next epoch boundary (within %g s)", job_id,
-                         held.preempted_by, settings.preempt_grace_seconds)
+                preemption = _Preemption(wanted, [m.run_dir for m in live], settings.preempt_grace_seconds)
+                log.info("job %s: preempted by %s; stopping at the next epoch boundary (within %g s)",
+                         members[0].job_id, wanted, settings.preempt_grace_seconds)
             if preemption.due():
-                stop_process_group(proc, STOP_GRACE_S)
-                return Outcome(PREEMPT, preemption.reason())
+                return stopped(Outcome(PREEMPT, preemption.reason()))
 
 
 class _Preemption:
     """A preemption under way: the job stops once the trainer has written its next epoch checkpoint (state.pt is
     replaced atomically after each epoch), or when the grace period is over, whichever comes first."""
 
-    def __init__(self, by: str, run_dir: Path, grace_s: float):
-        self.by, self.state_path = by, run_dir / "state.pt"
+    def __init__(self, by: str, run_dirs: list[Path], grace_s: float):
+        self.by, self.state_paths = by, [run_dir / "state.pt" for run_dir in run_dirs]
         self.deadline = time.monotonic() + grace_s
         self.seen = self._mark()
 
-    def _mark(self) -> tuple[int, int] | None:
-        try:
-            st = self.state_path.stat()
-        except OSError:
-            return None
-        return st.st_ino, st.st_mtime_ns
+    def _mark(self) -> list[tuple[int, int] | None]:
+        marks: list[tuple[int, int] | None] = []
+        for path in self.state_paths:  # a group's members end their epochs together: any one will do
+            try:
+                st = path.stat()
+            except OSError:
+                marks.append(None)
+                continue
+            marks.append((st.st_ino, st.st_mtime_ns))
+        return marks
 
     def due(self) -> bool:
-        return self._mark() != self.seen or time.monotonic() >= self.deadline
+        now = self._mark()
+        return any(a != b for a, b in zip(now, self.seen)) or time.monotonic() >= self.deadline
 
     def reason(self) -> str:
         return f"preempted by high job {self.by}; resumes from its last epoch checkpoint"

@@ -66,7 +66,7 @@ def job_out(job: Job, owner: str, position: q.Position) -> JobOut:
                   started_at=job.started_at, finished_at=job.finished_at, best_top1=job.best_top1, spec=job.spec,
                   waits_for=job.waits_for, tags=job.tags, note=job.note,
                   progress=job.progress if job.state in HELD_STATES else None,
-                  sweep_id=job.sweep_id, trial=job.trial)
+                  sweep_id=job.sweep_id, trial=job.trial, group_id=job.group_id)
 
 
 def visible_job(session: Session, who: Principal, job_id: str) -> tuple[Job, str]:

@@ -307,3 +307,41 @@ def test_high_work_is_not_preempted_by_high_work(settings, users):
     running_job(settings, "alice", "high", started_minutes_ago=3)
     queue_jobs(settings, ("bob", "high"))
     assert victim(settings) is None
+
+
+def test_a_student_group_takes_one_slot_and_its_members_share_its_time(settings, users):
+    """Four trials training as one student group (one process, one GPU) count as one running job for max_running
+    and preemption, and each is charged a quarter of the group's time (fair share and gpu_hours_per_week)."""
+    from service.scheduling import queue_state, week_usage_hours
+
+    members = [running_job(settings, "alice", "low", started_minutes_ago=120) for _ in range(4)]
+    with session_scope(settings) as session:
+        for job_id in members:
+            session.get(Job, job_id).group_id = members[0]
+    running_job(settings, "bob", "normal", started_minutes_ago=120)  # one job alone, as long
+    with session_scope(settings) as session:
+        loads = queue_state(session, "gpu", settings, utcnow()).loads
+        alice, bob = loads[_ids(session, "alice")], loads[_ids(session, "bob")]
+        assert alice.running == pytest.approx(1.0) and bob.running == 1
+        assert alice.usage == pytest.approx(bob.usage, rel=1e-3)  # 4 × a quarter of 2 h = one job's 2 h
+        assert week_usage_hours(session, _ids(session, "alice")) == pytest.approx(2.0, rel=1e-3)
+
+    set_user(settings, "alice", max_running=2)
+    (nxt,) = queue_jobs(settings, ("alice", "normal"))
+    with session_scope(settings) as session:
+        assert pick_next(session, "gpu", settings) == nxt  # the group is one of her two
+
+    workers(settings, 2)  # two workers: alice's group holds one, bob's job the other
+    (high,) = queue_jobs(settings, ("bob", "high"))
+    assert victim(settings) is not None and victim(settings)[1] == high
+    with session_scope(settings) as session:  # a third worker, free: nothing needs preempting
+        from service.models import Worker
+
+        session.add(Worker(name="worker-gpu-third", queue="gpu", last_seen=utcnow()))
+    assert victim(settings) is None
+
+    with session_scope(settings) as session:  # one member pruned: the three left share the slot, and the time
+        pruned = session.get(Job, members[3])
+        pruned.state, pruned.finished_at = "cancelled", utcnow()
+        alice = queue_state(session, "gpu", settings, utcnow()).loads[_ids(session, "alice")]
+        assert alice.running == pytest.approx(1.0)

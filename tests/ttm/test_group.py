@@ -188,6 +188,35 @@ def test_a_diverging_member_fails_alone(tmp_path):
     assert [line["epoch"] for line in metric_lines(tmp_path / "ok")] == [0, 1]
 
 
+def test_a_member_asked_to_leave_stops_within_its_epoch_and_the_others_go_on(tmp_path):
+    """leave_now (the worker's LEAVE_FILE for a cancelled job) ends a member inside its epoch: that epoch is
+    dropped, its state.pt stays the last finished epoch's, and the others train to the end."""
+    import ttm.group
+
+    plain = {"validation": None}
+    specs = [member_spec(MEMBERS[0], plain, epochs=3), member_spec(MEMBERS[1], plain, epochs=3)]
+    dirs = [tmp_path / "stays", tmp_path / "leaves"]
+    asked: list[int] = []
+
+    def leave_now(member) -> bool:  # asked within epoch 2, once epoch 1's checkpoint is written
+        asked.append(member.index)
+        return member.index == 1 and any(m["epoch"] == 1 for m in _lines(dirs[1]))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ttm.group, "LEAVE_CHECK_S", 0.0)  # every step
+        results = train_group(specs, dirs, leave_now=leave_now)
+    assert [r.state for r in results] == ["done", "left"]
+    assert results[1].result is not None and results[1].result.epochs_done == 1
+    assert [m["epoch"] for m in metric_lines(dirs[1])] == [0, 1]  # epoch 2 dropped, nothing after
+    assert torch.load(dirs[1] / "state.pt", weights_only=False)["epoch"] == 1
+    assert [m["epoch"] for m in metric_lines(dirs[0])] == [0, 1, 2, 3]
+    assert 1 in asked
+
+
+def _lines(run_dir: Path) -> list[dict]:
+    return metric_lines(run_dir) if (run_dir / "metrics.jsonl").exists() else []
+
+
 def test_specs_that_cannot_share_a_pipeline_are_refused_by_field():
     specs = [member_spec(m) for m in MEMBERS]
     check_group(specs)  # losses, γ, β, optimizers, lr and schedules may differ

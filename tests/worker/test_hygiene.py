@@ -196,7 +196,10 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         job_id = serve.submit(spec_data(epochs=EPOCHS, name="hygiene", train={"fast_path": "off", "num_workers": 1}))
         assert len(str(job_run_dir(settings, job_id) / "tmp")) + MP_SOCKET_SUFFIX > SOCKET_PATH_MAX
         try:
-            wait_for(lambda: metric_rows(settings, job_id), 120, "the first epoch", interval=0.2)
+            # the first epoch's metrics and its resume state (written just after them): a kill between the two
+            # would redo the epoch from scratch, which is right but leaves nothing to resume from
+            wait_for(lambda: metric_rows(settings, job_id) and (job_run_dir(settings, job_id) / "state.pt").exists(),
+                     120, "the first epoch and its resume state", interval=0.2)
         except AssertionError as err:
             child_log = (job_run_dir(settings, job_id) / "child.log").read_text(errors="replace")
             raise AssertionError(f"{err}\n--- child.log\n{child_log[-3000:]}") from None

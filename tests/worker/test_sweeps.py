@@ -2,10 +2,14 @@
 the trials, real digits, a real zoo teacher; Optuna's study in the service's database. A grid of 4 gives 4 trials and
 chooses the one with the best validation metric, whose student downloads as the sweep's output and teaches a next
 job; the median pruner stops a trial with an absurd β before its last epoch (`ttm sweep --wait`); cancelling a sweep
-cancels its trials."""
+cancels its trials; trials that share their data and teacher train as one student group on one worker, where a
+cancelled member leaves while the others train on, and a kill -9 of that worker resumes every member together on
+another."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import httpx
 import pytest
@@ -20,8 +24,21 @@ from service.models import Job, Metric
 from service.queries.users import create_user
 from service.settings import Settings
 from ttm.client_cli import app
+from worker.runner import job_run_dir
 
-from worker_helpers import Processes, env_for, free_port, spec_data, wait_for
+from worker_helpers import (
+    Processes,
+    child_pids,
+    env_for,
+    events,
+    free_port,
+    get_job,
+    metric_rows,
+    spec_data,
+    wait_for,
+    wait_state,
+    wait_worker_ready,
+)
 
 
 def _job(epochs: int) -> dict:
@@ -32,7 +49,7 @@ def _job(epochs: int) -> dict:
     return spec
 
 
-def _serve(settings: Settings, procs: Processes, workers: int) -> tuple[httpx.Client, str]:
+def _serve(settings: Settings, procs: Processes, workers: int) -> tuple[httpx.Client, str, dict[str, str]]:
     upgrade_to_head(settings)
     with session_scope(settings) as session:
         tokens = {name: create_user(session, name)[1] for name in ("alice", "bob")}
@@ -44,7 +61,7 @@ def _serve(settings: Settings, procs: Processes, workers: int) -> tuple[httpx.Cl
         procs.worker(f"w{n}", env)
     http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60,
                         headers={"Authorization": f"Bearer {tokens['alice']}"})
-    return http, tokens["bob"]
+    return http, tokens["bob"], env
 
 
 def _wait_sweep(http: httpx.Client, sweep_id: str, procs: Processes, timeout: float) -> dict:
@@ -61,10 +78,11 @@ def _wait_sweep(http: httpx.Client, sweep_id: str, procs: Processes, timeout: fl
 def test_sweeps_choose_on_validation_prune_cancel_and_teach(lab_settings: Settings):
     procs = Processes(lab_settings.home)
     try:
-        http, bob = _serve(lab_settings, procs, workers=2)
+        http, bob, env = _serve(lab_settings, procs, workers=2)
         _grid_of_four(lab_settings, http, bob, procs)
         _the_median_pruner_stops_an_absurd_beta(lab_settings, http)
         _cancel_cancels_the_trials(http)
+        _a_student_group_loses_a_cancelled_member_and_survives_kill_9(lab_settings, http, procs, env)
     finally:
         procs.stop_all()
 
@@ -151,3 +169,52 @@ def _cancel_cancels_the_trials(http: httpx.Client) -> None:
     assert "its sweep" in http.get(f"/v1/jobs/{first}").json()["reason"]
     assert http.post(f"/v1/sweeps/{sweep['id']}/cancel").status_code == 409
     assert len(http.get(f"/v1/sweeps/{sweep['id']}").json()["trials"]) == 1  # no trial asked after it
+
+
+GROUP_EPOCHS = 8
+
+
+def _a_student_group_loses_a_cancelled_member_and_survives_kill_9(settings: Settings, http: httpx.Client,
+                                                                   procs: Processes, env: dict[str, str]) -> None:
+    procs.stop("w1")  # one worker: the three trials, queued together, all go to it
+    body = {"name": "group", "strategy": "grid", "max_running": 3, "group": 3, "job": _job(epochs=GROUP_EPOCHS),
+            "space": {"loss.beta": [0.5, 1.0, 2.0]}}
+    sweep = http.post("/v1/sweeps", json=body).json()
+    ids = [t["job_id"] for t in sweep["trials"]]
+    assert len(ids) == 3 and all(ids), sweep
+
+    def training() -> bool:
+        return all(get_job(settings, i).state == "running" and (job_run_dir(settings, i) / "state.pt").exists()
+                   for i in ids)
+
+    wait_for(training, 120, "the three trials to finish an epoch", interval=0.2)
+    with session_scope(settings) as session:
+        assert {session.get(Job, i).group_id for i in ids} == {ids[0]}  # one group, led by the first trial
+    trainer = child_pids(ids[0])
+    assert len(trainer) == 1 and all(child_pids(i) == trainer for i in ids), "one trainer process for the group"
+
+    # a cancelled member leaves the group at once; the same process trains the other two on
+    assert http.post(f"/v1/jobs/{ids[2]}/cancel").status_code == 200
+    wait_for(lambda: get_job(settings, ids[2]).state == "cancelled", 30, "the cancelled member to end")
+    assert child_pids(ids[0]) == trainer and get_job(settings, ids[0]).state == "running"
+    left_at = max(e for e, _, _ in metric_rows(settings, ids[2]))
+
+    # kill -9 of the group's worker: another worker resumes both members, together, each from its own state.pt
+    procs.worker("w2", env)
+    wait_worker_ready(procs, "w2")
+    victim = int(get_job(settings, ids[0]).worker.rsplit(":", 1)[1])
+    assert procs.by_pid(victim) == "w0"
+    os.kill(victim, signal.SIGKILL)
+    for i in ids[:2]:
+        job = wait_state(settings, i, {"succeeded", "failed"}, 180)
+        assert job.state == "succeeded" and job.attempts == 2 and job.worker.startswith("w2"), events(settings, i)
+        assert job.group_id in ids[:2] and job.group_id == get_job(settings, ids[0]).group_id  # one group again
+        assert "resumed from" in (job_run_dir(settings, i) / "train.log").read_text()
+        keys = [(e, n) for e, n, _ in metric_rows(settings, i)]
+        assert len(keys) == len(set(keys)), "no duplicate metric rows"
+        assert {e for e, _ in keys if e > 0} == set(range(1, GROUP_EPOCHS + 1)), "no missing epoch"
+    cancelled = get_job(settings, ids[2])
+    assert cancelled.state == "cancelled" and cancelled.attempts == 1
+    assert max(e for e, _, _ in metric_rows(settings, ids[2])) == left_at  # it trained no further
+    done = _wait_sweep(http, sweep["id"], procs, 60)
+    assert done["state"] == "succeeded" and done["best"]["job_id"] in ids[:2]
