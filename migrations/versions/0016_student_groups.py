@@ -24,5 +24,4 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("jobs") as batch:
-        batch.drop_column("group_id")
+    op.drop_column("jobs", "group_id")  # plain DROP COLUMN: see 0005 on why not batch mode

@@ -57,7 +57,7 @@ def test_fresh_database_refused_then_migrated_by_cli(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""
     assert is_at_head(settings)
-    assert head_revisions(settings) == {"0015"}
+    assert head_revisions(settings) == {"0016"}
     create_app(settings, host="127.0.0.1")
 
 
@@ -298,3 +298,29 @@ def test_0015_sweep_webhooks_up_and_down(db_url, tmp_path):
         assert conn.execute(text("SELECT name FROM jobs")).all() == [("kept",)]
     upgrade_to_head(settings)
     assert "sweep_id" in {c["name"] for c in inspect(engine).get_columns("webhook_deliveries")}
+
+
+def test_0016_student_groups_up_and_down(db_url, tmp_path):
+    """0016 adds jobs.group_id; down and up again keeps the jobs and what refers to them (their metrics)."""
+    from sqlalchemy import text
+
+    from service.db import session_scope
+    from service.models import Metric
+    from service.queries.jobs import insert_job
+    from service.queries.users import create_user
+
+    settings = make_settings(tmp_path, db_url)
+    engine = get_engine(settings)
+    with session_scope(settings) as session:
+        user, _ = create_user(session, "gus")
+        job = insert_job(session, user.id, name="member", spec={}, queue="cpu", idempotency_key=None,
+                         request_hash=None)
+        session.flush()
+        job.group_id = job.id
+        session.add(Metric(job_id=job.id, epoch=1, name="test/top1", value=50.0))
+    downgrade_to(settings, "0015")
+    assert "group_id" not in {c["name"] for c in inspect(engine).get_columns("jobs")}
+    upgrade_to_head(settings)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT name, group_id FROM jobs")).all() == [("member", None)]
+        assert conn.execute(text("SELECT count(*) FROM metrics")).scalar() == 1
