@@ -188,6 +188,7 @@ SWEEP_MISTAKES = [
      "features)"),
     ("a range of one number", _sweep(space={"loss.beta": {"uniform": [2]}}), "space.loss.beta",
      "uniform takes [low, high], two finite numbers, not [2]"),
+    ("a student group of none", _sweep(group=0), "group", "must be ≥ 1, not 0"),
     ("the test set as the metric", _sweep(metric="test/top1"), "metric",
      "'test/top1' is not one of val/top1, val/top5"),
     ("a sweep over the teacher", _sweep(space={"teacher.zoo": ["digits/resnet20"]}), "space.teacher.zoo",
