@@ -322,11 +322,14 @@ def _mount_client() -> None:
     register(app)
 
 
-def _mount_plugins() -> None:
+def _mount_plugins(command: str | None = None) -> None:
     """Sub-commands that live outside ttm/ (server, worker, client) register as `ttm.cli` entry points. One whose
     dependencies are missing (the base install has no server parts) becomes a command that says what to install,
-    and never breaks the others."""
+    and never breaks the others. With `command` (the word the user typed), only that one is loaded, if it is one
+    of them: `ttm status` does not import the server (half a second of every client command's start)."""
     for ep in entry_points(group="ttm.cli"):
+        if command is not None and ep.name != command:
+            continue
         try:
             obj = ep.load()
         except Exception as e:  # noqa: BLE001  (a partial install: the trainer and the client still work)
@@ -352,7 +355,12 @@ def _mount_missing(name: str, error: Exception) -> None:
 
 def main() -> None:
     _mount_client()
-    _mount_plugins()
+    word = sys.argv[1] if len(sys.argv) > 1 and not sys.argv[1].startswith("-") else None
+    plugins = {ep.name for ep in entry_points(group="ttm.cli")}
+    ours = {c.name or typer.main.get_command_name(c.callback.__name__) for c in app.registered_commands
+            if c.callback is not None} | {g.name for g in app.registered_groups}
+    # all of them for `ttm`, `ttm --help` or a mistyped command (whose error lists every command)
+    _mount_plugins(word if word in plugins | ours else None)
     app(prog_name="ttm")
 
 

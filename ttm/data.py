@@ -154,14 +154,30 @@ def _load_named(spec: DatasetSpec, data_root: str | None):
 
 
 def _load_digits():
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)  # values 0..16 -> 0..255
+    images, target = digits_arrays()
+    images = np.round(images * (255.0 / 16.0)).astype(np.uint8)  # values 0..16 -> 0..255
     x = torch.from_numpy(images).unsqueeze(1)
-    y = torch.from_numpy(digits.target.astype(np.int64))
+    y = torch.from_numpy(target.astype(np.int64))
     names = [str(d) for d in range(10)]
     return x[:DIGITS_TRAIN], y[:DIGITS_TRAIN], x[DIGITS_TRAIN:], y[DIGITS_TRAIN:], names
+
+
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits, (1797, 8, 8) images valued 0..16 and their labels: read from the CSV file scikit-learn
+    ships (its `load_digits` reads the same file) without importing scikit-learn, whose import (scipy, pandas) takes
+    2-3 s of every trainer process's start here; `load_digits` itself where the file is not found."""
+    import importlib.util
+
+    found = importlib.util.find_spec("sklearn")  # locates the package without running it
+    where = found.submodule_search_locations if found is not None else None
+    path = Path(where[0]) / "datasets" / "data" / "digits.csv.gz" if where else None
+    if path is None or not path.is_file():
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        return digits.images, digits.target
+    data = np.loadtxt(path, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
 
 
 def _load_synthetic(spec: DatasetSpec):

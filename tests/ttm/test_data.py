@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,6 +71,19 @@ def test_subset_keeps_the_first_samples(fashion_arrays):
     assert torch.equal(tx, test_x[:30]) and torch.equal(ty, test_y[:30])
     train, test, info, _ = data.make_loaders(small(train=100, test=30), batch_size=32, device=CPU, seed=0)
     assert (len(train), len(test), info.fast) == (3, 1, True)
+
+
+def test_digits_read_from_sklearns_file_are_load_digits_and_leave_sklearn_unimported():
+    code = ("import sys; from ttm.data import digits_arrays; x, y = digits_arrays(); "
+            "print(x.shape, y.shape, 'sklearn' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.stdout.split() == ["(1797,", "8,", "8)", "(1797,)", "False"], done.stderr
+    from sklearn.datasets import load_digits
+
+    x, y = data.digits_arrays()
+    reference = load_digits()
+    assert np.array_equal(x, reference.images) and np.array_equal(y, reference.target)
 
 
 def test_digits_split():
