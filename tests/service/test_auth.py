@@ -54,17 +54,21 @@ OWNED_ROUTES = [
 ]
 
 
-@pytest.mark.parametrize("method, path, ok", OWNED_ROUTES, ids=[f"{m} {p}" for m, p, _ in OWNED_ROUTES])
-def test_matrix_owned(client, users, world, method, path, ok):
-    url = path.format(**world)
-    for caller in CALLERS:
-        r = client.request(method, url, headers=bearer(_token(users, caller)))
-        expected = {"nobody": 401, "bad": 401, "bob": 404, "alice": ok, "admin": ok}[caller]
-        assert r.status_code == expected, (caller, r.text)
-        if expected >= 400:
-            assert r.json()["error"]["code"] in ("unauthorized", "not_found")
-        if expected == 401:
-            assert r.headers["www-authenticate"] == "Bearer"
+def test_matrix_owned(client, users, world):
+    """Every owned route, every caller, on one world (the suite's time); every wrong answer is reported."""
+    wrong = []
+    for method, path, ok in OWNED_ROUTES:
+        url = path.format(**world)
+        for caller in CALLERS:
+            r = client.request(method, url, headers=bearer(_token(users, caller)))
+            expected = {"nobody": 401, "bad": 401, "bob": 404, "alice": ok, "admin": ok}[caller]
+            if r.status_code != expected:
+                wrong.append(f"{method} {path} as {caller}: {r.status_code}, expected {expected}: {r.text[:200]}")
+            elif expected >= 400 and r.json()["error"]["code"] not in ("unauthorized", "not_found"):
+                wrong.append(f"{method} {path} as {caller}: error code {r.json()['error']['code']}")
+            elif expected == 401 and r.headers.get("www-authenticate") != "Bearer":
+                wrong.append(f"{method} {path} as {caller}: no WWW-Authenticate: Bearer")
+    assert not wrong, "\n".join(wrong)
 
 
 def test_matrix_collections(client, users, world, teacher_file):

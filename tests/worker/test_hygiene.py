@@ -163,7 +163,7 @@ SECRETS = {name: f"{name.lower()}-{secrets.token_hex(8)}" for name in
 SECRETS["DATABASE_URL"] = f"postgresql://ttm:{secrets.token_hex(8)}@db.example:5432/ttm"
 SECRETS["REDIS_URL"] = f"redis://:{secrets.token_hex(8)}@redis.example:6379/0"
 
-EPOCHS = 20
+EPOCHS = 12
 
 
 @dataclass

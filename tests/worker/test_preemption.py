@@ -54,7 +54,7 @@ def test_a_high_job_preempts_a_low_one_which_resumes_to_the_same_weights(lab_set
         return states == {"succeeded"}
 
     # long enough that the preemption (a reconciler pass every 2 s, then the next epoch's end) comes before its end
-    low_spec = spec_data(epochs=20, name="alice-low", resources={"priority": "low"}, train={"seed": 11})
+    low_spec = spec_data(epochs=14, name="alice-low", resources={"priority": "low"}, train={"seed": 11})
     try:
         procs.start("api", ["serve", "--host=127.0.0.1", f"--port={port}", "--workers=0"], env)
         wait_for(lambda: "Application startup complete" in procs.log("api"), 90, "the API", interval=0.3)
@@ -84,7 +84,7 @@ def test_a_high_job_preempts_a_low_one_which_resumes_to_the_same_weights(lab_set
         metrics = http.get(f"/v1/jobs/{low}/metrics", params={"limit": 10000},
                            headers={"Authorization": f"Bearer {tokens['alice']}"}).json()["items"]
         keys = [(m["epoch"], m["name"]) for m in metrics]
-        assert len(keys) == len(set(keys)) and {e for e, _ in keys} == set(range(1, 21))
+        assert len(keys) == len(set(keys)) and {e for e, _ in keys} == set(range(1, 15))
 
         again = submit("alice", {**low_spec, "name": "alice-low-uninterrupted"})
         wait_for(lambda: done(again), 300, "the uninterrupted run", interval=0.5)

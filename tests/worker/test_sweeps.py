@@ -171,7 +171,7 @@ def _cancel_cancels_the_trials(http: httpx.Client) -> None:
     assert len(http.get(f"/v1/sweeps/{sweep['id']}").json()["trials"]) == 1  # no trial asked after it
 
 
-GROUP_EPOCHS = 8
+GROUP_EPOCHS = 6
 
 
 def _a_student_group_loses_a_cancelled_member_and_survives_kill_9(settings: Settings, http: httpx.Client,

@@ -257,7 +257,7 @@ def test_a_two_process_job_runs_under_torchrun(server: Server):
 
 
 def test_ctrl_c_hands_a_running_job_back_and_the_next_serve_resumes_it(server: Server):
-    job = server.submit(spec_data(epochs=20, name="interrupted"))
+    job = server.submit(spec_data(epochs=14, name="interrupted"))
     wait_for(lambda: any(m["epoch"] >= 2 for m in server.http.get(f"/v1/jobs/{job['id']}/metrics").json()["items"]),
              60, "epoch 2", interval=0.1)
     stop_server(server)
@@ -271,6 +271,6 @@ def test_ctrl_c_hands_a_running_job_back_and_the_next_serve_resumes_it(server: S
         assert done["state"] == "succeeded" and done["attempts"] == 2, done
         assert "resumed from" in (again.run_dir(job["id"]) / "train.log").read_text()
         epochs = {m["epoch"] for m in again.http.get(f"/v1/jobs/{job['id']}/metrics").json()["items"]}
-        assert epochs == set(range(1, 21))
+        assert epochs == set(range(1, 15))
     finally:
         stop_server(again)

@@ -130,7 +130,7 @@ def test_a_failing_trainer_ends_the_job_failed_with_its_reason(lab: Lab, finishe
 
 
 def test_kill_9_of_the_worker_resumes_on_another_worker(lab: Lab):
-    epochs = 25
+    epochs = 12
     job_id = lab.submit(spec_data(epochs=epochs, name="survivor"))
     wait_for(lambda: any(e >= 2 for e, _, _ in metric_rows(lab.settings, job_id)), 90, "epoch 2", interval=0.05)
     job = get_job(lab.settings, job_id)
