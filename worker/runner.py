@@ -66,6 +66,7 @@ class _Member:
     spec: dict
     recorder: RunRecorder
     leaving: Outcome | None = None  # asked to leave its group (cancelled, lease lost): its end once it has left
+    gpus: int = 1  # resources.gpus of its resolved spec (set by _prepare)
 
 
 def execute_job(job_id: str, worker_name: str, settings: Settings, *, queues: str = "",
@@ -114,7 +115,7 @@ def execute_job(job_id: str, worker_name: str, settings: Settings, *, queues: st
     if not started:
         return FAILED
     try:
-        proc = _start(started, settings)
+        proc = _start(started)
     except Exception as err:
         for member in started:
             record(member, Outcome(FAILED, f"could not start the trainer: {err}"))
@@ -155,18 +156,17 @@ def _prepare(member: _Member, settings: Settings, queue: str) -> None:
     resolved.pop("preset", None)  # applied already: the child runs exactly these fields
     resolved["resources"]["queue"] = queue  # where `auto` sent it: the child checks a gpu job has GPUs
     (run_dir / "spec.json").write_text(json.dumps(resolved, indent=2))
+    member.gpus = spec.resources.gpus
     for stale in [*run_dir.glob("outcome-*.json"), run_dir / LEAVE_FILE]:  # a previous attempt's
         stale.unlink(missing_ok=True)
     (run_dir / "tmp").mkdir(exist_ok=True)
 
 
-def _start(members: list[_Member], settings: Settings) -> subprocess.Popen:
+def _start(members: list[_Member]) -> subprocess.Popen:
     """The trainer child of one job, or of a student group (led by the first member, in its run directory)."""
     lead = members[0]
     run_dir = lead.run_dir
-    spec = json.loads((run_dir / "spec.json").read_text())
-    gpus = spec.get("resources", {}).get("gpus", 1)
-    nproc = gpus if gpus > 1 and len(members) == 1 else 1
+    nproc = lead.gpus if lead.gpus > 1 and len(members) == 1 else 1
     cmd = [sys.executable, "-m", "worker.child", lead.job_id, str(run_dir), str(os.getpid()), str(nproc)]
     for member in members[1:]:
         cmd += ["--member", member.job_id, str(member.run_dir)]
